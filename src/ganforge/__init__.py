@@ -1,0 +1,18 @@
+"""ganforge: train GANs on image data, keep training stable, measure image quality and diversity."""
+
+__version__ = "0.1.0"
+
+from ganforge.config import Config, build_config, list_presets  # noqa: E402
+from ganforge.data import load_dataset  # noqa: E402
+from ganforge.sample import TrainedGenerator, load  # noqa: E402
+from ganforge.train import train  # noqa: E402
+
+__all__ = [
+    "Config",
+    "TrainedGenerator",
+    "build_config",
+    "list_presets",
+    "load",
+    "load_dataset",
+    "train",
+]

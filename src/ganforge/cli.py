@@ -1,0 +1,273 @@
+"""The `ganforge` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+EXAMPLES = """examples:
+  ganforge train                                   digits on MNIST (or the embedded mnist-5k offline)
+  ganforge train --preset seed-cifar --data cifar10 --data-root ~/data/cifar10
+  ganforge train --data folder:~/pictures/cats --resolution 64 --epochs 20
+  ganforge train --set train.batch_size=128 optim.g_lr=1e-4 --dry-run
+  ganforge train --resume runs/mnist-dcgan28-20261126-101500
+  ganforge sample runs/mnist-dcgan28-20261126-101500 --n 64 --out grid.png
+  ganforge data mnist --out mnist.png
+"""
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a GAN (default: DCGAN on MNIST digits)",
+        description="Train a GAN. Everything lands in RUNS_DIR/NAME/: config.yaml, metrics.jsonl, "
+        "samples.png (newest fixed-noise grid), samples/ (one grid per epoch), losses.png and "
+        "checkpoints/ (last.pt, final.pt). Ctrl-C saves a checkpoint; --resume continues.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    p.add_argument("--preset", help="start from a preset (see `ganforge presets`)")
+    p.add_argument(
+        "--data",
+        help="dataset: auto, mnist, mnist-5k, fashion-mnist, cifar10, folder:PATH, or a folder path",
+    )
+    p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
+    p.add_argument(
+        "--resolution", type=int, help="resize + centre-crop images to R x R (must match the model)"
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="convert images to 1 (gray) or 3 (RGB) channels",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="fail on unreadable images instead of skipping them",
+    )
+    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan32, dcgan64")
+    p.add_argument("--epochs", type=int, help="passes over the dataset")
+    p.add_argument("--steps", type=int, help="optimisation steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same run on CPU)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where to train (auto: cuda, mps, cpu)",
+    )
+    p.add_argument("--name", help="run name (default: <dataset>-<model>-<time>)")
+    p.add_argument("--runs-dir", help="folder for runs (default: runs)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set train.batch_size=128 loss.name=minimax",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from ganforge.config import parse_overrides
+
+    values: dict[str, Any] = parse_overrides(args.sets)
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            values.setdefault(section, {})[key] = value
+
+    data = args.data
+    if data is not None and not data.startswith("folder:"):
+        from ganforge.data import DATASETS
+
+        if data not in DATASETS and data != "auto" and Path(data).expanduser().is_dir():
+            data = f"folder:{data}"
+    put("data", "name", data)
+    put("data", "root", args.data_root)
+    put("data", "resolution", args.resolution)
+    put("data", "channels", args.channels)
+    put("data", "strict", args.strict)
+    put("model", "name", args.model)
+    put("train", "epochs", args.epochs)
+    put("train", "steps", args.steps)
+    put("train", "batch_size", args.batch_size)
+    put("train", "seed", args.seed)
+    put("train", "device", args.device)
+    put("run", "name", args.name)
+    put("run", "runs_dir", args.runs_dir)
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ganforge.config import build_config
+    from ganforge.train import prepare, train
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        if args.preset:
+            print(
+                "ganforge: error: --preset cannot be combined with --resume (the run keeps its config).",
+                file=sys.stderr,
+            )
+            return 2
+        train(resume=args.resume, overrides=overrides, progress=not args.no_progress)
+        return 0
+    cfg = build_config(args.preset, overrides)
+    if args.dry_run:
+        resolved, ds = prepare(cfg)
+        print(
+            f"# resolved config ({ds.name}: {len(ds)} images {tuple(ds.images.shape[1:])} from {ds.source})"
+        )
+        print(resolved.to_yaml(), end="")
+        return 0
+    train(cfg, progress=not args.no_progress)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ganforge.sample import load, write_samples
+
+    if args.n < 1:
+        print(f"ganforge: error: --n must be at least 1, got {args.n}.", file=sys.stderr)
+        return 2
+    gen = load(args.path, device=args.device)
+    written = write_samples(
+        gen, args.n, args.out, seed=args.seed, individual=args.individual, nrow=args.nrow
+    )
+    print(
+        f"ganforge: wrote {args.out}"
+        + (f" and {args.n} images in {args.individual}" if args.individual else "")
+        + f" from {gen.path}"
+    )
+    return 0 if written else 1
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ganforge.config import list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets))
+    for name, about in presets.items():
+        print(f"{name:<{width}}  {about}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import torch
+
+    from ganforge.data import load_dataset
+    from ganforge.sample import save_grid
+
+    name = args.name
+    if not name.startswith("folder:") and Path(name).expanduser().is_dir():
+        name = f"folder:{name}"
+    ds = load_dataset(
+        name,
+        root=args.data_root,
+        split=args.split,
+        resolution=args.resolution,
+        download=not args.no_download,
+    )
+    counts = torch.bincount(ds.labels, minlength=len(ds.class_names)).tolist()
+    print(f"dataset   {ds.name} ({args.split} split)")
+    print(f"source    {ds.source}")
+    print(f"images    {len(ds)}  shape [C, H, W] = {list(ds.images.shape[1:])}  uint8")
+    print("labels    " + ", ".join(f"{cls}: {c}" for cls, c in zip(ds.class_names, counts)))
+    if ds.skipped:
+        print(f"skipped   {len(ds.skipped)} unreadable files")
+    out = args.out or f"{ds.name.split(':')[0]}-{args.split}.png"
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(ds), generator=gen)[: args.n]
+    save_grid(ds.images[pick], out)
+    print(f"grid      {out} ({len(pick)} random images)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ganforge import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ganforge",
+        description="Train GANs on image data, keep training stable, measure quality and diversity.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _train_parser(sub)
+
+    p = sub.add_parser(
+        "sample",
+        help="generate images from a trained run or checkpoint",
+        description="Generate images with a trained generator and write them as PNG.",
+    )
+    p.add_argument("path", help="a run folder (uses its newest checkpoint) or a checkpoint file")
+    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
+    p.add_argument("--seed", type=int, help="seed for the latents (same seed, same images)")
+    p.add_argument(
+        "--individual", metavar="DIR", help="also write each image as DIR/000000.png, ..."
+    )
+    p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
+    p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
+
+    sub.add_parser(
+        "presets", help="list the training presets", description="List the training presets."
+    )
+
+    p = sub.add_parser(
+        "data",
+        help="show a dataset: size, shape, label counts, and a grid of real images",
+        description="Load a dataset, print its size, shape and label counts, write a grid.",
+    )
+    p.add_argument(
+        "name", help="mnist, mnist-5k, fashion-mnist, cifar10, folder:PATH or a folder path"
+    )
+    p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument(
+        "--resolution", type=int, help="resize + centre-crop to R x R (folders default to 64)"
+    )
+    p.add_argument("--out", help="grid PNG to write (default <name>-<split>.png)")
+    p.add_argument("--n", type=int, default=64, help="images in the grid (default 64)")
+    p.add_argument("--no-download", action="store_true", help="never download")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets, "data": cmd_data}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from ganforge.checkpoint import CheckpointError
+    from ganforge.config import ConfigError
+    from ganforge.data import DatasetError
+    from ganforge.train import TrainingStopped
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"ganforge: config error: {e}", file=sys.stderr)
+        return 2
+    except (DatasetError, CheckpointError) as e:
+        print(f"ganforge: error: {e}", file=sys.stderr)
+        return 1
+    except TrainingStopped as e:
+        print(f"ganforge: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ganforge: aborted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

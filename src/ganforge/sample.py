@@ -1,0 +1,123 @@
+"""Generation from a trained generator, and writing images (grids, individual PNGs) to disk."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ganforge.checkpoint import atomic_write_bytes, find_checkpoint, load_checkpoint
+from ganforge.config import from_dict
+from ganforge.data import to_uint8
+from ganforge.models import build_models
+
+
+def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N, C, H, W] -> one uint8 image [H', W', C] with the images in rows of `nrow`."""
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top : top + h, left : left + w] = arr[i]
+    return grid
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) -> PNG bytes."""
+    from PIL import Image
+
+    img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: Optional[int] = None) -> Path:
+    """Write a grid of images (float in [-1, 1] or uint8, [N, C, H, W]) as a PNG, atomically."""
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    scale = max(1, 128 // images.shape[-1])  # small images are enlarged so the grid is legible
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    atomic_write_bytes(Path(path), encode_png(make_grid(images, nrow)))
+    return Path(path)
+
+
+class TrainedGenerator:
+    """A generator loaded from a checkpoint, ready to sample. Build it with `ganforge.load(path)`."""
+
+    def __init__(self, G: nn.Module, z_dim: int, config: dict, device: torch.device, path: Path):
+        self.G = G.eval()
+        self.z_dim = z_dim
+        self.config = config
+        self.device = device
+        self.path = path
+
+    def latents(self, n: int, seed: Optional[int] = None) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return torch.randn(n, self.z_dim, generator=gen)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        seed: Optional[int] = None,
+        output: Literal["uint8", "float"] = "uint8",
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """`n` images [n, C, H, W]: uint8 in [0, 255], or float in [-1, 1] with output="float".
+
+        The same seed gives the same images on any device (latents are drawn on the CPU).
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}.")
+        z = self.latents(n, seed)
+        out = []
+        for start in range(0, n, batch_size):
+            img = self.G(z[start : start + batch_size].to(self.device)).float().cpu()
+            out.append(to_uint8(img) if output == "uint8" else img)
+        return torch.cat(out)
+
+
+def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
+    """Load the generator of a run folder (its final, else last, checkpoint) or a checkpoint file."""
+    ckpt_path = find_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = from_dict(ckpt["config"])
+    m = cfg.model
+    G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout)
+    G.load_state_dict(ckpt["G"])
+    dev = torch.device(device)
+    return TrainedGenerator(G.to(dev), m.z_dim, ckpt["config"], dev, ckpt_path)
+
+
+def write_samples(
+    gen: TrainedGenerator,
+    n: int,
+    out: Optional[str | Path],
+    seed: Optional[int] = None,
+    individual: Optional[str | Path] = None,
+    nrow: Optional[int] = None,
+) -> list[Path]:
+    """Sample `n` images; write a grid to `out` and/or one PNG per image into `individual`."""
+    images = gen.sample(n, seed=seed)
+    written = []
+    if out is not None:
+        written.append(save_grid(images, out, nrow))
+    if individual is not None:
+        folder = Path(individual)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images):
+            path = folder / f"{i:06d}.png"
+            atomic_write_bytes(path, encode_png(img.permute(1, 2, 0).numpy()))
+            written.append(path)
+    return written

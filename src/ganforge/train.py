@@ -1,0 +1,461 @@
+"""The GAN training loop (seed section 3.2, done right): alternate a D step and a G step.
+
+D step: D sees a real batch and a fake batch; the fakes are made without a graph (G is not being
+updated), and the loss is computed on raw logits. G step: fresh latents, a fresh D forward on the
+new fakes, D's parameters frozen so no gradient is computed for them. Read top to bottom; this
+module owns every side effect of a run (files, console, signals).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ganforge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
+from ganforge.data import ImageDataset, load_dataset, to_float
+from ganforge.losses import LOSSES, LossPair
+from ganforge.models import build_models
+from ganforge.sample import save_grid
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early (interrupt or divergence); the run folder holds a resumable checkpoint."""
+
+    def __init__(self, message: str, run_dir: Path, exit_code: int):
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.exit_code = exit_code
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device: cuda was asked for but no CUDA GPU is visible; use --device cpu or auto."
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(
+            "train.device: mps was asked for but is not available; use --device cpu or auto."
+        )
+    return torch.device(name)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def grad_norm(module: nn.Module) -> float:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+
+
+# ----------------------------------------------------------------------------------------------
+# The two phases.
+
+
+def d_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_D: torch.optim.Optimizer,
+    loss: LossPair,
+    real_img: torch.Tensor,
+    z: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One D update. Returns (d_loss, real_logits, fake_logits), detached."""
+    with torch.no_grad():
+        fake_img = G(z)  # [N, C, H, W]; no graph: G is not updated in this phase
+    real_logits = D(real_img)  # [N]
+    fake_logits = D(fake_img)  # [N]
+    d_loss = loss.d_loss(real_logits, fake_logits)
+    opt_D.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_D.step()
+    return d_loss.detach(), real_logits.detach(), fake_logits.detach()
+
+
+def g_step(
+    G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, loss: LossPair, z: torch.Tensor
+) -> torch.Tensor:
+    """One G update through a fresh D forward, with D's parameters frozen. Returns g_loss."""
+    D.requires_grad_(False)
+    fake_logits = D(G(z))
+    g_loss = loss.g_loss(fake_logits)
+    opt_G.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    return g_loss.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folder side effects.
+
+
+def plot_losses(metrics_path: Path, out_path: Path) -> None:
+    """Loss curves and D's mean outputs from metrics.jsonl, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "d_loss" in r]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(steps, [r["d_loss"] for r in rows], label="D loss")
+    ax1.plot(steps, [r["g_loss"] for r in rows], label="G loss")
+    ax1.set_xlabel("step")
+    ax1.set_title("losses")
+    ax1.legend()
+    ax2.plot(steps, [r["d_real"] for r in rows], label="mean D(x)")
+    ax2.plot(steps, [r["d_fake"] for r in rows], label="mean D(G(z))")
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("step")
+    ax2.set_title("discriminator outputs")
+    ax2.legend()
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out_path)
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves, and stops. A second signal aborts."""
+
+    requested: bool = False
+    signal_name: str = ""
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        if not _in_main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second signal: stop at once (files are written atomically)
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(
+            f"\nganforge: {self.signal_name} received; finishing this step and saving a checkpoint "
+            "(press Ctrl-C again to quit at once)",
+            file=sys.stderr,
+        )
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _new_run_dir(cfg: Config) -> Path:
+    name = (
+        cfg.run.name
+        or f"{cfg.data.name.split(':')[0]}-{cfg.model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    run_dir = Path(cfg.run.runs_dir) / name
+    if (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"run.name: the run folder '{run_dir}' already holds a run; continue it with "
+            f"'ganforge train --resume {run_dir}', or pick another --name."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _load_data(cfg: Config) -> ImageDataset:
+    d = cfg.data
+    return load_dataset(
+        d.name,
+        root=d.root,
+        split=d.split,
+        resolution=planned_resolution(cfg),
+        channels=d.channels,
+        strict=d.strict,
+        download=d.download,
+        limit=d.limit,
+    )
+
+
+def prepare(cfg: Config) -> tuple[Config, ImageDataset]:
+    """Load the data and resolve the config against it (no files written): what --dry-run shows."""
+    ds = _load_data(cfg)
+    return resolve(cfg, ds.name, ds.images.shape[1], len(ds)), ds
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(
+    cfg: Optional[Config] = None,
+    resume: Optional[str | Path] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    progress: bool = True,
+) -> Path:
+    """Train a GAN; returns the run folder. With `resume`, continue that run exactly where it stopped.
+
+    `overrides` (resume only) may change the length of the run: {"train": {"steps": 2000}}.
+    """
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt_path = run_dir / "checkpoints" / "last.pt"
+        if not ckpt_path.is_file():
+            raise CheckpointError(
+                f"cannot resume '{run_dir}': no checkpoints/last.pt there. Is it a ganforge run folder?"
+            )
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = from_dict(ckpt["config"])
+        if overrides:
+            allowed = {
+                "train": {
+                    "steps",
+                    "epochs",
+                    "log_every",
+                    "sample_every",
+                    "checkpoint_every",
+                    "device",
+                }
+            }
+            for section, values in overrides.items():
+                bad = set(values) - allowed.get(section, set())
+                if bad:
+                    raise ConfigError(
+                        f"cannot change {', '.join(f'{section}.{k}' for k in sorted(bad))} when resuming; "
+                        "only train.steps, train.epochs, the cadences and train.device may change."
+                    )
+            cfg = from_dict(
+                {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}}
+            )
+        ds = _load_data(cfg)
+        if len(ds) != ckpt["dataset"]["n"]:
+            raise ConfigError(
+                f"cannot resume '{run_dir}': it was trained on {ckpt['dataset']['n']} images of "
+                f"'{cfg.data.name}', but {len(ds)} were found now; the data changed."
+            )
+    else:
+        cfg = cfg or Config()
+        cfg, ds = prepare(cfg)
+        run_dir = _new_run_dir(cfg)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    t = cfg.train
+    device = pick_device(t.device)
+    torch.manual_seed(t.seed)  # weights; dropout masks use the same global generator afterwards
+    m = cfg.model
+    G, D = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout)
+    G, D = G.to(device), D.to(device)
+    opt_G = torch.optim.Adam(
+        G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
+    )
+    opt_D = torch.optim.Adam(
+        D.parameters(), lr=cfg.optim.d_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
+    )
+    loss = LOSSES[cfg.loss.name]
+    noise = torch.Generator().manual_seed(t.seed + 1)  # training latents, drawn on the CPU
+    fixed_z = torch.randn(t.n_samples, m.z_dim, generator=torch.Generator().manual_seed(t.seed + 2))
+
+    step, nimg = 0, 0
+    if ckpt is not None:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+        opt_G.load_state_dict(ckpt["opt_G"])
+        opt_D.load_state_dict(ckpt["opt_D"])
+        step, nimg = ckpt["step"], ckpt["nimg"]
+        noise.set_state(ckpt["rng"]["noise"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    images = ds.images.to(device)  # uint8 [N, C, H, W], decoded once
+    n, batch = images.shape[0], t.batch_size
+    steps_per_epoch = n // batch  # the incomplete last batch of an epoch is dropped
+    total_steps = t.steps if t.steps is not None else t.epochs * steps_per_epoch
+    ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
+    sample_dir.mkdir(exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def state() -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "noise": noise.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "step": step,
+            "nimg": nimg,
+            "rng": rng,
+            "config": cfg.to_dict(),
+            "dataset": {"name": ds.name, "n": n, "source": ds.source},
+        }
+
+    def write_grid() -> Path:
+        G.eval()
+        with torch.no_grad():
+            fake = G(fixed_z.to(device)).float().cpu()
+        G.train()
+        path = save_grid(fake, sample_dir / f"step_{step:07d}.png")
+        save_grid(fake, run_dir / "samples.png")  # always the newest grid
+        return path
+
+    def log(record: dict[str, Any]) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    print(
+        f"ganforge: training {m.name} on {ds.name} ({n} images {tuple(ds.images.shape[1:])}) on {device}; "
+        f"{total_steps} steps of {batch} -> {run_dir}",
+        file=sys.stderr,
+    )
+    if step == 0:
+        write_grid()
+        log({"event": "start", "step": 0, "dataset": ds.name, "n_images": n, "device": str(device)})
+    else:
+        log({"event": "resume", "step": step, "nimg": nimg})
+
+    stop = StopFlag()
+    stop.install()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total_steps * batch,
+            initial=step * batch,
+            unit="img",
+            unit_scale=True,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
+    sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
+    window_steps, window_start = 0, time.perf_counter()
+    order_epoch, order = -1, None
+    G.train()
+    D.train()
+    try:
+        while step < total_steps and not stop.requested:
+            epoch, i = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
+            real_img = to_float(images[order[i * batch : (i + 1) * batch]])
+            z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
+            z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
+
+            d_loss, real_logits, fake_logits = d_step(G, D, opt_D, loss, real_img, z_d)
+            log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
+            d_norm = grad_norm(D) if log_now else None
+            g_loss = g_step(G, D, opt_G, loss, z_g)
+            g_norm = grad_norm(G) if log_now else None
+            step += 1
+            nimg += batch
+
+            sums["d_loss"] += d_loss
+            sums["g_loss"] += g_loss
+            sums["d_real"] += torch.sigmoid(real_logits).mean()
+            sums["d_fake"] += torch.sigmoid(fake_logits).mean()
+            window_steps += 1
+            if bar is not None:
+                bar.update(batch)
+
+            if log_now:
+                elapsed = time.perf_counter() - window_start
+                record = {k: float(v) / window_steps for k, v in sums.items()}
+                if not all(math.isfinite(v) for v in record.values()):
+                    log({"event": "divergence", "step": step, **record})
+                    raise TrainingStopped(
+                        f"training diverged at step {step}: a loss became NaN or Inf ({record}). "
+                        f"The last good checkpoint is in {ckpt_dir}; try a lower learning rate "
+                        "(--set optim.g_lr=1e-4 optim.d_lr=1e-4).",
+                        run_dir,
+                        3,
+                    )
+                log(
+                    {
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "nimg": nimg,
+                        **record,
+                        "d_grad_norm": d_norm,
+                        "g_grad_norm": g_norm,
+                        "img_per_s": window_steps * batch / max(elapsed, 1e-9),
+                        "time": time.time(),
+                    }
+                )
+                if bar is not None:
+                    bar.set_postfix(
+                        d_loss=f"{record['d_loss']:.3f}",
+                        g_loss=f"{record['g_loss']:.3f}",
+                        refresh=False,
+                    )
+                sums = {k: 0.0 for k in sums}
+                window_steps, window_start = 0, time.perf_counter()
+
+            epoch_end = step % steps_per_epoch == 0
+            if (t.sample_every and step % t.sample_every == 0) or (
+                not t.sample_every and epoch_end
+            ):
+                write_grid()
+                plot_losses(metrics_path, run_dir / "losses.png")
+            if step % t.checkpoint_every == 0 or epoch_end:
+                save_checkpoint(ckpt_dir / "last.pt", state())
+    finally:
+        if bar is not None:
+            bar.close()
+        stop.uninstall()
+
+    save_checkpoint(ckpt_dir / "last.pt", state())
+    write_grid()
+    plot_losses(metrics_path, run_dir / "losses.png")
+    if stop.requested:
+        log({"event": "interrupted", "step": step, "signal": stop.signal_name})
+        raise TrainingStopped(
+            f"stopped by {stop.signal_name} at step {step}/{total_steps}; checkpoint saved. "
+            f"Resume with: ganforge train --resume {run_dir}",
+            run_dir,
+            130 if stop.signal_name == "SIGINT" else 143,
+        )
+    save_checkpoint(ckpt_dir / "final.pt", state())
+    log({"event": "end", "step": step, "nimg": nimg})
+    print(
+        f"ganforge: done. Samples: {run_dir / 'samples.png'}  Checkpoint: {ckpt_dir / 'final.pt'}",
+        file=sys.stderr,
+    )
+    return run_dir

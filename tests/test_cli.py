@@ -1,0 +1,140 @@
+"""The command line end to end, as a user runs it (subprocesses)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def run(*args, env_extra=None, timeout=300):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ganforge", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def offline_env(isolated_env):
+    return {"XDG_CACHE_HOME": str(isolated_env / "cache")}
+
+
+TINY = [
+    "--data",
+    "mnist-5k",
+    "--steps",
+    "4",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--set",
+    "model.g_channels=4",
+    "model.d_channels=4",
+    "train.batch_size=8",
+    "data.limit=32",
+]
+
+
+def test_train_then_sample(tmp_path, offline_env):
+    r = run("train", *TINY, "--runs-dir", str(tmp_path), "--name", "cli", env_extra=offline_env)
+    assert r.returncode == 0, r.stderr
+    assert "done. Samples:" in r.stderr
+    run_dir = tmp_path / "cli"
+    assert (run_dir / "samples.png").is_file()
+    out = tmp_path / "grid.png"
+    r = run(
+        "sample",
+        str(run_dir),
+        "--n",
+        "9",
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        "--individual",
+        str(tmp_path / "each"),
+    )
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 0
+    assert len(list((tmp_path / "each").glob("*.png"))) == 9
+    r = run("sample", str(tmp_path), "--out", str(out))
+    assert r.returncode == 1 and "holds no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_presets_lists_the_seed_presets():
+    r = run("presets")
+    assert r.returncode == 0
+    assert "seed-mnist" in r.stdout and "seed-cifar" in r.stdout
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path, offline_env):
+    r = run(
+        "train",
+        "--dry-run",
+        "--preset",
+        "seed-mnist",
+        "--data",
+        "mnist-5k",
+        "--set",
+        "train.seed=5",
+        env_extra=offline_env,
+    )
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["model"]["name"] == "dcgan28" and cfg["train"]["seed"] == 5
+    assert cfg["optim"]["g_lr"] == 1e-4 and cfg["data"]["channels"] == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.lr=0.1"], "unknown config key 'train.lr'"),
+        (["--set", "optim.g_lr=-1"], "optim.g_lr: must be greater than zero"),
+        (["--set", "train.batch_size"], "expected KEY=VALUE"),
+        (["--model", "dcgan99"], "unknown model 'dcgan99'"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--batch-size", "5000", "--data", "mnist-5k"], "larger than the dataset"),
+    ],
+)
+def test_bad_input_is_a_clear_message_not_a_traceback(args, message, offline_env):
+    r = run("train", "--dry-run", *args, env_extra=offline_env)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_dataset_from_the_cli(tmp_path, offline_env):
+    if os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Fashion-MNIST is installed system-wide here (Debian's dataset-fashion-mnist)")
+    r = run(
+        "train",
+        "--data",
+        "fashion-mnist",
+        "--data-root",
+        str(tmp_path),
+        "--set",
+        "data.download=false",
+        env_extra={**offline_env, "GANFORGE_DATA": str(tmp_path)},
+    )
+    assert r.returncode == 1 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_command(tmp_path, offline_env):
+    out = tmp_path / "real.png"
+    r = run("data", "mnist-5k", "--out", str(out), env_extra=offline_env)
+    assert r.returncode == 0, r.stderr
+    assert "4500" in r.stdout and "[1, 28, 28]" in r.stdout and "0: 450" in r.stdout
+    assert out.is_file()
+
+
+def test_help_explains():
+    r = run("train", "--help")
+    assert r.returncode == 0 and "--resume" in r.stdout and "examples:" in r.stdout

@@ -1,0 +1,103 @@
+import pytest
+
+from ganforge.config import (
+    Config,
+    ConfigError,
+    build_config,
+    from_dict,
+    list_presets,
+    load_preset,
+    parse_overrides,
+    resolve,
+)
+
+
+def test_defaults_validate_and_round_trip_through_yaml():
+    import yaml
+
+    cfg = Config()
+    again = from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_overrides_are_typed():
+    values = parse_overrides(
+        [
+            "train.batch_size=32",
+            "optim.g_lr=2e-4",
+            "data.strict=true",
+            "run.name=x",
+            "train.steps=null",
+        ]
+    )
+    assert values == {
+        "train": {"batch_size": 32, "steps": None},
+        "optim": {"g_lr": 2e-4},
+        "data": {"strict": True},
+        "run": {"name": "x"},
+    }
+    cfg = build_config(overrides=values)
+    assert cfg.train.batch_size == 32 and cfg.optim.g_lr == 2e-4 and cfg.data.strict is True
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"train": {"batch_sise": 3}},
+            "unknown config key 'train.batch_sise'.*Did you mean 'batch_size'",
+        ),
+        ({"trian": {}}, "unknown config key 'trian'.*Did you mean 'train'"),
+        ({"train": {"batch_size": "big"}}, "train.batch_size: expected int, got str"),
+        ({"train": {"batch_size": 1.5}}, "train.batch_size: expected int"),
+        ({"optim": {"g_lr": -1e-4}}, "optim.g_lr: must be greater than zero"),
+        ({"optim": {"beta1": 1.0}}, r"optim.beta1: must be in \[0, 1\)"),
+        ({"train": {"batch_size": 0}}, "train.batch_size: must be greater than zero"),
+        ({"train": {"epochs": -2}}, "train.epochs: must be greater than zero"),
+        ({"model": {"name": "dcgan23"}}, "unknown model 'dcgan23'.*dcgan28.*Did you mean"),
+        ({"loss": {"name": "hinj"}}, "unknown loss 'hinj'"),
+        ({"data": {"name": "minst"}}, "unknown dataset 'minst'.*Did you mean 'mnist'"),
+        ({"data": {"channels": 2}}, "data.channels: must be 1 or 3"),
+        (
+            {"train": {"device": "tpu"}},
+            "'tpu' is not a valid choice; choose one of auto, cpu, cuda, mps",
+        ),
+        (
+            {"model": {"name": "dcgan28"}, "data": {"resolution": 64}},
+            "dcgan28 makes 28x28 images, not 64",
+        ),
+        ({"data": {"resolution": 48}}, "no model makes 48x48"),
+        ({"train": "fast"}, "train: expected a section"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=overrides)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.batch_size"])
+
+
+def test_presets_exist_and_are_valid():
+    presets = list_presets()
+    assert {"seed-mnist", "seed-cifar"} <= set(presets)
+    for name in presets:
+        assert presets[name], f"preset {name} needs a first-line comment saying what it is for"
+        build_config(name)
+    cfg = build_config("seed-cifar", {"train": {"batch_size": 32}})
+    assert cfg.model.name == "dcgan32" and cfg.optim.beta1 == 0.5 and cfg.train.batch_size == 32
+    mnist = load_preset("seed-mnist")
+    assert mnist["optim"]["g_lr"] == 1e-4 and mnist["train"]["batch_size"] == 128
+    with pytest.raises(ConfigError, match="unknown preset 'seed-mnsit'.*Did you mean 'seed-mnist'"):
+        build_config("seed-mnsit")
+
+
+def test_resolve_fills_model_and_checks_batch_against_dataset():
+    cfg = build_config(overrides={"data": {"name": "cifar10"}})
+    out = resolve(cfg, "cifar10", channels=3, n_images=1000)
+    assert out.model.name == "dcgan32" and out.data.resolution == 32 and out.model.channels == 3
+    assert cfg.model.name == "auto"  # the input is untouched
+    with pytest.raises(ConfigError, match="batch_size: 64 is larger than the dataset"):
+        resolve(cfg, "cifar10", channels=3, n_images=10)

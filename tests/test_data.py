@@ -1,0 +1,188 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganforge.data import (
+    DatasetError,
+    convert_channels,
+    load_dataset,
+    read_idx,
+    resize_square,
+    to_float,
+    to_uint8,
+)
+
+
+def test_the_two_conversions_round_trip():
+    u8 = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    x = to_float(u8)
+    assert x.min() == -1 and x.max() == 1
+    assert torch.equal(to_uint8(x), u8)
+    assert to_uint8(torch.tensor([[[[3.0, -7.0]]]])).tolist() == [[[[255, 0]]]]
+
+
+def test_real_mnist_counts(data_root):
+    train = load_dataset("mnist", root=str(data_root / "mnist"), download=False)
+    test = load_dataset("mnist", root=str(data_root), split="test", download=False)
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(train.labels).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    assert torch.bincount(test.labels).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
+
+
+def _write_idx(path, array, magic):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_in_torchvision_layout_and_uncompressed(isolated_env):
+    raw = isolated_env / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_idx(raw / "train-images-idx3-ubyte.gz", np.full((5, 28, 28), 7), 2051)
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", np.arange(5), 2049)
+    ds = load_dataset("mnist", root=str(isolated_env / "root"), download=False)
+    assert ds.images.shape == (5, 1, 28, 28) and ds.labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_idx_wrong_magic_and_truncation(tmp_path):
+    bad = tmp_path / "bad.gz"
+    _write_idx(bad, np.zeros((2, 28, 28)), 1234)
+    with pytest.raises(DatasetError, match="wrong magic number"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(struct.pack(">IIII", 2051, 10, 28, 28) + b"\0" * 100)
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(short)
+
+
+def test_missing_dataset_gives_helpful_error(isolated_env):
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mnist", root=str(isolated_env / "nowhere"), download=False)
+    msg = str(err.value)
+    assert "not found" in msg and "Looked for" in msg and "nowhere" in msg
+    assert "--data-root" in msg and "GANFORGE_DATA" in msg
+
+
+def test_auto_falls_back_to_embedded_mnist5k(isolated_env, capsys):
+    ds = load_dataset("auto", download=False)
+    assert ds.name == "mnist-5k"
+    assert ds.images.shape == (4500, 1, 28, 28)
+    assert torch.bincount(ds.labels).tolist() == [450] * 10
+    assert "mnist-5k" in capsys.readouterr().err
+
+
+def test_cifar_npz(isolated_env):
+    folder = isolated_env / "cifar"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez_compressed(
+        folder / "data_batch_1.npz", images=imgs, labels=np.arange(6, dtype=np.uint8)
+    )
+    np.savez_compressed(
+        folder / "test_batch.npz", images=imgs[:2], labels=np.zeros(2, dtype=np.uint8)
+    )
+    ds = load_dataset("cifar10", root=str(folder), download=False)
+    assert ds.images.shape == (6, 3, 32, 32)
+    assert torch.equal(
+        ds.images[3], torch.from_numpy(imgs[3]).permute(2, 0, 1)
+    )  # HWC -> CHW, RGB kept
+    assert ds.labels.tolist() == list(range(6))
+    assert len(load_dataset("cifar10", root=str(folder), split="test", download=False)) == 2
+    np.savez_compressed(folder / "data_batch_2.npz", images=imgs[:, :16], labels=np.arange(6))
+    with pytest.raises(DatasetError, match=r"must be uint8 of shape \(N, 32, 32, 3\)"):
+        load_dataset("cifar10", root=str(folder), download=False)
+
+
+def test_real_cifar(data_root):
+    ds = load_dataset("cifar10", root=str(data_root / "cifar10"), split="test", download=False)
+    assert ds.images.shape == (1000, 3, 32, 32)
+    assert ds.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs" / "deep").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / "cats" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)).save(
+        root / "cats" / "b.jpg", quality=90
+    )
+    Image.new("CMYK", (30, 30), (0, 255, 0, 0)).save(root / "dogs" / "cmyk.jpg")
+    Image.new("P", (20, 20), 5).save(root / "dogs" / "deep" / "palette.png")
+    Image.new("RGBA", (20, 20), (255, 0, 0, 0)).save(root / "dogs" / "alpha.webp")
+    Image.new("L", (33, 33), 128).save(root / "dogs" / "gray.bmp")
+    (root / "dogs" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_folder_of_mixed_images(mixed_folder, capsys):
+    ds = load_dataset(f"folder:{mixed_folder}", resolution=16)
+    assert ds.images.shape == (6, 3, 16, 16) and ds.images.dtype == torch.uint8
+    assert ds.class_names == ["cats", "dogs"]
+    assert sorted(ds.labels.tolist()) == [0, 0, 1, 1, 1, 1]
+    assert ds.skipped == ["dogs/corrupt.png"]
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    gray = load_dataset(f"folder:{mixed_folder}", resolution=8, channels=1)
+    assert gray.images.shape == (6, 1, 8, 8)
+    # transparent pixels are composited over white
+    alpha = [i for i, p in enumerate(sorted(mixed_folder.rglob("*"))) if p.name == "alpha.webp"]
+    assert alpha and (ds.images == 255).all(dim=(1, 2, 3)).any()
+
+
+def test_folder_strict_and_empty(mixed_folder, tmp_path):
+    with pytest.raises(DatasetError, match="corrupt.png"):
+        load_dataset(f"folder:{mixed_folder}", resolution=16, strict=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(f"folder:{tmp_path / 'missing'}")
+
+
+def test_grayscale_folder_stays_one_channel(tmp_path):
+    for i in range(3):
+        Image.new("L", (28, 28), i * 50).save(tmp_path / f"{i}.png")
+    ds = load_dataset(f"folder:{tmp_path}", resolution=28)
+    assert ds.images.shape == (3, 1, 28, 28)
+    assert ds.images[:, 0, 0, 0].tolist() == [0, 50, 100]
+
+
+def test_channel_conversion_and_resize():
+    rgb = torch.zeros(2, 3, 10, 20, dtype=torch.uint8)
+    rgb[:, 0] = 255
+    gray = convert_channels(rgb, 1)
+    assert gray.shape == (2, 1, 10, 20) and gray.unique().tolist() == [76]  # 0.299 * 255
+    assert convert_channels(gray, 3).shape == (2, 3, 10, 20)
+    out = resize_square(rgb, 8)
+    assert out.shape == (2, 3, 8, 8) and out[:, 0].min() == 255

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from ganforge.models import MODELS, build_models, model_for_resolution
+from ganforge.models.dcgan import FastDropout
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_model_maps_z_to_images_and_logits(name, channels):
+    torch.manual_seed(0)
+    G, D = build_models(name, z_dim=8, channels=channels, g_channels=4, d_channels=4, dropout=0.3)
+    z = torch.randn(5, 8)
+    x = G(z)
+    r = MODELS[name].resolution
+    assert x.shape == (5, channels, r, r)
+    assert x.min() >= -1 and x.max() <= 1
+    logits = D(x)
+    assert logits.shape == (5,)
+    assert torch.isfinite(logits).all()
+    # D returns raw logits, not probabilities: scaled-up inputs push them outside [0, 1].
+    assert D(x * 50).abs().max() > 0
+
+
+def test_dcgan_init_statistics():
+    torch.manual_seed(0)
+    G, D = build_models("dcgan32", z_dim=100, channels=3, g_channels=64, d_channels=64, dropout=0.3)
+    w = G.net[0].weight
+    assert abs(w.std().item() - 0.02) < 0.002 and abs(w.mean().item()) < 0.002
+    bn = G.net[1]
+    assert abs(bn.weight.mean().item() - 1.0) < 0.01 and bn.bias.abs().max() == 0
+
+
+def test_dcgan28_matches_the_seed_layers():
+    G, D = build_models("dcgan28", z_dim=100, channels=1, g_channels=64, d_channels=64, dropout=0.3)
+    assert G.fc[0].out_features == 7 * 7 * 256 and G.fc[0].bias is None
+    convs = [m for m in G.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (256, 128, (5, 5), (1, 1)),
+        (128, 64, (5, 5), (2, 2)),
+        (64, 1, (5, 5), (2, 2)),
+    ]
+    assert sum(isinstance(m, FastDropout) for m in D.modules()) == 2
+    assert D.net[-1].out_features == 1
+
+
+def test_fast_dropout_matches_dropout_statistics():
+    torch.manual_seed(0)
+    x = torch.ones(200, 8, 16, 16)
+    drop = FastDropout(0.3).train()
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.01
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert abs(y.mean().item() - 1.0) < 0.02  # inverted dropout keeps the expectation
+    y2 = FastDropout(0.3, channelwise=True).train()(x)
+    per_map = y2.view(200, 8, -1)
+    assert (per_map.min(-1).values == per_map.max(-1).values).all()  # whole maps dropped
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_model_for_resolution():
+    assert model_for_resolution(28) == "dcgan28"
+    assert model_for_resolution(32) == "dcgan32"
+    with pytest.raises(ValueError, match="no model makes 48x48"):
+        model_for_resolution(48)

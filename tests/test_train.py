@@ -1,0 +1,165 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ganforge
+from ganforge.checkpoint import load_checkpoint
+from ganforge.config import ConfigError, build_config
+from ganforge.train import train
+
+from .conftest import tiny
+
+
+def test_tiny_run_writes_everything(tmp_path, isolated_env):
+    run = train(build_config(overrides=tiny(tmp_path)), progress=False)
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "samples.png",
+        "losses.png",
+        "checkpoints/last.pt",
+        "checkpoints/final.pt",
+        "samples/step_0000000.png",
+    ):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "d_loss" in r]
+    assert [r["step"] for r in steps] == [2, 4, 6]
+    for key in ("g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "img_per_s", "nimg"):
+        assert key in steps[0]
+    assert 0 < steps[0]["d_real"] < 1 and steps[0]["img_per_s"] > 0
+    ckpt = load_checkpoint(run / "checkpoints" / "final.pt")
+    assert ckpt["step"] == 6 and ckpt["nimg"] == 48
+    assert ckpt["config"]["data"]["name"] == "mnist-5k"  # the dataset really used is recorded
+    assert ckpt["config"]["model"]["name"] == "dcgan28"
+
+
+def _assert_same_state(a, b):
+    for key in ("G", "D"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    for key in ("opt_G", "opt_D"):
+        for pid, st in a[key]["state"].items():
+            for name, tensor in st.items():
+                assert torch.equal(tensor, b[key]["state"][pid][name]), (
+                    f"{key}[{pid}].{name} differs"
+                )
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["noise"], b["rng"]["noise"])
+
+
+def test_resume_is_exact(tmp_path, isolated_env):
+    # 64 images / batch 8 = 8 steps an epoch: the stop at step 6 is mid-epoch, the run crosses into epoch 2.
+    straight = tiny(tmp_path / "a", steps=12)
+    run_a = train(build_config(overrides=straight), progress=False)
+    half = tiny(tmp_path / "b", steps=6)
+    run_b = train(build_config(overrides=half), progress=False)
+    train(resume=run_b, overrides={"train": {"steps": 12}}, progress=False)
+    a = load_checkpoint(run_a / "checkpoints" / "final.pt")
+    b = load_checkpoint(run_b / "checkpoints" / "final.pt")
+    assert a["step"] == b["step"] == 12 and a["nimg"] == b["nimg"]
+    _assert_same_state(a, b)
+    events = [
+        json.loads(x).get("event") for x in (run_b / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert "resume" in events
+
+
+def test_different_seed_gives_a_different_run(tmp_path, isolated_env):
+    a = load_checkpoint(
+        train(build_config(overrides=tiny(tmp_path / "a")), progress=False) / "checkpoints/final.pt"
+    )
+    b = load_checkpoint(
+        train(build_config(overrides=tiny(tmp_path / "b", seed=1)), progress=False)
+        / "checkpoints/final.pt"
+    )
+    assert not torch.equal(a["G"]["fc.0.weight"], b["G"]["fc.0.weight"])
+
+
+def test_resume_refuses_incompatible_changes(tmp_path, isolated_env):
+    run = train(build_config(overrides=tiny(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="cannot change model.z_dim when resuming"):
+        train(resume=run, overrides={"model": {"z_dim": 4}}, progress=False)
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path, isolated_env):
+    train(build_config(overrides=tiny(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train(build_config(overrides=tiny(tmp_path)), progress=False)
+
+
+def test_load_and_sample_api(tmp_path, isolated_env):
+    run = train(build_config(overrides=tiny(tmp_path)), progress=False)
+    gen = ganforge.load(run)
+    imgs = gen.sample(5, seed=3)
+    assert imgs.shape == (5, 1, 28, 28) and imgs.dtype == torch.uint8
+    assert torch.equal(imgs, gen.sample(5, seed=3))
+    floats = gen.sample(5, seed=3, output="float")
+    assert floats.dtype == torch.float32 and floats.min() >= -1 and floats.max() <= 1
+    assert not torch.equal(imgs, gen.sample(5, seed=4))
+
+
+def test_sigint_saves_a_checkpoint_and_resume_continues(tmp_path, isolated_env):
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ganforge",
+        "train",
+        "--data",
+        "mnist-5k",
+        "--steps",
+        "100000",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "long",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        "model.g_channels=4",
+        "model.d_channels=4",
+        "train.batch_size=8",
+        "data.limit=64",
+        "train.log_every=1",
+    ]
+    env = {**os.environ, "XDG_CACHE_HOME": str(isolated_env / "cache")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = runs / "long" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (
+        not metrics.exists() or metrics.read_text().count("d_loss") < 3
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Resume with: ganforge train --resume" in err
+    stopped = load_checkpoint(runs / "long" / "checkpoints" / "last.pt")["step"]
+    assert stopped >= 3
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge",
+            "train",
+            "--resume",
+            str(runs / "long"),
+            "--steps",
+            str(stopped + 2),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(runs / "long" / "checkpoints" / "final.pt")["step"] == stopped + 2
