@@ -27,11 +27,11 @@ def test_overrides_are_typed():
             "optim.g_lr=2e-4",
             "data.strict=true",
             "run.name=x",
-            "train.steps=null",
+            "train.epochs=null",
         ]
     )
     assert values == {
-        "train": {"batch_size": 32, "steps": None},
+        "train": {"batch_size": 32, "epochs": None},
         "optim": {"g_lr": 2e-4},
         "data": {"strict": True},
         "run": {"name": "x"},

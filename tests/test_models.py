@@ -59,7 +59,7 @@ def test_fast_dropout_matches_dropout_statistics():
 
 
 def test_model_for_resolution():
-    assert model_for_resolution(28) == "dcgan28"
+    assert model_for_resolution(28) == "dcgan28-classic"
     assert model_for_resolution(32) == "dcgan32"
     with pytest.raises(ValueError, match="no model makes 48x48"):
         model_for_resolution(48)

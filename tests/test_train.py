@@ -37,7 +37,7 @@ def test_tiny_run_writes_everything(tmp_path, isolated_env):
     ckpt = load_checkpoint(run / "checkpoints" / "final.pt")
     assert ckpt["step"] == 6 and ckpt["nimg"] == 48
     assert ckpt["config"]["data"]["name"] == "mnist-5k"  # the dataset really used is recorded
-    assert ckpt["config"]["model"]["name"] == "dcgan28"
+    assert ckpt["config"]["model"]["name"] == "dcgan28-classic"  # auto at 28x28
 
 
 def _assert_same_state(a, b):
@@ -79,7 +79,7 @@ def test_different_seed_gives_a_different_run(tmp_path, isolated_env):
         train(build_config(overrides=tiny(tmp_path / "b", seed=1)), progress=False)
         / "checkpoints/final.pt"
     )
-    assert not torch.equal(a["G"]["fc.0.weight"], b["G"]["fc.0.weight"])
+    assert not torch.equal(a["G"]["net.0.weight"], b["G"]["net.0.weight"])
 
 
 def test_resume_refuses_incompatible_changes(tmp_path, isolated_env):

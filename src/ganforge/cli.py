@@ -49,9 +49,13 @@ def _train_parser(sub: Any) -> None:
         default=None,
         help="fail on unreadable images instead of skipping them",
     )
-    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan32, dcgan64")
-    p.add_argument("--epochs", type=int, help="passes over the dataset")
-    p.add_argument("--steps", type=int, help="optimisation steps (overrides --epochs)")
+    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan28-classic, dcgan32, dcgan64")
+    p.add_argument("--epochs", type=int, help="length in passes over the dataset")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="length in optimisation steps (default 5000; replaces a preset's epochs)",
+    )
     p.add_argument("--batch-size", type=int, help="images per step")
     p.add_argument("--seed", type=int, help="random seed (same seed, same run on CPU)")
     p.add_argument(
@@ -98,6 +102,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("model", "name", args.model)
     put("train", "epochs", args.epochs)
     put("train", "steps", args.steps)
+    if args.steps is not None:  # --steps wins over a preset's epochs
+        values.setdefault("train", {})["epochs"] = None
     put("train", "batch_size", args.batch_size)
     put("train", "seed", args.seed)
     put("train", "device", args.device)

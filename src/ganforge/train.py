@@ -305,7 +305,7 @@ def train(
     images = ds.images.to(device)  # uint8 [N, C, H, W], decoded once
     n, batch = images.shape[0], t.batch_size
     steps_per_epoch = n // batch  # the incomplete last batch of an epoch is dropped
-    total_steps = t.steps if t.steps is not None else t.epochs * steps_per_epoch
+    total_steps = t.epochs * steps_per_epoch if t.epochs is not None else t.steps
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"

@@ -13,24 +13,26 @@ class ModelSpec:
     build: Callable[..., tuple[nn.Module, nn.Module]]  # keyword args -> (G, D)
     resolution: int  # side length of the images G makes and D reads
     description: str
+    auto: bool = False  # what model.name=auto picks for this resolution (else the first registered)
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, resolution: int, description: str):
+def register_model(name: str, resolution: int, description: str, auto: bool = False):
     def wrap(fn: Callable[..., tuple[nn.Module, nn.Module]]):
-        MODELS[name] = ModelSpec(fn, resolution, description)
+        MODELS[name] = ModelSpec(fn, resolution, description, auto)
         return fn
 
     return wrap
 
 
 def model_for_resolution(resolution: int) -> str:
-    """The registered model that makes `resolution`x`resolution` images (first registered wins)."""
-    for name, spec in MODELS.items():
-        if spec.resolution == resolution:
-            return name
+    """The model `auto` picks for `resolution`x`resolution` images."""
+    fits = [name for name, spec in MODELS.items() if spec.resolution == resolution]
+    preferred = [name for name in fits if MODELS[name].auto]
+    if fits:
+        return (preferred or fits)[0]
     from ganforge.config import ConfigError
 
     sizes = ", ".join(f"{s.resolution} ({n})" for n, s in MODELS.items())

@@ -1,7 +1,8 @@
 """DCGAN generators and discriminators (Radford, Metz & Chintala 2016, arXiv:1511.06434).
 
-dcgan28 is the seed's section 4.1 net (the TensorFlow/Keras DCGAN tutorial), dcgan32 the seed's
-section 4.2 CIFAR-10 net with the scalar output it lacked, dcgan64 the paper's 64x64 net.
+dcgan28 is the seed's section 4.1 net (the TensorFlow/Keras DCGAN tutorial), dcgan28-classic the
+paper's topology at 28x28 (the default for 28x28 data: it learns digits much faster), dcgan32 the
+seed's section 4.2 CIFAR-10 net with the scalar output it lacked, dcgan64 the paper's 64x64 net.
 G maps z [N, z_dim] to images [N, C, H, W] in [-1, 1]; D maps images to logits [N].
 """
 
@@ -96,6 +97,47 @@ class Discriminator28(nn.Module):
             FastDropout(dropout),
             nn.Flatten(),
             nn.Linear(2 * base * 7 * 7, 1),  # a raw logit; no sigmoid (the loss works on logits)
+        )
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(-1)
+
+
+class Generator28Classic(nn.Module):
+    """Radford et al.'s topology at 28x28: ConvT 7x7 from z to 7x7x4b, two stride-2 ConvT 4x4, BN, ReLU."""
+
+    def __init__(self, z_dim: int = 100, channels: int = 1, base: int = 32):
+        super().__init__()
+        self.z_dim = z_dim
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(z_dim, 4 * base, 7, 1, 0, bias=False),  # [N, 4b, 7, 7]
+            nn.BatchNorm2d(4 * base),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(4 * base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 14, 14]
+            nn.BatchNorm2d(2 * base),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(2 * base, channels, 4, 2, 1, bias=False),  # [N, C, 28, 28]
+            nn.Tanh(),
+        )
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], -1, 1, 1))
+
+
+class Discriminator28Classic(nn.Module):
+    """Radford et al.'s D at 28x28: Conv 4x4 s2, LeakyReLU 0.2; Conv s2 + BN; a 7x7 conv to the logit."""
+
+    def __init__(self, channels: int = 1, base: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, base, 4, 2, 1),  # [N, b, 14, 14]
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 7, 7]
+            nn.BatchNorm2d(2 * base),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * base, 1, 7, 1, 0),  # [N, 1, 1, 1]
         )
         dcgan_init(self)
 
@@ -204,6 +246,21 @@ class Discriminator64(nn.Module):
 @register_model("dcgan28", 28, "seed 4.1 / Keras-tutorial DCGAN for 28x28 (MNIST)")
 def dcgan28(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float):
     return Generator28(z_dim, channels, g_channels), Discriminator28(channels, d_channels, dropout)
+
+
+@register_model(
+    "dcgan28-classic",
+    28,
+    "Radford et al. DCGAN topology at 28x28 (BN in D): fast to good digits",
+    auto=True,
+)
+def dcgan28_classic(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float):
+    # Measured on MNIST (2-core CPU, width 32, batch 64, 3000 steps): clearly better digits than
+    # dcgan28 after the same time; dcgan28's dropout-regularised D without normalisation learns slowly.
+    # No dropout here.
+    return Generator28Classic(z_dim, channels, g_channels), Discriminator28Classic(
+        channels, d_channels
+    )
 
 
 @register_model(
