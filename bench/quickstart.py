@@ -78,7 +78,7 @@ def main() -> None:
     print(f"samples: {fake}\nreal:    {real}", file=sys.stderr)
     cpu = platform.processor() or platform.machine()
     print(
-        f"| {date.today()} | `{' '.join(['ganforge', 'train', *cmd[8:]])}` | {dataset} | {wall / 60:.1f} min "
+        f"| {date.today()} | `{' '.join(['ganforge', 'train', *cmd[7:]])}` | {dataset} | {wall / 60:.1f} min "
         f"| {fake['confident_fraction']:.1%} ({fake['classes_covered']}/10 classes) "
         f"| {real['confident_fraction']:.1%} ({real['classes_covered']}/10) "
         f"| {os.cpu_count()} cores {cpu}, torch {torch.__version__} |"

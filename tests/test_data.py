@@ -186,3 +186,29 @@ def test_channel_conversion_and_resize():
     assert convert_channels(gray, 3).shape == (2, 3, 10, 20)
     out = resize_square(rgb, 8)
     assert out.shape == (2, 3, 8, 8) and out[:, 0].min() == 255
+
+
+def test_download_path_with_files_already_present(data_root, isolated_env, monkeypatch):
+    """The torchvision download branch, exercised offline: torchvision finds the files and skips the fetch."""
+    import shutil
+
+    import ganforge.data as gd
+
+    raw = gd.cache_dir() / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    # torchvision checks for all four (decompressed) files before it decides not to download
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        with (
+            gzip.open(data_root / "mnist" / f"{stem}.gz", "rb") as src,
+            open(raw / stem, "wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst)
+    monkeypatch.setattr(gd, "_candidate_dirs", lambda *a, **k: [])  # nothing found by the search
+    ds = load_dataset("mnist", split="test", download=True)
+    assert ds.images.shape == (10000, 1, 28, 28)
+    assert ds.source == str(raw)

@@ -17,11 +17,11 @@ from ganforge.train import train
 def test_short_mnist_training_learns_digits(tmp_path, data_root):
     real = load_dataset("mnist", root=str(data_root / "mnist"), download=False)
     test = load_dataset("mnist", root=str(data_root / "mnist"), split="test", download=False)
-    clf = fit_classifier(real.images[:12000], real.labels[:12000], epochs=1)
+    clf = fit_classifier(real.images[:20000], real.labels[:20000], epochs=2, batch_size=64)
     accuracy = (
         (predict_proba(clf, test.images[:2000]).argmax(1) == test.labels[:2000]).float().mean()
     )
-    assert accuracy > 0.9, f"the judge itself is too weak ({accuracy:.3f})"
+    assert accuracy > 0.95, f"the judge itself is too weak ({accuracy:.3f})"
 
     cfg = build_config(
         overrides={

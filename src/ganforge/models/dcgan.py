@@ -171,20 +171,25 @@ class Generator32(nn.Module):
 
 
 class Discriminator32(nn.Module):
-    """Seed 4.2 D, completed: its 4b x 4 x 4 map goes through Conv(4b -> 1, 4x4) to one logit."""
+    """Seed 4.2 D, completed: its 4b x 4 x 4 map goes through Conv(4b -> 1, 4x4) to one logit.
+
+    The seed's convolutions have no bias. Without biases or normalisation D is positively
+    homogeneous (D(a * x) = a * D(x) for a > 0), so the all-grey image x = 0 always gets logit 0:
+    G learned to park there (uniform grey grids within 150 steps on CIFAR-10). Biases fix it.
+    """
 
     def __init__(self, channels: int = 3, base: int = 64, dropout: float = 0.3):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, base, 4, 2, 1, bias=False),  # [N, b, 16, 16]
+            nn.Conv2d(channels, base, 4, 2, 1),  # [N, b, 16, 16]
             nn.LeakyReLU(0.2, inplace=True),
             FastDropout(dropout, channelwise=True),
-            nn.Conv2d(base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 8, 8]
+            nn.Conv2d(base, 2 * base, 4, 2, 1),  # [N, 2b, 8, 8]
             nn.LeakyReLU(0.2, inplace=True),
             FastDropout(dropout, channelwise=True),
-            nn.Conv2d(2 * base, 4 * base, 4, 2, 1, bias=False),  # [N, 4b, 4, 4]
+            nn.Conv2d(2 * base, 4 * base, 4, 2, 1),  # [N, 4b, 4, 4]
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(4 * base, 1, 4, 1, 0, bias=False),  # [N, 1, 1, 1]
+            nn.Conv2d(4 * base, 1, 4, 1, 0),  # [N, 1, 1, 1]
         )
         dcgan_init(self)
 
