@@ -63,6 +63,12 @@ def _train_parser(sub: Any) -> None:
         choices=("auto", "cpu", "cuda", "mps"),
         help="where to train (auto: cuda, mps, cpu)",
     )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="every N steps log the domain FID (train.eval_n samples) and keep checkpoints/best.pt",
+    )
     p.add_argument("--name", help="run name (default: <dataset>-<model>-<time>)")
     p.add_argument("--runs-dir", help="folder for runs (default: runs)")
     p.add_argument(
@@ -106,6 +112,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         values.setdefault("train", {})["epochs"] = None
     put("train", "batch_size", args.batch_size)
     put("train", "seed", args.seed)
+    put("train", "eval_every", args.eval_every)
     put("train", "device", args.device)
     put("run", "name", args.name)
     put("run", "runs_dir", args.runs_dir)
@@ -197,6 +204,50 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ganforge.metrics.evaluate import evaluate, format_table, parse_metrics
+
+    report = evaluate(
+        args.path,
+        metrics=parse_metrics(args.metrics),
+        n=args.n,
+        ref=args.ref,
+        extractor=args.extractor,
+        seed=args.seed,
+        inception_weights=args.inception_weights,
+        out=args.out,
+        device=args.device,
+    )
+    print(format_table(report))
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from ganforge.metrics.features import DOMAIN_EXTRACTORS, file_sha256, train_domain_classifier
+
+    if args.dataset not in DOMAIN_EXTRACTORS:
+        print(
+            f"ganforge: error: no domain extractor for '{args.dataset}'; choose one of "
+            f"{', '.join(DOMAIN_EXTRACTORS)}.",
+            file=sys.stderr,
+        )
+        return 2
+    out, accuracy = train_domain_classifier(
+        args.dataset,
+        root=args.data_root,
+        epochs=args.epochs,
+        seed=args.seed,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    size = out.stat().st_size
+    print(
+        f"extractor {args.dataset}: test accuracy {accuracy:.2%}; weights {out} "
+        f"({size / 1e6:.2f} MB, sha256 {file_sha256(out)})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ganforge import __version__
 
@@ -246,16 +297,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="grid PNG to write (default <name>-<split>.png)")
     p.add_argument("--n", type=int, default=64, help="images in the grid (default 64)")
     p.add_argument("--no-download", action="store_true", help="never download")
+
+    p = sub.add_parser(
+        "eval",
+        help="measure a trained generator: FID, KID, IS, precision/recall, modes, memorisation",
+        description="Generate N samples, extract features, and compute metrics against a real reference. "
+        "Prints a table and writes eval.json (next to the run) in which every number carries its protocol: "
+        "sample count, reference dataset/split/size, extractor and its weights hash, library versions. "
+        "Works offline with the shipped domain extractors; see docs/metrics.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ganforge eval runs/mnist-dcgan28-classic-20261126-214606\n"
+        "  ganforge eval RUN --metrics fid,kid,memorization --n 5000\n"
+        "  ganforge eval RUN --extractor inception --inception-weights weights-inception-2015-12-05-6726825d.pth",
+    )
+    p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
+    p.add_argument(
+        "--metrics",
+        help="comma-separated from fid,kid,is,pr,modes,memorization (default fid,kid,is,pr,modes)",
+    )
+    p.add_argument("--n", type=int, default=10000, help="generated samples (default 10,000)")
+    p.add_argument(
+        "--ref",
+        metavar="DATASET:SPLIT",
+        help="real reference (default: the run's dataset, test split)",
+    )
+    p.add_argument(
+        "--extractor",
+        default="auto",
+        help="auto (the run's domain extractor, else inception), mnist, fashion-mnist, cifar10, inception",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="TF-FID Inception weights for offline use (or set GANFORGE_INCEPTION_WEIGHTS)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluated latents (default 0)")
+    p.add_argument("--out", help="where to write the JSON report (default RUN/eval.json)")
+    p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
+
+    p = sub.add_parser(
+        "train-classifier",
+        help="(re)build a domain feature extractor for the metrics",
+        description="Train the small classifier that `ganforge eval` uses as the offline feature "
+        "extractor for DATASET, save it (float16) and print its test accuracy and SHA-256.",
+    )
+    p.add_argument("dataset", help="mnist, fashion-mnist or cifar10")
+    p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
+    p.add_argument(
+        "--epochs", type=int, help="epochs (default: 4 mnist, 12 fashion-mnist, 30 cifar10)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="where to write the weights (default: inside the package)")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets, "data": cmd_data}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "presets": cmd_presets,
+    "data": cmd_data,
+    "train-classifier": cmd_train_classifier,
+    "eval": cmd_eval,
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     from ganforge.checkpoint import CheckpointError
     from ganforge.config import ConfigError
     from ganforge.data import DatasetError
+    from ganforge.metrics.evaluate import EvalError
+    from ganforge.metrics.features import ExtractorError
     from ganforge.train import TrainingStopped
 
     args = build_parser().parse_args(argv)
@@ -264,7 +376,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as e:
         print(f"ganforge: config error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, CheckpointError) as e:
+    except EvalError as e:
+        print(f"ganforge: error: {e}", file=sys.stderr)
+        return 2
+    except (DatasetError, CheckpointError, ExtractorError) as e:
         print(f"ganforge: error: {e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:

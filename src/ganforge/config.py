@@ -100,6 +100,11 @@ class TrainConfig:
     checkpoint_every: int = 1000
     # Number of fixed latents in the sample grids.
     n_samples: int = 64
+    # Every this many steps, compute the domain FID of eval_n samples against the dataset's test
+    # split, log it to metrics.jsonl and keep checkpoints/best.pt (None: never). Needs a dataset
+    # with a shipped domain extractor (mnist, mnist-5k, fashion-mnist, cifar10).
+    eval_every: Optional[int] = None
+    eval_n: int = 2000
 
 
 @dataclass
@@ -280,6 +285,7 @@ def build_config(
 def validate(cfg: Config) -> None:
     from ganforge.data import DATASETS
     from ganforge.losses import LOSSES
+    from ganforge.metrics.features import EXTRACTOR_FOR_DATASET
     from ganforge.models import MODELS
 
     def positive(key: str, value: Any, allow_zero: bool = False) -> None:
@@ -342,6 +348,17 @@ def validate(cfg: Config) -> None:
     positive("train.sample_every", cfg.train.sample_every)
     positive("train.checkpoint_every", cfg.train.checkpoint_every)
     positive("train.n_samples", cfg.train.n_samples)
+    positive("train.eval_every", cfg.train.eval_every)
+    positive("train.eval_n", cfg.train.eval_n)
+    if cfg.train.eval_n < 2:
+        raise ConfigError(f"train.eval_n: must be at least 2, got {cfg.train.eval_n}.")
+    if cfg.train.eval_every is not None and not (
+        data_name == "auto" or data_name in EXTRACTOR_FOR_DATASET
+    ):
+        raise ConfigError(
+            f"train.eval_every: no domain extractor for dataset '{data_name}'; in-training FID is available for "
+            f"{', '.join(EXTRACTOR_FOR_DATASET)}. Evaluate afterwards with `ganforge eval --extractor inception`."
+        )
 
 
 def planned_resolution(cfg: Config) -> int:

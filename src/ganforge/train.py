@@ -120,12 +120,14 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "d_loss" in r]
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in records if "d_loss" in r]
+    evals = [r for r in records if r.get("event") == "eval"]
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(16 if evals else 11, 4))
+    ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, [r["d_loss"] for r in rows], label="D loss")
     ax1.plot(steps, [r["g_loss"] for r in rows], label="G loss")
     ax1.set_xlabel("step")
@@ -137,6 +139,10 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     ax2.set_xlabel("step")
     ax2.set_title("discriminator outputs")
     ax2.legend()
+    if evals:
+        axes[2].plot([r["step"] for r in evals], [r["value"] for r in evals], marker="o")
+        axes[2].set_xlabel("step")
+        axes[2].set_title(f"{evals[-1]['metric']} (lower is better)")
     fig.tight_layout()
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -217,6 +223,39 @@ def prepare(cfg: Config) -> tuple[Config, ImageDataset]:
     return resolve(cfg, ds.name, ds.images.shape[1], len(ds)), ds
 
 
+class InTrainingEval:
+    """Domain FID of a few thousand samples against the dataset's test split, for --eval-every."""
+
+    def __init__(self, cfg: Config, dataset: str, device: torch.device):
+        from ganforge.metrics.features import EXTRACTOR_FOR_DATASET, extract, load_domain_extractor
+
+        name = EXTRACTOR_FOR_DATASET[dataset]
+        self.extractor = load_domain_extractor(name)
+        d = cfg.data
+        ref = load_dataset(dataset, root=d.root, split="test", resolution=d.resolution, channels=d.channels,
+                           download=d.download)  # fmt: skip
+        self.n = cfg.train.eval_n
+        self.ref_features = extract(self.extractor, ref.images[: self.n])[0]
+        self.metric = f"fid_{name}_{self.n}gen_vs_{min(self.n, len(ref))}test"
+        self.z = torch.randn(
+            self.n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.train.seed + 3)
+        )
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, G: nn.Module) -> float:
+        from ganforge.data import to_uint8
+        from ganforge.metrics.fidelity import fid
+
+        G.eval()
+        feats = []
+        for start in range(0, self.n, 500):
+            img = to_uint8(G(self.z[start : start + 500].to(self.device)).float().cpu())
+            feats.append(self.extractor(img)[0].double())
+        G.train()
+        return fid(torch.cat(feats), self.ref_features)
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
@@ -249,6 +288,7 @@ def train(
                     "log_every",
                     "sample_every",
                     "checkpoint_every",
+                    "eval_every",
                     "device",
                 }
             }
@@ -291,7 +331,9 @@ def train(
     fixed_z = torch.randn(t.n_samples, m.z_dim, generator=torch.Generator().manual_seed(t.seed + 2))
 
     step, nimg = 0, 0
+    best = math.inf  # best in-training eval value so far (lower is better)
     if ckpt is not None:
+        best = ckpt.get("best_eval", math.inf)
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
         opt_G.load_state_dict(ckpt["opt_G"])
@@ -324,6 +366,7 @@ def train(
             "rng": rng,
             "config": cfg.to_dict(),
             "dataset": {"name": ds.name, "n": n, "source": ds.source},
+            "best_eval": best,
         }
 
     def write_grid() -> Path:
@@ -334,6 +377,8 @@ def train(
         path = save_grid(fake, sample_dir / f"step_{step:07d}.png")
         save_grid(fake, run_dir / "samples.png")  # always the newest grid
         return path
+
+    evaluator = InTrainingEval(cfg, ds.name, device) if t.eval_every else None
 
     def log(record: dict[str, Any]) -> None:
         with open(metrics_path, "a") as f:
@@ -436,6 +481,15 @@ def train(
                 plot_losses(metrics_path, run_dir / "losses.png")
             if step % t.checkpoint_every == 0 or epoch_end:
                 save_checkpoint(ckpt_dir / "last.pt", state())
+            if evaluator is not None and step % t.eval_every == 0:
+                value = evaluator(G)
+                log({"event": "eval", "step": step, "metric": evaluator.metric, "value": value})
+                if value < best:
+                    best = value
+                    save_checkpoint(
+                        ckpt_dir / "best.pt", {**state(), "best": {evaluator.metric: value}}
+                    )
+                plot_losses(metrics_path, run_dir / "losses.png")
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,296 @@
+"""`ganforge eval`: generate samples, extract features, compute metrics, report each with its protocol.
+
+Reference features are cached on disk, keyed by dataset, split, extractor (and its weights hash)
+and sample count, so a second evaluation against the same reference only extracts the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ganforge.checkpoint import atomic_write_bytes
+from ganforge.data import DATASETS, ImageDataset, cache_dir, load_dataset
+from ganforge.metrics import fidelity, memorization, modes
+from ganforge.metrics.features import (  # noqa: I001
+    DOMAIN_EXTRACTORS,
+    EXTRACTOR_FOR_DATASET,
+    ExtractorError,
+    extract,
+    load_domain_extractor,
+)
+from ganforge.metrics.inception import load_inception
+from ganforge.sample import TrainedGenerator, load, save_grid
+
+METRICS = ("fid", "kid", "is", "pr", "modes", "memorization")
+DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes")
+
+
+class EvalError(ValueError):
+    """A bad evaluation request (unknown metric, reference, extractor); the message lists the choices."""
+
+
+def parse_metrics(text: Optional[str]) -> list[str]:
+    if not text:
+        return list(DEFAULT_METRICS)
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad:
+        raise EvalError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}.")
+    return names
+
+
+def pick_extractor(name: str, dataset: str) -> str:
+    if name == "auto":
+        return EXTRACTOR_FOR_DATASET.get(dataset, "inception")
+    if name != "inception" and name not in DOMAIN_EXTRACTORS:
+        raise EvalError(
+            f"unknown extractor '{name}'; choose auto, inception or {', '.join(DOMAIN_EXTRACTORS)}."
+        )
+    return name
+
+
+def parse_ref(ref: Optional[str], run_data: dict[str, Any]) -> tuple[str, str]:
+    """`DATASET:SPLIT` (default: the run's dataset, its test split if it has one, else train)."""
+    if ref:
+        dataset, _, split = ref.partition(":")
+        split = split or "test"
+    else:
+        dataset = run_data["name"]
+        split = "test" if dataset in DATASETS else "train"
+    if split not in ("train", "test"):
+        raise EvalError(f"--ref: split must be train or test, got '{split}'.")
+    return dataset, split
+
+
+def _load_ref(dataset: str, split: str, run_data: dict[str, Any]) -> ImageDataset:
+    root = run_data.get("root") if dataset == run_data["name"] else None
+    return load_dataset(
+        dataset, root=root, split=split, resolution=run_data["resolution"], channels=run_data["channels"],
+        download=run_data.get("download", True),
+    )  # fmt: skip
+
+
+def _cached_features(key: str, compute) -> dict[str, torch.Tensor]:
+    path = cache_dir() / "stats" / f"{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:
+            pass  # a damaged cache entry is recomputed
+    out = compute()
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return out
+
+
+def generate_features(
+    gen: TrainedGenerator, extractor, n: int, seed: int, batch: int = 500, keep_images: bool = False
+):
+    """Sample n images in batches and extract them; returns (features, logits, images or None)."""
+    feats, logits, images = [], [], []
+    z_gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            z = torch.randn(min(batch, n - start), gen.z_dim, generator=z_gen)
+            from ganforge.data import to_uint8
+
+            img = to_uint8(gen.G(z.to(gen.device)).float().cpu())
+            f, lg = extractor(img)
+            feats.append(f.double())
+            logits.append(lg.double())
+            if keep_images:
+                images.append(img)
+    return torch.cat(feats), torch.cat(logits), (torch.cat(images) if keep_images else None)
+
+
+def evaluate(
+    path: str | Path,
+    metrics: Optional[list[str]] = None,
+    n: int = 10000,
+    ref: Optional[str] = None,
+    extractor: str = "auto",
+    seed: int = 0,
+    inception_weights: Optional[str] = None,
+    out: Optional[str | Path] = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a run folder or checkpoint; writes eval.json (next to the run, or `out`) and returns it."""
+    import torch_fidelity
+
+    from ganforge import __version__
+
+    start_time = time.perf_counter()
+    metrics = metrics or list(DEFAULT_METRICS)
+    if n < 2:
+        raise EvalError(f"--n must be at least 2, got {n}.")
+    gen = load(path, device=device)
+    run_data = gen.config["data"]
+    ref_dataset, ref_split = parse_ref(ref, run_data)
+    ext_name = pick_extractor(extractor, run_data["name"])
+    if ext_name == "inception":
+        ext = load_inception(inception_weights)
+    else:
+        ext = load_domain_extractor(ext_name)
+    if ext_name == "inception" and any(m in metrics for m in ("modes",)):
+        raise EvalError(
+            "metric 'modes' needs a domain extractor (its classes); use --extractor mnist|fashion-mnist|cifar10."
+        )
+    ext_info = ext.describe()
+
+    ref_set = _load_ref(ref_dataset, ref_split, run_data)
+    n_ref = min(n, len(ref_set))
+    key = f"{ref_dataset.replace(':', '_').replace('/', '_')}-{ref_split}-{ext_name}-{ext_info['weights_sha256'][:12]}-n{n_ref}"
+    ref_feats = _cached_features(
+        key, lambda: dict(zip(("features", "logits"), extract(ext, ref_set.images[:n_ref])))
+    )
+    need_images = "memorization" in metrics
+    gen_f, gen_logits, gen_images = generate_features(gen, ext, n, seed, keep_images=need_images)
+
+    versions = {
+        "ganforge": __version__,
+        "torch_fidelity": torch_fidelity.__version__,
+        "torch": torch.__version__,
+    }
+    protocol = {
+        "n_generated": n,
+        "sample_seed": seed,
+        "reference": {"dataset": ref_dataset, "split": ref_split, "n": n_ref},
+        **ext_info,
+        "resize": "none"
+        if ext_name != "inception"
+        else "bilinear to 299x299 (TF1-compatible), grayscale repeated to RGB",
+        "checkpoint": str(gen.path),
+        "versions": versions,
+    }
+    results: list[dict[str, Any]] = []
+
+    def add(metric: str, value: float, **extra: Any) -> None:
+        results.append({"metric": metric, "value": value, **extra, **protocol})
+
+    for metric in metrics:
+        if metric == "fid":
+            add("fid", fidelity.fid(gen_f, ref_feats["features"]))
+        elif metric == "kid":
+            mean, std, size = fidelity.kid(
+                gen_f, ref_feats["features"], subset_size=min(fidelity.KID_DEFAULT_SUBSET, n, n_ref)
+            )
+            if size < 2048:
+                print(f"ganforge: note: KID uses subsets of {size} (< 2,048); fine for KID (unbiased), "
+                      "but compare only numbers with the same subset size.", file=sys.stderr)  # fmt: skip
+            add("kid", mean, std=std, subset_size=size, subsets=100)
+        elif metric == "is":
+            mean, std = fidelity.inception_score(gen_logits)
+            add("is", mean, std=std, splits=10, max_value=gen_logits.shape[1])
+        elif metric == "pr":
+            precision, recall = fidelity.precision_recall(gen_f, ref_feats["features"], k=3)
+            add("precision", precision, k=3)
+            add("recall", recall, k=3)
+        elif metric == "modes":
+            real_counts = np.bincount(ref_set.labels[:n_ref].numpy(), minlength=gen_logits.shape[1])
+            m = modes.class_modes(gen_logits, real_counts)
+            add(
+                "classes_covered",
+                m["classes_covered"],
+                n_classes=m["n_classes"],
+                histogram=m["histogram"],
+            )
+            add("class_kl_to_real", m["kl_to_real"])
+            add("confident_fraction", m["confident_fraction"], threshold=0.9)
+        elif metric == "memorization":
+            results.extend(
+                _memorization(gen_f, gen_images, ext, ext_name, run_data, protocol, path)
+            )
+    report = {"protocol": protocol, "results": results, "seconds": time.perf_counter() - start_time}
+    out_path = Path(out) if out else _default_out(path)
+    atomic_write_bytes(out_path, json.dumps(report, indent=2, default=float).encode())
+    report["path"] = str(out_path)
+    return report
+
+
+def _default_out(path: str | Path) -> Path:
+    p = Path(path)
+    run_dir = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return run_dir / "eval.json"
+
+
+def _memorization(
+    gen_f, gen_images, ext, ext_name, run_data, protocol, path
+) -> list[dict[str, Any]]:
+    """Generated->train vs held-out->train nearest-neighbour distances, and a PNG of the closest pairs."""
+    train_set = _load_ref(run_data["name"], "train", run_data)
+    held_split = "test" if run_data["name"] in DATASETS else None
+    if held_split is None:
+        raise EvalError("memorization needs a held-out split; folder datasets have none.")
+    held = _load_ref(run_data["name"], held_split, run_data)
+    sha = protocol["weights_sha256"][:12]
+    name = run_data["name"].replace(":", "_").replace("/", "_")
+    train_f = _cached_features(
+        f"{name}-train-{ext_name}-{sha}-all",
+        lambda: {"features": extract(ext, train_set.images)[0]},
+    )["features"]
+    held_f = extract(ext, held.images[: len(gen_f)])[0]
+    m = memorization.memorization(gen_f, held_f, train_f)
+    order = m["gen_distances"].argsort()[:16]
+    pairs = torch.stack(
+        [
+            torch.stack([gen_images[i], train_set.images[m["gen_nearest"][i]]])
+            for i in order.tolist()
+        ]
+    )
+    png = _default_out(path).with_name("memorization_pairs.png")
+    save_grid(
+        pairs.flatten(0, 1), png, nrow=8
+    )  # each generated image followed by its nearest training image
+    extra = {"train_n": len(train_f), "heldout_n": len(held_f), "pairs_png": str(png)}
+    return [
+        {"metric": "memorization_ratio", "value": m["ratio"], **extra, **protocol},
+        {"metric": "near_copy_fraction", "value": m["near_copy_fraction"], "copy_threshold": m["copy_threshold"], **extra, **protocol},
+    ]  # fmt: skip
+
+
+def format_table(report: dict[str, Any]) -> str:
+    p = report["protocol"]
+    lines = [
+        f"ganforge eval: {p['checkpoint']}",
+        f"  {p['n_generated']} generated vs {p['reference']['n']} real ({p['reference']['dataset']}:{p['reference']['split']}), "
+        f"extractor {p['extractor']} (sha256 {p['weights_sha256'][:12]}), torch-fidelity {p['versions']['torch_fidelity']}",
+        "",
+        f"  {'metric':<22}{'value':>12}  note",
+    ]
+    for r in report["results"]:
+        note = ""
+        if "std" in r:
+            note = f"± {r['std']:.4g}"
+        if r["metric"] == "classes_covered":
+            note = f"of {r['n_classes']}"
+        if r["metric"] == "is":
+            note += f" (max {r['max_value']})"
+        lines.append(f"  {r['metric']:<22}{r['value']:>12.5g}  {note}")
+    lines.append("")
+    lines.append(f"  written: {report['path']}  ({report['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def inception_env_weights() -> Optional[str]:
+    return os.environ.get("GANFORGE_INCEPTION_WEIGHTS")
+
+
+__all__ = [
+    "evaluate",
+    "format_table",
+    "parse_metrics",
+    "EvalError",
+    "ExtractorError",
+    "inception_env_weights",
+]

@@ -1,0 +1,245 @@
+"""`ganforge eval` end to end: offline domain extractors, the Inception path with self-made weights."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ganforge.config import build_config
+from ganforge.data import load_dataset
+from ganforge.metrics import fidelity
+from ganforge.metrics.evaluate import EvalError, evaluate, parse_metrics
+from ganforge.metrics.features import (
+    DOMAIN_EXTRACTORS,
+    ExtractorError,
+    extract,
+    file_sha256,
+    load_domain_extractor,
+    register_with_torch_fidelity,
+    weights_path,
+)
+from ganforge.metrics.inception import inception_weights_path
+from ganforge.train import train
+
+from .conftest import tiny
+
+
+@pytest.fixture
+def tiny_run(tmp_path, isolated_env):
+    return train(build_config(overrides=tiny(tmp_path, steps=4)), progress=False)
+
+
+SHIPPED = [name for name, spec in DOMAIN_EXTRACTORS.items() if spec.sha256]
+
+
+def test_the_mnist_extractor_ships():
+    assert "mnist" in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_extractor_weights_are_small_and_pinned(name):
+    path = weights_path(name)
+    assert path.is_file(), (
+        f"{path} missing: run `ganforge train-classifier {DOMAIN_EXTRACTORS[name].dataset}`"
+    )
+    assert path.stat().st_size <= 3_000_000
+    assert DOMAIN_EXTRACTORS[name].sha256 == file_sha256(path)
+
+
+def test_tampered_extractor_weights_are_refused(tmp_path, monkeypatch):
+    import ganforge.metrics.features as feats
+
+    bad = tmp_path / "mnist.pt"
+    bad.write_bytes(weights_path("mnist").read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setattr(feats, "weights_path", lambda name: bad)
+    with pytest.raises(ExtractorError, match="fail their SHA-256 check"):
+        feats.load_domain_extractor("mnist")
+
+
+def test_eval_offline_with_the_domain_extractor(tiny_run):
+    report = evaluate(tiny_run, metrics=parse_metrics("fid,kid,is,pr,modes,memorization"), n=200)
+    by_name = {r["metric"]: r for r in report["results"]}
+    for key in (
+        "fid",
+        "kid",
+        "is",
+        "precision",
+        "recall",
+        "classes_covered",
+        "class_kl_to_real",
+        "confident_fraction",
+        "memorization_ratio",
+        "near_copy_fraction",
+    ):
+        assert key in by_name, key
+        r = by_name[key]
+        assert r["n_generated"] == 200 and r["extractor"] == "mnist"
+        assert r["reference"] == {"dataset": "mnist-5k", "split": "test", "n": 200}
+        assert len(r["weights_sha256"]) == 64 and r["versions"]["torch_fidelity"]
+    assert by_name["kid"]["subset_size"] == 200
+    assert 1.0 <= by_name["is"]["value"] <= 10.0
+    saved = json.loads((tiny_run / "eval.json").read_text())
+    assert saved["results"][0]["metric"] == "fid"
+    assert (tiny_run / "memorization_pairs.png").is_file()
+
+
+def test_our_fid_equals_torch_fidelity(isolated_env):
+    import torch_fidelity
+
+    names = register_with_torch_fidelity()
+    assert "ganforge-mnist" in names
+    ds = load_dataset("mnist-5k", split="test", download=False)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i]
+
+    a, b = ds.images[:250], ds.images[250:]
+    ref = torch_fidelity.calculate_metrics(input1=Images(a), input2=Images(b), feature_extractor="ganforge-mnist",
+                                           fid=True, kid=True, kid_subset_size=100, verbose=False, cuda=False,
+                                           save_cpu_ram=True)  # fmt: skip
+    ext = load_domain_extractor("mnist")
+    fa, fb = extract(ext, a)[0], extract(ext, b)[0]
+    assert fidelity.fid(fa, fb) == pytest.approx(ref["frechet_inception_distance"], rel=1e-5)
+    assert fidelity.kid(fa, fb, subset_size=100)[0] == pytest.approx(
+        ref["kernel_inception_distance_mean"], rel=1e-4
+    )
+
+
+def test_fid_orders_real_noise_and_a_repeated_image(isolated_env):
+    ds = load_dataset("mnist-5k", split="train", download=False)
+    test = load_dataset("mnist-5k", split="test", download=False)
+    ext = load_domain_extractor("mnist")
+    real = extract(ext, test.images)[0]
+    pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[
+        :500
+    ]  # mnist-5k is class-sorted
+    subset = extract(ext, ds.images[pick])[0]
+    noise = extract(ext, torch.randint(0, 256, (500, 1, 28, 28), dtype=torch.uint8))[0]
+    repeated = extract(ext, ds.images[:1].repeat(500, 1, 1, 1))[0] + 1e-6 * torch.randn(
+        500, real.shape[1]
+    )
+    fid_real = fidelity.fid(subset, real)
+    assert fid_real * 10 < fidelity.fid(noise, real)
+    assert fid_real * 10 < fidelity.fid(repeated, real)
+
+
+def _self_made_inception_weights(path):
+    """Random weights with the right keys: the wiring is proven, the numbers mean nothing."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+
+    original_url, original_load = (
+        inc.load_state_dict_from_url,
+        inc.FeatureExtractorInceptionV3.load_state_dict,
+    )
+    inc.load_state_dict_from_url = lambda *a, **k: {}
+    inc.FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None
+    try:
+        net = inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        inc.load_state_dict_from_url, inc.FeatureExtractorInceptionV3.load_state_dict = (
+            original_url,
+            original_load,
+        )
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_path_offline_with_self_made_weights(tiny_run, tmp_path, monkeypatch):
+    weights = _self_made_inception_weights(tmp_path / "inception.pth")
+    with pytest.warns(UserWarning, match="differ from the pinned TF-FID weights"):
+        report = evaluate(tiny_run, metrics=["fid", "kid", "is", "pr"], n=10, extractor="inception",
+                          inception_weights=str(weights))  # fmt: skip
+    by_name = {r["metric"]: r for r in report["results"]}
+    assert by_name["fid"]["extractor"] == "inception-v3-compat"
+    assert by_name["fid"]["weights_sha256"] == file_sha256(weights)
+    assert all(torch.isfinite(torch.tensor(r["value"])) for r in report["results"])
+    # the env var works too, through the CLI, with no network
+    env = {**os.environ, "GANFORGE_INCEPTION_WEIGHTS": str(weights)}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge",
+            "eval",
+            str(tiny_run),
+            "--extractor",
+            "inception",
+            "--n",
+            "10",
+            "--metrics",
+            "fid,is",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "fid" in r.stdout and "inception-v3-compat" in r.stdout
+
+
+def test_missing_inception_weights_say_how_to_get_them(isolated_env, monkeypatch):
+    monkeypatch.delenv("GANFORGE_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(ExtractorError) as err:
+        inception_weights_path(download=False)
+    msg = str(err.value)
+    assert (
+        "--inception-weights" in msg and "GANFORGE_INCEPTION_WEIGHTS" in msg and "6726825d" in msg
+    )
+    with pytest.raises(ExtractorError, match="does not exist"):
+        inception_weights_path("/nonexistent/weights.pth")
+
+
+def test_eval_cli_table_and_bad_metric(tiny_run):
+    env = {**os.environ}
+    r = subprocess.run(
+        [sys.executable, "-m", "ganforge", "eval", str(tiny_run), "--n", "100"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "fid" in r.stdout and "extractor mnist" in r.stdout and "eval.json" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "ganforge", "eval", str(tiny_run), "--metrics", "fdi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "unknown metric(s) fdi" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(EvalError):
+        parse_metrics("fid,nope")
+
+
+def test_eval_every_logs_fid_and_keeps_best(tmp_path, isolated_env):
+    from ganforge.checkpoint import load_checkpoint
+
+    run = train(
+        build_config(overrides=tiny(tmp_path, steps=6, eval_every=2, eval_n=50)), progress=False
+    )
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert evals[0]["metric"] == "fid_mnist_50gen_vs_50test"
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["best"]["fid_mnist_50gen_vs_50test"] == min(r["value"] for r in evals)
+    assert best["step"] == min(evals, key=lambda r: r["value"])["step"]
+
+
+def test_eval_every_needs_a_domain_extractor(tmp_path):
+    from ganforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no domain extractor for dataset 'folder:x'"):
+        build_config(overrides={"data": {"name": "folder:x"}, "train": {"eval_every": 10}})
