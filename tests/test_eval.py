@@ -243,3 +243,28 @@ def test_eval_every_needs_a_domain_extractor(tmp_path):
 
     with pytest.raises(ConfigError, match="no domain extractor for dataset 'folder:x'"):
         build_config(overrides={"data": {"name": "folder:x"}, "train": {"eval_every": 10}})
+
+
+def test_modes_and_memorization_on_real_images(isolated_env):
+    from ganforge.metrics import memorization, modes
+
+    train_set = load_dataset("mnist-5k", split="train", download=False)
+    test_set = load_dataset("mnist-5k", split="test", download=False)
+    ext = load_domain_extractor("mnist")
+    real_counts = torch.bincount(test_set.labels, minlength=10).numpy()
+    test_f, test_logits = extract(ext, test_set.images)
+    real = modes.class_modes(test_logits, real_counts)
+    assert real["classes_covered"] == 10 and real["kl_to_real"] < 0.01
+    ones = train_set.images[train_set.labels == 1][:1].repeat(300, 1, 1, 1)  # a collapsed "generator" of ones
+    only_ones = modes.class_modes(extract(ext, ones)[1], real_counts)
+    assert only_ones["classes_covered"] == 1 and only_ones["kl_to_real"] > 2.0
+
+    train_f = extract(ext, train_set.images)[0]
+    held_f, copy_f = (
+        test_f[:250],
+        train_f[torch.randperm(len(train_f), generator=torch.Generator().manual_seed(0))[:250]],
+    )
+    copier = memorization.memorization(copy_f, held_f, train_f)
+    honest = memorization.memorization(test_f[250:], held_f, train_f)
+    assert copier["ratio"] < 0.05 and copier["near_copy_fraction"] > 0.95
+    assert 0.8 < honest["ratio"] < 1.25 and honest["near_copy_fraction"] < 0.1

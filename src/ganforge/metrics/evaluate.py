@@ -182,12 +182,12 @@ def evaluate(
         if metric == "fid":
             add("fid", fidelity.fid(gen_f, ref_feats["features"]))
         elif metric == "kid":
-            mean, std, size = fidelity.kid(
-                gen_f, ref_feats["features"], subset_size=min(fidelity.KID_DEFAULT_SUBSET, n, n_ref)
-            )
-            if size < 2048:
-                print(f"ganforge: note: KID uses subsets of {size} (< 2,048); fine for KID (unbiased), "
-                      "but compare only numbers with the same subset size.", file=sys.stderr)  # fmt: skip
+            if min(n, n_ref) < 2048:
+                print(f"ganforge: note: KID from {min(n, n_ref)} samples (< 2,048) is noisy; its subset size "
+                      "is clamped to the sample count. Compare only KIDs with the same subset size.",
+                      file=sys.stderr)  # fmt: skip
+            size = min(fidelity.KID_DEFAULT_SUBSET, n, n_ref)
+            mean, std, size = fidelity.kid(gen_f, ref_feats["features"], subset_size=size)
             add("kid", mean, std=std, subset_size=size, subsets=100)
         elif metric == "is":
             mean, std = fidelity.inception_score(gen_logits)
