@@ -7,10 +7,19 @@ from ganforge.data import load_dataset  # noqa: E402
 from ganforge.sample import TrainedGenerator, load  # noqa: E402
 from ganforge.train import train  # noqa: E402
 
+
+def evaluate(path, **kwargs):
+    """Evaluate a run or checkpoint (see `ganforge.metrics.evaluate.evaluate`); imports the metric engine lazily."""
+    from ganforge.metrics.evaluate import evaluate as _evaluate
+
+    return _evaluate(path, **kwargs)
+
+
 __all__ = [
     "Config",
     "TrainedGenerator",
     "build_config",
+    "evaluate",
     "list_presets",
     "load",
     "load_dataset",
