@@ -255,7 +255,9 @@ def test_modes_and_memorization_on_real_images(isolated_env):
     test_f, test_logits = extract(ext, test_set.images)
     real = modes.class_modes(test_logits, real_counts)
     assert real["classes_covered"] == 10 and real["kl_to_real"] < 0.01
-    ones = train_set.images[train_set.labels == 1][:1].repeat(300, 1, 1, 1)  # a collapsed "generator" of ones
+    ones = train_set.images[train_set.labels == 1][:1].repeat(
+        300, 1, 1, 1
+    )  # a collapsed "generator" of ones
     only_ones = modes.class_modes(extract(ext, ones)[1], real_counts)
     assert only_ones["classes_covered"] == 1 and only_ones["kl_to_real"] > 2.0
 

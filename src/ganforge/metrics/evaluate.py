@@ -25,11 +25,13 @@ from ganforge.metrics.features import (  # noqa: I001
     ExtractorError,
     extract,
     load_domain_extractor,
+    register_with_torch_fidelity,
 )
 from ganforge.metrics.inception import load_inception
 from ganforge.sample import TrainedGenerator, load, save_grid
 
 METRICS = ("fid", "kid", "is", "pr", "modes", "memorization")
+register_with_torch_fidelity()  # the domain extractors become torch-fidelity's "ganforge-<name>" too
 DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes")
 
 
