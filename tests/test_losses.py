@@ -41,3 +41,29 @@ def test_non_saturating_gradient_does_not_vanish_when_d_wins():
     LOSSES["minimax"].g_loss(fake).backward()
     mm = fake.grad.abs().item()
     assert ns > 0.99 and mm < 1e-4
+
+
+def test_wgan_hinge_and_least_squares_values():
+    real = torch.tensor([2.0, 0.5])
+    fake = torch.tensor([-1.0, 0.5])
+    assert math.isclose(LOSSES["wgan"].d_loss(real, fake).item(), (-0.25) - 1.25)
+    assert math.isclose(LOSSES["wgan"].g_loss(fake).item(), 0.25)
+    # hinge: mean(relu(1 - real)) + mean(relu(1 + fake)) = (0 + 0.5)/2 + (0 + 1.5)/2
+    assert math.isclose(LOSSES["hinge"].d_loss(real, fake).item(), 1.0)
+    assert math.isclose(LOSSES["hinge"].g_loss(fake).item(), 0.25)
+    # least squares: 0.5 mean((real-1)^2) + 0.5 mean(fake^2) = 0.5*(1 + 0.25)/2 + 0.5*(1 + 0.25)/2
+    assert math.isclose(LOSSES["least-squares"].d_loss(real, fake).item(), 0.625)
+    assert math.isclose(LOSSES["least-squares"].g_loss(fake).item(), 0.5 * (4 + 0.25) / 2)
+
+
+def test_every_loss_pushes_the_right_way():
+    """D's loss falls when real scores rise and fake scores fall; G's loss falls when fake scores rise."""
+    for name, pair in LOSSES.items():
+        real = torch.tensor([0.3, 0.6], requires_grad=True)  # scores in (0, 1): inside every margin
+        fake = torch.tensor([0.1, 0.4], requires_grad=True)
+        pair.d_loss(real, fake).backward()
+        assert (real.grad <= 0).all() and (real.grad < 0).any(), name
+        assert (fake.grad >= 0).all() and (fake.grad > 0).any(), name
+        fake2 = torch.tensor([0.1, 0.4], requires_grad=True)
+        pair.g_loss(fake2).backward()
+        assert (fake2.grad < 0).all(), name

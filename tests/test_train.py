@@ -163,3 +163,26 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(tmp_path, isolated_env):
     )
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(runs / "long" / "checkpoints" / "final.pt")["step"] == stopped + 2
+
+
+def test_resume_is_exact_with_ema_n_critic_regularizers_and_spectral_norm(tmp_path, isolated_env):
+    extra = {"reg": {"gp_weight": 10.0, "r1_gamma": 1.0, "r1_interval": 3}}
+
+    def cfg(root, steps):
+        o = tiny(root, steps=steps, n_critic=2, ema_beta=0.9)
+        o["model"]["spectral_norm"] = True
+        o["model"]["dropout"] = 0.3
+        return build_config(overrides={**o, **extra, "loss": {"name": "wgan"}})
+
+    run_a = train(cfg(tmp_path / "a", 8), progress=False)
+    run_b = train(
+        cfg(tmp_path / "b", 3), progress=False
+    )  # stops mid-epoch (4 steps of 2 batches an epoch)
+    train(resume=run_b, overrides={"train": {"steps": 8}}, progress=False)
+    a = load_checkpoint(run_a / "checkpoints" / "final.pt")
+    b = load_checkpoint(run_b / "checkpoints" / "final.pt")
+    assert a["nimg"] == b["nimg"] == 8 * 2 * 8
+    _assert_same_state(a, b)
+    for name, tensor in a["G_ema"].items():
+        assert torch.equal(tensor, b["G_ema"][name]), name
+    assert not torch.equal(a["G_ema"]["net.0.weight"], a["G"]["net.0.weight"])

@@ -61,6 +61,8 @@ class ModelConfig:
     dropout: float = 0.3
     # Image channels the models make and read (None: the dataset's; set by resolve()).
     channels: Optional[int] = None
+    # Spectral normalisation of every conv/linear layer of D (Miyato et al. 2018).
+    spectral_norm: bool = False
 
 
 @dataclass
@@ -68,6 +70,16 @@ class LossConfig:
     # Adversarial loss pair on raw logits. non-saturating: G maximises log D(G(z)) (Goodfellow
     # 2014, sec. 3); minimax: the seed's literal objective, G minimises log(1 - D(G(z))).
     name: str = "non-saturating"
+
+
+@dataclass
+class RegConfig:
+    # WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 turns it off.
+    gp_weight: float = 0.0
+    # R1 penalty weight gamma on real images (Mescheder et al. 2018); 0 turns it off.
+    r1_gamma: float = 0.0
+    # Apply R1 every this many D updates, its weight scaled up by the interval (lazy, StyleGAN2).
+    r1_interval: int = 16
 
 
 @dataclass
@@ -83,6 +95,11 @@ class OptimConfig:
 class TrainConfig:
     # Images per step, for both the real and the fake batch.
     batch_size: int = 64
+    # D updates per G update (WGAN uses 5), each on a fresh real batch.
+    n_critic: int = 1
+    # Keep an exponential moving average of G's weights with this decay (e.g. 0.999); sampling and
+    # evaluation then use G_ema. None: no G_ema.
+    ema_beta: Optional[float] = None
     # Length of the run in epochs (passes over the dataset); None: use steps.
     epochs: Optional[int] = None
     # Length of the run in optimisation steps (one D update + one G update), when epochs is None.
@@ -120,6 +137,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -342,6 +360,14 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"optim.{key}: must be in [0, 1), got {value}.")
     positive("train.batch_size", cfg.train.batch_size)
+    positive("train.n_critic", cfg.train.n_critic)
+    positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
+    positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
+    positive("reg.r1_interval", cfg.reg.r1_interval)
+    if cfg.train.ema_beta is not None and not 0.0 <= cfg.train.ema_beta <= 1.0:
+        raise ConfigError(
+            f"train.ema_beta: must be in [0, 1] (e.g. 0.999) or null, got {cfg.train.ema_beta}."
+        )
     positive("train.epochs", cfg.train.epochs)
     positive("train.steps", cfg.train.steps)
     positive("train.log_every", cfg.train.log_every)
@@ -391,5 +417,10 @@ def resolve(cfg: Config, dataset_name: str, channels: int, n_images: int) -> Con
         raise ConfigError(
             f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "
             f"({n_images} images in '{dataset_name}'); use at most {n_images}."
+        )
+    if cfg.train.batch_size * cfg.train.n_critic > n_images:
+        raise ConfigError(
+            f"train.batch_size x train.n_critic = {cfg.train.batch_size * cfg.train.n_critic} real images per step, "
+            f"more than the dataset holds ({n_images} in '{dataset_name}'); lower one of them."
         )
     return cfg

@@ -1,7 +1,7 @@
 """Adversarial loss pairs as pure functions of D's raw logits (never sigmoid + BCELoss).
 
 With D(x) = sigmoid(logit): -log D(x) = softplus(-logit) and -log(1 - D(x)) = softplus(logit),
-which stay finite where sigmoid saturates.
+which stay finite where sigmoid saturates. For wgan and hinge the "logit" is a critic score.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class LossPair:
     ]  # (real_logits, fake_logits) -> scalar
     g_loss: Callable[[torch.Tensor], torch.Tensor]  # fake_logits -> scalar
     description: str
+    probabilistic: bool = True  # sigmoid(logit) is a probability of "real" (False for critics)
 
 
 LOSSES: dict[str, LossPair] = {}
@@ -40,7 +41,37 @@ def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
     return -F.softplus(fake_logits).mean()
 
 
+def d_loss_wgan(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The critic maximises E[D(x)] - E[D(G(z))] (Arjovsky et al. 2017); needs a Lipschitz D (GP or SN)."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def g_loss_wgan(fake_scores: torch.Tensor) -> torch.Tensor:
+    return -fake_scores.mean()
+
+
+def d_loss_hinge(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018): E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]."""
+    return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+
+
+def d_loss_least_squares(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """LSGAN (Mao et al. 2017), targets 1 for real and 0 for fake; the 1/2 factors of the paper."""
+    return 0.5 * ((real_logits - 1.0) ** 2).mean() + 0.5 * (fake_logits**2).mean()
+
+
+def g_loss_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((fake_logits - 1.0) ** 2).mean()
+
+
 LOSSES["non-saturating"] = LossPair(
     d_loss_bce, g_loss_non_saturating, "Goodfellow et al. 2014, -log D(G(z))"
 )
 LOSSES["minimax"] = LossPair(d_loss_bce, g_loss_minimax, "Goodfellow et al. 2014, log(1 - D(G(z)))")
+LOSSES["wgan"] = LossPair(
+    d_loss_wgan, g_loss_wgan, "Arjovsky et al. 2017 (use with gp_weight or SN)", False
+)
+LOSSES["hinge"] = LossPair(d_loss_hinge, g_loss_wgan, "Lim & Ye 2017; Miyato et al. 2018", False)
+LOSSES["least-squares"] = LossPair(
+    d_loss_least_squares, g_loss_least_squares, "Mao et al. 2017", False
+)

@@ -95,7 +95,7 @@ def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
     cfg = from_dict(ckpt["config"])
     m = cfg.model
     G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout)
-    G.load_state_dict(ckpt["G"])
+    G.load_state_dict(ckpt.get("G_ema", ckpt["G"]))  # the EMA generator when the run kept one
     dev = torch.device(device)
     return TrainedGenerator(G.to(dev), m.z_dim, ckpt["config"], dev, ckpt_path)
 

@@ -8,11 +8,13 @@ module owns every side effect of a run (files, console, signals).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +26,10 @@ import torch.nn as nn
 from ganforge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
+from ganforge.ema import update_ema
 from ganforge.losses import LOSSES, LossPair
 from ganforge.models import build_models
+from ganforge.regularizers import gradient_penalty, r1_penalty
 from ganforge.sample import save_grid
 
 
@@ -82,15 +86,18 @@ def d_step(
     loss: LossPair,
     real_img: torch.Tensor,
     z: torch.Tensor,
+    penalty: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One D update. Returns (d_loss, real_logits, fake_logits), detached."""
+    """One D update; `penalty(real_img, fake_img)` adds a regularizer. Returns (d_loss, real_logits,
+    fake_logits), detached; d_loss excludes the penalty."""
     with torch.no_grad():
         fake_img = G(z)  # [N, C, H, W]; no graph: G is not updated in this phase
     real_logits = D(real_img)  # [N]
     fake_logits = D(fake_img)  # [N]
     d_loss = loss.d_loss(real_logits, fake_logits)
+    total = d_loss if penalty is None else d_loss + penalty(real_img, fake_img)
     opt_D.zero_grad(set_to_none=True)
-    d_loss.backward()
+    total.backward()
     opt_D.step()
     return d_loss.detach(), real_logits.detach(), fake_logits.detach()
 
@@ -318,8 +325,17 @@ def train(
     device = pick_device(t.device)
     torch.manual_seed(t.seed)  # weights; dropout masks use the same global generator afterwards
     m = cfg.model
-    G, D = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout)
+    G, D = build_models(
+        m.name,
+        m.z_dim,
+        m.channels,
+        m.g_channels,
+        m.d_channels,
+        m.dropout,
+        spectral_norm=m.spectral_norm,
+    )
     G, D = G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
     opt_G = torch.optim.Adam(
         G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
     )
@@ -336,6 +352,8 @@ def train(
         best = ckpt.get("best_eval", math.inf)
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
+        if G_ema is not None:
+            G_ema.load_state_dict(ckpt["G_ema"])
         opt_G.load_state_dict(ckpt["opt_G"])
         opt_D.load_state_dict(ckpt["opt_D"])
         step, nimg = ckpt["step"], ckpt["nimg"]
@@ -346,8 +364,9 @@ def train(
 
     images = ds.images.to(device)  # uint8 [N, C, H, W], decoded once
     n, batch = images.shape[0], t.batch_size
-    steps_per_epoch = n // batch  # the incomplete last batch of an epoch is dropped
-    total_steps = t.epochs * steps_per_epoch if t.epochs is not None else t.steps
+    batches_per_epoch = n // batch  # the incomplete last batch of an epoch is dropped
+    # a step = n_critic D updates (each on a fresh real batch) + one G update
+    total_steps = t.epochs * batches_per_epoch // t.n_critic if t.epochs is not None else t.steps
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -359,6 +378,7 @@ def train(
         return {
             "G": G.state_dict(),
             "D": D.state_dict(),
+            **({"G_ema": G_ema.state_dict()} if G_ema is not None else {}),
             "opt_G": opt_G.state_dict(),
             "opt_D": opt_D.state_dict(),
             "step": step,
@@ -370,9 +390,10 @@ def train(
         }
 
     def write_grid() -> Path:
-        G.eval()
+        G_show = G_ema if G_ema is not None else G
+        G_show.eval()
         with torch.no_grad():
-            fake = G(fixed_z.to(device)).float().cpu()
+            fake = G_show(fixed_z.to(device)).float().cpu()
         G.train()
         path = save_grid(fake, sample_dir / f"step_{step:07d}.png")
         save_grid(fake, run_dir / "samples.png")  # always the newest grid
@@ -383,6 +404,27 @@ def train(
     def log(record: dict[str, Any]) -> None:
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    reg = cfg.reg
+
+    def penalty(d_iter: int) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """The regularizers due at this D update, as one function of (real_img, fake_img)."""
+        use_gp = reg.gp_weight > 0
+        use_r1 = reg.r1_gamma > 0 and d_iter % reg.r1_interval == 0
+        if not (use_gp or use_r1):
+            return None
+
+        def total(real_img: torch.Tensor, fake_img: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((), device=real_img.device)
+            if (
+                use_gp
+            ):  # eps for the interpolates comes from the saved latent generator: exact resume
+                out = out + reg.gp_weight * gradient_penalty(D, real_img, fake_img, noise).mean()
+            if use_r1:  # lazy: every r1_interval updates, weighted by the interval
+                out = out + 0.5 * reg.r1_gamma * reg.r1_interval * r1_penalty(D, real_img).mean()
+            return out
+
+        return total
 
     print(
         f"ganforge: training {m.name} on {ds.name} ({n} images {tuple(ds.images.shape[1:])}) on {device}; "
@@ -417,20 +459,25 @@ def train(
     D.train()
     try:
         while step < total_steps and not stop.requested:
-            epoch, i = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
-            real_img = to_float(images[order[i * batch : (i + 1) * batch]])
-            z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
-            z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
-
-            d_loss, real_logits, fake_logits = d_step(G, D, opt_D, loss, real_img, z_d)
+            for k in range(t.n_critic):
+                b = step * t.n_critic + k  # global index of this real batch (and of this D update)
+                epoch, i = divmod(b, batches_per_epoch)
+                if epoch != order_epoch:
+                    order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
+                real_img = to_float(images[order[i * batch : (i + 1) * batch]])
+                z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                d_loss, real_logits, fake_logits = d_step(
+                    G, D, opt_D, loss, real_img, z_d, penalty(b)
+                )
             log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
             d_norm = grad_norm(D) if log_now else None
+            z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
             g_loss = g_step(G, D, opt_G, loss, z_g)
+            if G_ema is not None:
+                update_ema(G_ema, G, t.ema_beta)
             g_norm = grad_norm(G) if log_now else None
             step += 1
-            nimg += batch
+            nimg += batch * t.n_critic
 
             sums["d_loss"] += d_loss
             sums["g_loss"] += g_loss
@@ -455,7 +502,7 @@ def train(
                 log(
                     {
                         "step": step,
-                        "epoch": step / steps_per_epoch,
+                        "epoch": step * t.n_critic / batches_per_epoch,
                         "nimg": nimg,
                         **record,
                         "d_grad_norm": d_norm,
@@ -473,7 +520,9 @@ def train(
                 sums = {k: 0.0 for k in sums}
                 window_steps, window_start = 0, time.perf_counter()
 
-            epoch_end = step % steps_per_epoch == 0
+            epoch_end = (step * t.n_critic) // batches_per_epoch != (
+                (step - 1) * t.n_critic
+            ) // batches_per_epoch
             if (t.sample_every and step % t.sample_every == 0) or (
                 not t.sample_every and epoch_end
             ):
@@ -482,7 +531,7 @@ def train(
             if step % t.checkpoint_every == 0 or epoch_end:
                 save_checkpoint(ckpt_dir / "last.pt", state())
             if evaluator is not None and step % t.eval_every == 0:
-                value = evaluator(G)
+                value = evaluator(G_ema if G_ema is not None else G)
                 log({"event": "eval", "step": step, "metric": evaluator.metric, "value": value})
                 if value < best:
                     best = value

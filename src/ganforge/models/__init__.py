@@ -42,15 +42,36 @@ def model_for_resolution(resolution: int) -> str:
 
 
 def build_models(
-    name: str, z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float
+    name: str,
+    z_dim: int,
+    channels: int,
+    g_channels: int,
+    d_channels: int,
+    dropout: float,
+    spectral_norm: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    return MODELS[name].build(
+    G, D = MODELS[name].build(
         z_dim=z_dim,
         channels=channels,
         g_channels=g_channels,
         d_channels=d_channels,
         dropout=dropout,
     )
+    if spectral_norm:
+        apply_spectral_norm(D)
+    return G, D
+
+
+def apply_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) on every conv and linear layer of `module`."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            setattr(module, name, spectral_norm(child))
+        else:
+            apply_spectral_norm(child)
+    return module
 
 
 from ganforge.models import dcgan  # noqa: E402,F401  (fills the registry)

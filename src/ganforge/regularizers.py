@@ -1,0 +1,36 @@
+"""Discriminator regularizers as pure functions returning per-sample penalties [N].
+
+gradient_penalty: WGAN-GP (Gulrajani et al. 2017), (||grad D(x_hat)|| - 1)^2 on random interpolates.
+r1_penalty: R1 (Mescheder et al. 2018), ||grad D(x)||^2 on real images; applied lazily every
+r1_interval steps with the weight scaled by the interval (Karras et al. 2020, StyleGAN2 sec. B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def _input_grad_norm_sq(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    scores = D(x)
+    (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1)  # [N]
+
+
+def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real_img: torch.Tensor) -> torch.Tensor:
+    """||grad_x D(x)||^2 per real image."""
+    return _input_grad_norm_sq(D, real_img)
+
+
+def gradient_penalty(
+    D: Callable[[torch.Tensor], torch.Tensor],
+    real_img: torch.Tensor,
+    fake_img: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(||grad D(x_hat)||_2 - 1)^2 per sample, x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]."""
+    eps = torch.rand(real_img.shape[0], 1, 1, 1, generator=generator).to(real_img.device)
+    x_hat = eps * real_img.detach() + (1.0 - eps) * fake_img.detach()
+    return (_input_grad_norm_sq(D, x_hat).add(1e-12).sqrt() - 1.0).pow(2)

@@ -1,0 +1,66 @@
+import torch
+
+from ganforge.ema import update_ema
+from ganforge.models import apply_spectral_norm, build_models
+from ganforge.regularizers import gradient_penalty, r1_penalty
+
+
+class Linear(torch.nn.Module):
+    """D(x) = <w, x>: its input gradient is w everywhere, so the penalties are known exactly."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x):
+        return (x.flatten(1) * self.w.flatten()).sum(1)
+
+
+def test_r1_and_gradient_penalty_analytic():
+    w = torch.tensor([3.0, 4.0, 0.0, 0.0]).view(1, 2, 2)  # ||w|| = 5
+    D = Linear(w)
+    real = torch.randn(6, 1, 2, 2)
+    fake = torch.randn(6, 1, 2, 2)
+    assert torch.allclose(r1_penalty(D, real), torch.full((6,), 25.0))
+    gp = gradient_penalty(D, real, fake, torch.Generator().manual_seed(0))
+    assert torch.allclose(gp, torch.full((6,), 16.0))  # (5 - 1)^2
+    # the penalties are differentiable w.r.t. D's parameters (create_graph): d(R1)/dw = 2w
+    r1_penalty(D, real).mean().backward()
+    assert torch.allclose(D.w.grad, 2 * w)
+
+
+def test_r1_matches_autograd_on_a_real_discriminator():
+    torch.manual_seed(0)
+    _, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    D.eval()  # BN on running statistics: each image's score depends on that image alone
+    x = torch.randn(3, 1, 28, 28)
+    ours = r1_penalty(D, x)
+    for i in range(3):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(xi).sum(), xi)
+        assert torch.allclose(ours[i], g.pow(2).sum(), rtol=1e-4)
+
+
+def test_spectral_norm_keeps_the_top_singular_value_near_one():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        layer.weight.mul_(10)
+    net = apply_spectral_norm(torch.nn.Sequential(layer))
+    for _ in range(20):  # power iterations run in training mode forwards
+        net(torch.randn(4, 64))
+    sigma = torch.linalg.matrix_norm(net[0].weight.detach(), ord=2)
+    assert abs(sigma.item() - 1.0) < 0.05
+
+
+def test_ema_beta_zero_copies_and_beta_one_freezes():
+    torch.manual_seed(0)
+    G, _ = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    G_ema, _ = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    frozen = {k: v.clone() for k, v in G_ema.state_dict().items()}
+    update_ema(G_ema, G, beta=1.0)
+    for name, p in G_ema.named_parameters():
+        assert torch.equal(p, frozen[name])
+    update_ema(G_ema, G, beta=0.0)
+    for (_, p_ema), (_, p) in zip(G_ema.named_parameters(), G.named_parameters()):
+        assert torch.equal(p_ema, p)
