@@ -165,8 +165,17 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(tmp_path, isolated_env):
     assert load_checkpoint(runs / "long" / "checkpoints" / "final.pt")["step"] == stopped + 2
 
 
-def test_resume_is_exact_with_ema_n_critic_regularizers_and_spectral_norm(tmp_path, isolated_env):
-    extra = {"reg": {"gp_weight": 10.0, "r1_gamma": 1.0, "r1_interval": 3}}
+def test_resume_is_exact_with_ema_n_critic_regularizers_diffaugment_and_spectral_norm(
+    tmp_path, isolated_env
+):
+    extra = {
+        "reg": {
+            "gp_weight": 10.0,
+            "r1_gamma": 1.0,
+            "r1_interval": 3,
+            "diffaugment": "color,translation,cutout",
+        }
+    }
 
     def cfg(root, steps):
         o = tiny(root, steps=steps, n_critic=2, ema_beta=0.9)

@@ -80,6 +80,9 @@ class RegConfig:
     r1_gamma: float = 0.0
     # Apply R1 every this many D updates, its weight scaled up by the interval (lazy, StyleGAN2).
     r1_interval: int = 16
+    # DiffAugment policy (Zhao et al. 2020) for small datasets: a comma-separated subset of
+    # color,translation,cutout applied to everything D sees; "" turns it off.
+    diffaugment: str = ""
 
 
 @dataclass
@@ -364,6 +367,14 @@ def validate(cfg: Config) -> None:
     positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
     positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
     positive("reg.r1_interval", cfg.reg.r1_interval)
+    from ganforge.augment import POLICIES
+
+    bad = [p for p in cfg.reg.diffaugment.split(",") if p.strip() and p.strip() not in POLICIES]
+    if bad:
+        raise ConfigError(
+            f"reg.diffaugment: unknown transform(s) {', '.join(bad)}; use a comma-separated subset of "
+            f"{','.join(POLICIES)}." + _suggest(bad[0].strip(), list(POLICIES))
+        )
     if cfg.train.ema_beta is not None and not 0.0 <= cfg.train.ema_beta <= 1.0:
         raise ConfigError(
             f"train.ema_beta: must be in [0, 1] (e.g. 0.999) or null, got {cfg.train.ema_beta}."

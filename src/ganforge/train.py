@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from ganforge.augment import make_augment
 from ganforge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
@@ -87,11 +88,14 @@ def d_step(
     real_img: torch.Tensor,
     z: torch.Tensor,
     penalty: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One D update; `penalty(real_img, fake_img)` adds a regularizer. Returns (d_loss, real_logits,
     fake_logits), detached; d_loss excludes the penalty."""
     with torch.no_grad():
         fake_img = G(z)  # [N, C, H, W]; no graph: G is not updated in this phase
+    if augment is not None:  # DiffAugment: D only ever sees augmented images
+        real_img, fake_img = augment(real_img), augment(fake_img)
     real_logits = D(real_img)  # [N]
     fake_logits = D(fake_img)  # [N]
     d_loss = loss.d_loss(real_logits, fake_logits)
@@ -103,11 +107,17 @@ def d_step(
 
 
 def g_step(
-    G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, loss: LossPair, z: torch.Tensor
+    G: nn.Module,
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    loss: LossPair,
+    z: torch.Tensor,
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """One G update through a fresh D forward, with D's parameters frozen. Returns g_loss."""
     D.requires_grad_(False)
-    fake_logits = D(G(z))
+    fake_img = G(z)
+    fake_logits = D(augment(fake_img) if augment is not None else fake_img)
     g_loss = loss.g_loss(fake_logits)
     opt_G.zero_grad(set_to_none=True)
     g_loss.backward()
@@ -406,6 +416,7 @@ def train(
             f.write(json.dumps(record) + "\n")
 
     reg = cfg.reg
+    augment = make_augment(reg.diffaugment, noise)  # draws from the saved latent generator
 
     def penalty(d_iter: int) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
         """The regularizers due at this D update, as one function of (real_img, fake_img)."""
@@ -467,12 +478,12 @@ def train(
                 real_img = to_float(images[order[i * batch : (i + 1) * batch]])
                 z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
                 d_loss, real_logits, fake_logits = d_step(
-                    G, D, opt_D, loss, real_img, z_d, penalty(b)
+                    G, D, opt_D, loss, real_img, z_d, penalty(b), augment
                 )
             log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
             d_norm = grad_norm(D) if log_now else None
             z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
-            g_loss = g_step(G, D, opt_G, loss, z_g)
+            g_loss = g_step(G, D, opt_G, loss, z_g, augment)
             if G_ema is not None:
                 update_ema(G_ema, G, t.ema_beta)
             g_norm = grad_norm(G) if log_now else None
