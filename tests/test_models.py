@@ -63,3 +63,34 @@ def test_model_for_resolution():
     assert model_for_resolution(32) == "dcgan32"
     with pytest.raises(ValueError, match="no model makes 48x48"):
         model_for_resolution(48)
+
+
+def test_pacgan_packing_shapes():
+    from ganforge.models import PackedD
+
+    torch.manual_seed(0)
+    G, D = build_models(
+        "dcgan28-classic", z_dim=8, channels=1, g_channels=4, d_channels=4, dropout=0.0, pack=2
+    )
+    assert isinstance(D, PackedD) and D.D.net[0].in_channels == 2
+    x = G(torch.randn(6, 8))
+    assert D(x).shape == (3,)  # one logit per pack of two images
+
+
+def test_pack_must_divide_the_batch():
+    from ganforge.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="must be a multiple of the pack size"):
+        build_config(overrides={"model": {"pack": 3}, "train": {"batch_size": 64}})
+
+
+def test_training_with_packing_runs(tmp_path, isolated_env):
+    from ganforge.config import build_config
+    from ganforge.train import train
+
+    from .conftest import tiny
+
+    o = tiny(tmp_path)
+    o["model"]["pack"] = 2
+    run = train(build_config(overrides=o), progress=False)
+    assert (run / "checkpoints" / "final.pt").is_file()

@@ -63,6 +63,8 @@ class ModelConfig:
     channels: Optional[int] = None
     # Spectral normalisation of every conv/linear layer of D (Miyato et al. 2018).
     spectral_norm: bool = False
+    # PacGAN packing (Lin et al. 2018): D judges this many samples at once (2 in the paper); 1 = off.
+    pack: int = 1
 
 
 @dataclass
@@ -364,6 +366,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"optim.{key}: must be in [0, 1), got {value}.")
     positive("train.batch_size", cfg.train.batch_size)
     positive("train.n_critic", cfg.train.n_critic)
+    positive("model.pack", cfg.model.pack)
+    if cfg.train.batch_size % cfg.model.pack:
+        raise ConfigError(
+            f"model.pack: the batch ({cfg.train.batch_size}) must be a multiple of the pack size ({cfg.model.pack})."
+        )
     positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
     positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
     positive("reg.r1_interval", cfg.reg.r1_interval)

@@ -343,6 +343,7 @@ def train(
         m.d_channels,
         m.dropout,
         spectral_norm=m.spectral_norm,
+        pack=m.pack,
     )
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 
@@ -49,17 +50,31 @@ def build_models(
     d_channels: int,
     dropout: float,
     spectral_norm: bool = False,
+    pack: int = 1,
 ) -> tuple[nn.Module, nn.Module]:
-    G, D = MODELS[name].build(
-        z_dim=z_dim,
-        channels=channels,
-        g_channels=g_channels,
-        d_channels=d_channels,
-        dropout=dropout,
-    )
+    kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim)
+    G, D = MODELS[name].build(channels=channels, **kwargs)
+    if pack > 1:  # D reads `pack` images stacked along channels
+        D = PackedD(MODELS[name].build(channels=channels * pack, **kwargs)[1], pack)
     if spectral_norm:
         apply_spectral_norm(D)
     return G, D
+
+
+class PackedD(nn.Module):
+    """PacGAN (Lin et al. 2018): D judges `pack` samples at once, concatenated along channels.
+
+    [N, C, H, W] -> [N / pack, pack * C, H, W] -> one logit per pack of images.
+    """
+
+    def __init__(self, D: nn.Module, pack: int):
+        super().__init__()
+        self.D = D
+        self.pack = pack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return self.D(x.reshape(n // self.pack, self.pack * c, h, w))
 
 
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
