@@ -6,8 +6,8 @@ and sample count, so a second evaluation against the same reference only extract
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from ganforge.checkpoint import atomic_write_bytes
-from ganforge.data import DATASETS, ImageDataset, cache_dir, load_dataset
+from ganforge.data import DATASETS, ImageDataset, cache_dir, load_dataset, to_uint8
 from ganforge.metrics import fidelity, memorization, modes
-from ganforge.metrics.features import (  # noqa: I001
+from ganforge.metrics.features import (
     DOMAIN_EXTRACTORS,
     EXTRACTOR_FOR_DATASET,
-    ExtractorError,
     extract,
     load_domain_extractor,
     register_with_torch_fidelity,
@@ -88,8 +87,6 @@ def _cached_features(key: str, compute) -> dict[str, torch.Tensor]:
         except Exception:
             pass  # a damaged cache entry is recomputed
     out = compute()
-    import io
-
     buffer = io.BytesIO()
     torch.save(out, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -105,8 +102,6 @@ def generate_features(
     with torch.no_grad():
         for start in range(0, n, batch):
             z = torch.randn(min(batch, n - start), gen.z_dim, generator=z_gen)
-            from ganforge.data import to_uint8
-
             img = to_uint8(gen.G(z.to(gen.device)).float().cpu())
             f, lg = extractor(img)
             feats.append(f.double())
@@ -282,17 +277,3 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"  written: {report['path']}  ({report['seconds']:.1f} s)")
     return "\n".join(lines)
-
-
-def inception_env_weights() -> Optional[str]:
-    return os.environ.get("GANFORGE_INCEPTION_WEIGHTS")
-
-
-__all__ = [
-    "evaluate",
-    "format_table",
-    "parse_metrics",
-    "EvalError",
-    "ExtractorError",
-    "inception_env_weights",
-]
