@@ -195,3 +195,13 @@ def test_resume_is_exact_with_ema_n_critic_regularizers_diffaugment_and_spectral
     for name, tensor in a["G_ema"].items():
         assert torch.equal(tensor, b["G_ema"][name]), name
     assert not torch.equal(a["G_ema"]["net.0.weight"], a["G"]["net.0.weight"])
+
+
+def test_critic_losses_log_raw_scores(tmp_path, isolated_env):
+    o = tiny(tmp_path)
+    o["loss"] = {"name": "hinge"}
+    run = train(build_config(overrides=o), progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "d_loss" in r]
+    assert "d_real_score" in logged[0] and "d_real" not in logged[0]
+    assert (run / "losses.png").is_file()

@@ -150,11 +150,14 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     ax1.set_xlabel("step")
     ax1.set_title("losses")
     ax1.legend()
-    ax2.plot(steps, [r["d_real"] for r in rows], label="mean D(x)")
-    ax2.plot(steps, [r["d_fake"] for r in rows], label="mean D(G(z))")
-    ax2.set_ylim(0, 1)
+    probabilities = "d_real" in rows[0]  # critics (wgan, hinge, ...) log raw scores instead
+    suffix = "" if probabilities else "_score"
+    ax2.plot(steps, [r["d_real" + suffix] for r in rows], label="mean D(x)")
+    ax2.plot(steps, [r["d_fake" + suffix] for r in rows], label="mean D(G(z))")
+    if probabilities:
+        ax2.set_ylim(0, 1)
     ax2.set_xlabel("step")
-    ax2.set_title("discriminator outputs")
+    ax2.set_title("discriminator outputs" if probabilities else "critic scores")
     ax2.legend()
     if evals:
         axes[2].plot([r["step"] for r in evals], [r["value"] for r in evals], marker="o")
@@ -464,7 +467,11 @@ def train(
             mininterval=1.0,
             file=sys.stderr,
         )
-    sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
+    # D's mean output: a probability for probabilistic losses, the raw score for critics
+    real_key, fake_key = (
+        ("d_real", "d_fake") if loss.probabilistic else ("d_real_score", "d_fake_score")
+    )
+    sums = {"d_loss": 0.0, "g_loss": 0.0, real_key: 0.0, fake_key: 0.0}
     window_steps, window_start = 0, time.perf_counter()
     order_epoch, order = -1, None
     G.train()
@@ -493,8 +500,12 @@ def train(
 
             sums["d_loss"] += d_loss
             sums["g_loss"] += g_loss
-            sums["d_real"] += torch.sigmoid(real_logits).mean()
-            sums["d_fake"] += torch.sigmoid(fake_logits).mean()
+            sums[real_key] += (
+                torch.sigmoid(real_logits) if loss.probabilistic else real_logits
+            ).mean()
+            sums[fake_key] += (
+                torch.sigmoid(fake_logits) if loss.probabilistic else fake_logits
+            ).mean()
             window_steps += 1
             if bar is not None:
                 bar.update(batch)
