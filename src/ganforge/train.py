@@ -262,18 +262,11 @@ class InTrainingEval:
         )
         self.device = device
 
-    @torch.no_grad()
     def __call__(self, G: nn.Module) -> float:
-        from ganforge.data import to_uint8
+        from ganforge.metrics.evaluate import generated_features
         from ganforge.metrics.fidelity import fid
 
-        G.eval()
-        feats = []
-        for start in range(0, self.n, 500):
-            img = to_uint8(G(self.z[start : start + 500].to(self.device)).float().cpu())
-            feats.append(self.extractor(img)[0].double())
-        G.train()
-        return fid(torch.cat(feats), self.ref_features)
+        return fid(generated_features(G, self.z, self.extractor, self.device)[0], self.ref_features)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,9 +424,8 @@ def train(
 
         def total(real_img: torch.Tensor, fake_img: torch.Tensor) -> torch.Tensor:
             out = torch.zeros((), device=real_img.device)
-            if (
-                use_gp
-            ):  # eps for the interpolates comes from the saved latent generator: exact resume
+            if use_gp:
+                # eps for the interpolates comes from the saved latent generator: exact resume
                 out = out + reg.gp_weight * gradient_penalty(D, real_img, fake_img, noise).mean()
             if use_r1:  # lazy: every r1_interval updates, weighted by the interval
                 out = out + 0.5 * reg.r1_gamma * reg.r1_interval * r1_penalty(D, real_img).mean()
@@ -471,6 +463,9 @@ def train(
     real_key, fake_key = (
         ("d_real", "d_fake") if loss.probabilistic else ("d_real_score", "d_fake_score")
     )
+    d_output = (
+        torch.sigmoid if loss.probabilistic else torch.Tensor.float
+    )  # .float(): identity here
     sums = {"d_loss": 0.0, "g_loss": 0.0, real_key: 0.0, fake_key: 0.0}
     window_steps, window_start = 0, time.perf_counter()
     order_epoch, order = -1, None
@@ -500,12 +495,8 @@ def train(
 
             sums["d_loss"] += d_loss
             sums["g_loss"] += g_loss
-            sums[real_key] += (
-                torch.sigmoid(real_logits) if loss.probabilistic else real_logits
-            ).mean()
-            sums[fake_key] += (
-                torch.sigmoid(fake_logits) if loss.probabilistic else fake_logits
-            ).mean()
+            sums[real_key] += d_output(real_logits).mean()
+            sums[fake_key] += d_output(fake_logits).mean()
             window_steps += 1
             if bar is not None:
                 bar.update(batch)

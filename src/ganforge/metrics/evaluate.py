@@ -27,7 +27,7 @@ from ganforge.metrics.features import (
     register_with_torch_fidelity,
 )
 from ganforge.metrics.inception import load_inception
-from ganforge.sample import TrainedGenerator, load, save_grid
+from ganforge.sample import load, save_grid
 
 METRICS = ("fid", "kid", "is", "pr", "modes", "memorization")
 register_with_torch_fidelity()  # the domain extractors become torch-fidelity's "ganforge-<name>" too
@@ -93,21 +93,30 @@ def _cached_features(key: str, compute) -> dict[str, torch.Tensor]:
     return out
 
 
-def generate_features(
-    gen: TrainedGenerator, extractor, n: int, seed: int, batch: int = 500, keep_images: bool = False
-):
-    """Sample n images in batches and extract them; returns (features, logits, images or None)."""
+def _stats_key(dataset: str, split: str, ext_name: str, weights_sha256: str, n: str | int) -> str:
+    """Cache key of a reference's features: dataset, split, extractor and its weights, sample count."""
+    name = dataset.replace(":", "_").replace("/", "_")
+    return f"{name}-{split}-{ext_name}-{weights_sha256[:12]}-n{n}"
+
+
+@torch.no_grad()
+def generated_features(
+    G: torch.nn.Module, z: torch.Tensor, extractor, device: torch.device, batch: int = 500,
+    keep_images: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:  # fmt: skip
+    """G's images for latents z [n, z_dim], made in batches in eval mode (G's mode is restored after)
+    and extracted; returns (features, logits, uint8 images or None)."""
+    was_training = G.training
+    G.eval()
     feats, logits, images = [], [], []
-    z_gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for start in range(0, n, batch):
-            z = torch.randn(min(batch, n - start), gen.z_dim, generator=z_gen)
-            img = to_uint8(gen.G(z.to(gen.device)).float().cpu())
-            f, lg = extractor(img)
-            feats.append(f.double())
-            logits.append(lg.double())
-            if keep_images:
-                images.append(img)
+    for start in range(0, len(z), batch):
+        img = to_uint8(G(z[start : start + batch].to(device)).float().cpu())
+        f, lg = extractor(img)
+        feats.append(f.double())
+        logits.append(lg.double())
+        if keep_images:
+            images.append(img)
+    G.train(was_training)
     return torch.cat(feats), torch.cat(logits), (torch.cat(images) if keep_images else None)
 
 
@@ -139,7 +148,7 @@ def evaluate(
         ext = load_inception(inception_weights)
     else:
         ext = load_domain_extractor(ext_name)
-    if ext_name == "inception" and any(m in metrics for m in ("modes",)):
+    if ext_name == "inception" and "modes" in metrics:
         raise EvalError(
             "metric 'modes' needs a domain extractor (its classes); use --extractor mnist|fashion-mnist|cifar10."
         )
@@ -147,12 +156,19 @@ def evaluate(
 
     ref_set = _load_ref(ref_dataset, ref_split, run_data)
     n_ref = min(n, len(ref_set))
-    key = f"{ref_dataset.replace(':', '_').replace('/', '_')}-{ref_split}-{ext_name}-{ext_info['weights_sha256'][:12]}-n{n_ref}"
+    key = _stats_key(ref_dataset, ref_split, ext_name, ext_info["weights_sha256"], n_ref)
     ref_feats = _cached_features(
         key, lambda: dict(zip(("features", "logits"), extract(ext, ref_set.images[:n_ref])))
     )
-    need_images = "memorization" in metrics
-    gen_f, gen_logits, gen_images = generate_features(gen, ext, n, seed, keep_images=need_images)
+    z_gen = torch.Generator().manual_seed(
+        seed
+    )  # drawn batch by batch, as the published figures were
+    z = torch.cat(
+        [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
+    )
+    gen_f, gen_logits, gen_images = generated_features(
+        gen.G, z, ext, gen.device, keep_images="memorization" in metrics
+    )
 
     versions = {
         "ganforge": __version__,
@@ -230,10 +246,8 @@ def _memorization(
     if held_split is None:
         raise EvalError("memorization needs a held-out split; folder datasets have none.")
     held = _load_ref(run_data["name"], held_split, run_data)
-    sha = protocol["weights_sha256"][:12]
-    name = run_data["name"].replace(":", "_").replace("/", "_")
     train_f = _cached_features(
-        f"{name}-train-{ext_name}-{sha}-all",
+        _stats_key(run_data["name"], "train", ext_name, protocol["weights_sha256"], "all"),
         lambda: {"features": extract(ext, train_set.images)[0]},
     )["features"]
     held_f = extract(ext, held.images[: len(gen_f)])[0]
