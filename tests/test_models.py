@@ -5,7 +5,10 @@ from ganforge.models import MODELS, build_models, model_for_resolution
 from ganforge.models.dcgan import FastDropout
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+IMAGE_MODELS = [name for name, spec in MODELS.items() if spec.resolution > 0]
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_model_maps_z_to_images_and_logits(name, channels):
     torch.manual_seed(0)
@@ -41,7 +44,7 @@ def test_dcgan28_matches_the_seed_layers():
         (64, 1, (5, 5), (2, 2)),
     ]
     assert sum(isinstance(m, FastDropout) for m in D.modules()) == 2
-    assert D.net[-1].out_features == 1
+    assert D.head[-1].out_features == 1
 
 
 def test_fast_dropout_matches_dropout_statistics():
@@ -72,7 +75,7 @@ def test_pacgan_packing_shapes():
     G, D = build_models(
         "dcgan28-classic", z_dim=8, channels=1, g_channels=4, d_channels=4, dropout=0.0, pack=2
     )
-    assert isinstance(D, PackedD) and D.D.net[0].in_channels == 2
+    assert isinstance(D, PackedD) and D.D.features[0].in_channels == 2
     x = G(torch.randn(6, 8))
     assert D(x).shape == (3,)  # one logit per pack of two images
 
@@ -94,3 +97,70 @@ def test_training_with_packing_runs(tmp_path, isolated_env):
     o["model"]["pack"] = 2
     run = train(build_config(overrides=o), progress=False)
     assert (run / "checkpoints" / "final.pt").is_file()
+
+
+def test_mlp_maps_z_to_points():
+    G, D = build_models("mlp", z_dim=2, channels=2, g_channels=16, d_channels=8, dropout=0.0)
+    x = G(torch.randn(6, 2))
+    assert x.shape == (6, 2)
+    assert D(x).shape == (6,)
+    maxout = D.features[0]
+    assert maxout.linear.out_features == 8 * 5  # 5 maxout pieces
+
+
+@pytest.mark.parametrize("name", [n for n in IMAGE_MODELS if MODELS[n].conditional])
+def test_conditional_models_depend_on_the_label(name):
+    torch.manual_seed(0)
+    G, D = build_models(name, 8, 1, 4, 4, 0.0, num_classes=10)
+    G.eval()
+    z = torch.randn(1, 8).repeat(2, 1)
+    c = torch.tensor([3, 7])
+    with torch.no_grad():  # conditional BN starts as plain BN: give the classes different gains
+        for m in G.modules():
+            if hasattr(m, "gain"):
+                m.gain.weight.normal_(1.0, 0.5)
+    x = G(z, c)
+    assert not torch.allclose(x[0], x[1])  # same z, different class -> different image
+    logits = D(x[:1].repeat(2, 1, 1, 1), c)
+    assert logits[0] != logits[1]  # projection term: same image judged against two classes
+    with pytest.raises(ValueError, match="class-conditional"):
+        G(z)
+
+
+def test_seed_dcgan28_has_no_conditional_variant():
+    from ganforge.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="no class-conditional variant"):
+        build_config(overrides={"model": {"name": "dcgan28", "conditional": True}})
+
+
+def test_resnet32_follows_sngan():
+    G, D = build_models("resnet32", 128, 3, 256, 128, 0.0)  # the paper's widths: G 256, D 128
+    assert len(G.blocks) == 3 and G.fc.out_features == 4 * 4 * 256
+    blocks = [m for m in D.features if m.__class__.__name__ == "DBlock"]
+    assert [b.down for b in blocks] == [True, True, False, False]
+    n_params = sum(p.numel() for p in G.parameters()) + sum(p.numel() for p in D.parameters())
+    assert 4e6 < n_params < 6e6  # SNGAN's CIFAR ResNet: about 4.3M (G) + 1.1M (D)
+
+
+def test_minibatch_std_adds_the_batch_spread():
+    from ganforge.models.layers import MinibatchStd
+
+    layer = MinibatchStd(group=4)
+    same = torch.ones(8, 3, 2, 2)
+    out = layer(same)
+    assert out.shape == (8, 4, 2, 2)
+    assert out[:, 3].abs().max() < 1e-3  # identical samples: no spread
+    varied = torch.randn(8, 3, 2, 2)
+    assert layer(varied)[:, 3].min() > 0.1
+    assert layer(torch.randn(6, 5)).shape == (6, 6)  # vectors; batch 6 -> groups of 3
+
+
+def test_mbstd_lets_d_see_a_collapsed_batch():
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0, mbstd=True)
+    assert D.head.in_channels == 2 * 4 + 1
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    collapsed = x[:1].repeat(8, 1, 1, 1)
+    D.eval()
+    assert not torch.allclose(D(x)[:1], D(collapsed)[:1])

@@ -65,6 +65,14 @@ class ModelConfig:
     spectral_norm: bool = False
     # PacGAN packing (Lin et al. 2018): D judges this many samples at once (2 in the paper); 1 = off.
     pack: int = 1
+    # Minibatch standard deviation (Karras et al. 2018): D's last layer also sees how varied the
+    # batch is, which makes a collapsed G easy to spot.
+    mbstd: bool = False
+    # Class-conditional G and D (conditional BN in G, projection D; Miyato & Koyama 2018), trained
+    # with the dataset's labels; `ganforge sample --class K` then makes class K.
+    conditional: bool = False
+    # Number of classes of a conditional model (None: unconditional, or set from the data by resolve()).
+    num_classes: Optional[int] = None
 
 
 @dataclass
@@ -130,6 +138,33 @@ class TrainConfig:
 
 
 @dataclass
+class MonitorConfig:
+    # Live health checks every this many steps (None: off): D's accuracy, gradient norms, the
+    # diversity of a fixed batch of samples against real data, the class entropy of the samples under
+    # the domain classifier (where one exists), NaN/Inf. Losses and weights are checked for NaN/Inf
+    # at every step regardless.
+    every: Optional[int] = 200
+    # What a collapse or divergence event does: warn (log it and go on; a NaN always stops), stop
+    # (checkpoint and exit with a report), rollback (restore checkpoints/healthy.pt, the state of the
+    # last healthy check, multiply both learning rates by lr_factor and continue).
+    on_collapse: Literal["warn", "stop", "rollback"] = "warn"
+    # Samples in the fixed batch the checks look at (the real batch has as many).
+    n: int = 256
+    # Collapse signal: mean pairwise feature distance of the samples below this fraction of the real batch's.
+    diversity_threshold: float = 0.35
+    # Collapse signal: class entropy of the samples below this fraction of the real batch's.
+    entropy_threshold: float = 0.6
+    # Consecutive unhealthy checks before a collapse event (one noisy check is not a collapse).
+    patience: int = 2
+    # No collapse events before this step (an untrained G is not diverse yet); NaN checks still run.
+    warmup: int = 500
+    # Rollback multiplies both learning rates by this factor.
+    lr_factor: float = 0.5
+    # Give up (stop) after this many rollbacks in one run.
+    max_rollbacks: int = 3
+
+
+@dataclass
 class RunConfig:
     # Folder that holds all runs; each run gets runs_dir/<name>/.
     runs_dir: str = "runs"
@@ -145,6 +180,7 @@ class Config:
     reg: RegConfig = field(default_factory=RegConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # Preset this config started from (informational).
     preset: Optional[str] = None
@@ -367,6 +403,30 @@ def validate(cfg: Config) -> None:
     positive("train.batch_size", cfg.train.batch_size)
     positive("train.n_critic", cfg.train.n_critic)
     positive("model.pack", cfg.model.pack)
+    if cfg.model.conditional and cfg.model.pack > 1:
+        raise ConfigError(
+            "model.pack: PacGAN packing mixes samples of different classes, so it does not combine with "
+            "model.conditional; use one of them."
+        )
+    if cfg.model.conditional and cfg.model.name in MODELS and not MODELS[cfg.model.name].conditional:
+        choices = [n for n, spec in MODELS.items() if spec.conditional]
+        raise ConfigError(
+            f"model.conditional: {cfg.model.name} has no class-conditional variant; use one of {', '.join(choices)}."
+        )
+    positive("model.num_classes", cfg.model.num_classes)
+    mon = cfg.monitor
+    positive("monitor.every", mon.every)
+    positive("monitor.n", mon.n)
+    if mon.n < 2:
+        raise ConfigError(f"monitor.n: must be at least 2, got {mon.n}.")
+    positive("monitor.patience", mon.patience)
+    positive("monitor.warmup", mon.warmup, allow_zero=True)
+    positive("monitor.max_rollbacks", mon.max_rollbacks, allow_zero=True)
+    for key in ("diversity_threshold", "entropy_threshold"):
+        if not 0.0 <= getattr(mon, key) <= 1.0:
+            raise ConfigError(f"monitor.{key}: must be in [0, 1], got {getattr(mon, key)}.")
+    if not 0.0 < mon.lr_factor <= 1.0:
+        raise ConfigError(f"monitor.lr_factor: must be in (0, 1], got {mon.lr_factor}.")
     if cfg.train.batch_size % cfg.model.pack:
         raise ConfigError(
             f"model.pack: the batch ({cfg.train.batch_size}) must be a multiple of the pack size ({cfg.model.pack})."
@@ -419,18 +479,38 @@ def planned_resolution(cfg: Config) -> int:
     return 28 if cfg.data.name == "auto" else 64  # auto is MNIST; folders default to 64x64
 
 
-def resolve(cfg: Config, dataset_name: str, channels: int, n_images: int) -> Config:
-    """Fill in what depends on the loaded dataset; returns a new Config (the input is untouched)."""
-    from ganforge.models import model_for_resolution
+def resolve(
+    cfg: Config, dataset_name: str, channels: int, n_images: int, points: bool = False,
+    num_classes: Optional[int] = None,
+) -> Config:  # fmt: skip
+    """Fill in what depends on the loaded dataset; returns a new Config (the input is untouched).
 
-    resolution = planned_resolution(cfg)
+    `points`: the data are vectors [N, channels] (2D toy data), not images.
+    """
+    from ganforge.models import MODELS, model_for_resolution
+
+    resolution = 0 if points else planned_resolution(cfg)
     cfg = from_dict(cfg.to_dict())  # a deep copy
     cfg.data.name = dataset_name
     if cfg.model.name == "auto":
         cfg.model.name = model_for_resolution(resolution)
-    cfg.data.resolution = resolution
-    cfg.data.channels = channels
+    point_models = [n for n, spec in MODELS.items() if spec.resolution == 0]
+    if points and cfg.model.name not in point_models:
+        raise ConfigError(
+            f"model.name: '{dataset_name}' holds 2D points, not images; use model.name={point_models[0]} "
+            "(or auto)."
+        )
+    if not points and cfg.model.name in point_models:
+        raise ConfigError(
+            f"model.name: {cfg.model.name} is for 2D point data (ring8, grid25), but '{dataset_name}' holds images."
+        )
+    if points and cfg.reg.diffaugment:
+        raise ConfigError("reg.diffaugment: DiffAugment transforms images; it does not apply to 2D point data.")
+    cfg.data.resolution = resolution or None
+    cfg.data.channels = None if points else channels
     cfg.model.channels = channels
+    if cfg.model.conditional:
+        cfg.model.num_classes = num_classes
     if cfg.train.batch_size > n_images:
         raise ConfigError(
             f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "

@@ -31,7 +31,7 @@ class DatasetError(RuntimeError):
 
 @dataclass
 class ImageDataset:
-    images: torch.Tensor  # [N, C, H, W] uint8
+    images: torch.Tensor  # [N, C, H, W] uint8; for point datasets (ring8, grid25) float [N, D]
     labels: torch.Tensor  # [N] int64
     name: str  # the dataset really used, e.g. "mnist" or "folder:/path"
     source: str  # where the files came from
@@ -40,6 +40,15 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def is_points(self) -> bool:
+        """2D toy data: float vectors [N, D], not images."""
+        return self.images.dim() == 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) or int(self.labels.max()) + 1
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -51,7 +60,9 @@ class ImageDataset:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, C, H, W] in [0, 255] -> float32 in [-1, 1]."""
+    """uint8 [N, C, H, W] in [0, 255] -> float32 in [-1, 1]. Point data (already float) passes as is."""
+    if images.is_floating_point():
+        return images
     return images.to(torch.float32).div_(127.5).sub_(1.0)
 
 
@@ -328,6 +339,52 @@ def load_mnist5k(
 
 
 # ----------------------------------------------------------------------------------------------
+# Benchmark datasets for mode collapse: PacGAN's 2D mixtures (Lin et al. 2018, sec. 5.1) and
+# Stacked MNIST (Metz et al. 2017; PacGAN sec. 5.2).
+
+
+def _mixture(name: str, split: str) -> ImageDataset:
+    from ganforge.metrics.modes import mixture_centres
+
+    centres, std = mixture_centres(name)
+    n = 100_000 if split == "train" else 10_000  # the train and test points differ (seeds 0 and 1)
+    gen = torch.Generator().manual_seed(0 if split == "train" else 1)
+    labels = torch.randint(0, len(centres), (n,), generator=gen)
+    points = torch.from_numpy(centres).float()[labels] + std * torch.randn(n, 2, generator=gen)
+    return ImageDataset(points, labels, name, f"generated: {len(centres)} Gaussians, std {std}",
+                        [f"mode{i}" for i in range(len(centres))])  # fmt: skip
+
+
+@register_dataset("ring8", 0, 2, "2D points: 8 Gaussians on a circle of radius 1, std 0.01 (PacGAN)")
+def load_ring8(root: Optional[str] = None, split: str = "train", download: bool = True) -> ImageDataset:
+    return _mixture("ring8", split)
+
+
+@register_dataset("grid25", 0, 2, "2D points: 25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (PacGAN)")
+def load_grid25(root: Optional[str] = None, split: str = "train", download: bool = True) -> ImageDataset:
+    return _mixture("grid25", split)
+
+
+@register_dataset(
+    "stacked-mnist", 28, 3, "three random MNIST digits as the RGB channels: 1000 modes (PacGAN)"
+)
+def load_stacked_mnist(
+    root: Optional[str] = None, split: str = "train", download: bool = True
+) -> ImageDataset:
+    """100,000 (train) or 10,000 (test) triples of MNIST digits of that split, drawn with a fixed seed;
+    the label is the mode 100 * d_red + 10 * d_green + d_blue."""
+    mnist = load_mnist(root, split, download)
+    n = 100_000 if split == "train" else 10_000
+    gen = torch.Generator().manual_seed(2018 if split == "train" else 2019)
+    idx = torch.randint(0, len(mnist), (n, 3), generator=gen)
+    images = mnist.images[idx.view(-1), 0].view(n, 3, 28, 28)
+    d = mnist.labels[idx]
+    labels = d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2]
+    return ImageDataset(images.contiguous(), labels, "stacked-mnist", f"stacked from {mnist.source}",
+                        [f"{i:03d}" for i in range(1000)])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
 # CIFAR-10: torchvision's python batches or .npz files.
 
 
@@ -555,5 +612,7 @@ def load_dataset(
         )
     if limit is not None:
         ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+    if ds.is_points:
+        return ds
     ds.images = resize_square(convert_channels(ds.images, channels), resolution)
     return ds

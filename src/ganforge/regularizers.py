@@ -31,6 +31,7 @@ def gradient_penalty(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """(||grad D(x_hat)||_2 - 1)^2 per sample, x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]."""
-    eps = torch.rand(real_img.shape[0], 1, 1, 1, generator=generator).to(real_img.device)
+    shape = (real_img.shape[0],) + (1,) * (real_img.dim() - 1)  # [N, 1, 1, 1], or [N, 1] for points
+    eps = torch.rand(shape, generator=generator).to(real_img.device)
     x_hat = eps * real_img.detach() + (1.0 - eps) * fake_img.detach()
     return (_input_grad_norm_sq(D, x_hat).add(1e-12).sqrt() - 1.0).pow(2)

@@ -52,6 +52,31 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: Optional[int] = None
     return Path(path)
 
 
+def save_scatter(
+    points: torch.Tensor, path: str | Path, real: Optional[torch.Tensor] = None, title: str = ""
+) -> Path:
+    """Scatter plot PNG of 2D points [N, 2] (generated in blue, real ones in grey when given), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if real is not None:
+        r = real.float().cpu().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="0.75", label="real")
+    p = points.detach().float().cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=2, c="tab:blue", label="generated")
+    ax.set_aspect("equal")
+    ax.set_title(title or f"{len(p)} samples")
+    ax.legend(loc="upper right", markerscale=4)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 class TrainedGenerator:
     """A generator loaded from a checkpoint, ready to sample. Build it with `ganforge.load(path)`."""
 
@@ -61,6 +86,27 @@ class TrainedGenerator:
         self.config = config
         self.device = device
         self.path = path
+        model = config["model"]
+        self.num_classes: Optional[int] = model["num_classes"] if model.get("conditional") else None
+        self.points = config["data"].get("resolution") is None and model["name"] == "mlp"
+
+    def labels(self, n: int, classes: Optional[int | list[int] | torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Class labels [n] for a conditional G: `classes` repeated, or all classes in turn; None otherwise."""
+        if self.num_classes is None:
+            if classes is not None:
+                raise ValueError(
+                    "this generator is unconditional: it cannot make a requested class. Train one with "
+                    "--set model.conditional=true."
+                )
+            return None
+        if classes is None:
+            return torch.arange(n) % self.num_classes
+        c = torch.as_tensor(classes, dtype=torch.long).view(-1)
+        if c.numel() == 0 or int(c.min()) < 0 or int(c.max()) >= self.num_classes:
+            raise ValueError(
+                f"class {c.tolist()} is out of range: this generator makes classes 0..{self.num_classes - 1}."
+            )
+        return c.repeat((n + c.numel() - 1) // c.numel())[:n]
 
     def latents(self, n: int, seed: Optional[int] = None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -73,18 +119,23 @@ class TrainedGenerator:
         seed: Optional[int] = None,
         output: Literal["uint8", "float"] = "uint8",
         batch_size: int = 256,
+        classes: Optional[int | list[int] | torch.Tensor] = None,
     ) -> torch.Tensor:
         """`n` images [n, C, H, W]: uint8 in [0, 255], or float in [-1, 1] with output="float".
 
-        The same seed gives the same images on any device (latents are drawn on the CPU).
+        Conditional generators make `classes` (an int or a list, repeated), or every class in turn.
+        Point generators (2D data) always return float points [n, D]. The same seed gives the same
+        samples on any device (latents are drawn on the CPU).
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}.")
         z = self.latents(n, seed)
+        c = self.labels(n, classes)
         out = []
         for start in range(0, n, batch_size):
-            img = self.G(z[start : start + batch_size].to(self.device)).float().cpu()
-            out.append(to_uint8(img) if output == "uint8" else img)
+            c_b = None if c is None else c[start : start + batch_size].to(self.device)
+            img = self.G(z[start : start + batch_size].to(self.device), c_b).float().cpu()
+            out.append(to_uint8(img) if output == "uint8" and not self.points else img)
         return torch.cat(out)
 
 
@@ -94,7 +145,9 @@ def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
     ckpt = load_checkpoint(ckpt_path)
     cfg = from_dict(ckpt["config"])
     m = cfg.model
-    G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout)
+    nc = (m.num_classes or 0) if m.conditional else 0
+    G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout,
+                        num_classes=nc, mbstd=m.mbstd)  # fmt: skip
     G.load_state_dict(ckpt.get("G_ema", ckpt["G"]))  # the EMA generator when the run kept one
     dev = torch.device(device)
     return TrainedGenerator(G.to(dev), m.z_dim, ckpt["config"], dev, ckpt_path)
@@ -107,10 +160,26 @@ def write_samples(
     seed: Optional[int] = None,
     individual: Optional[str | Path] = None,
     nrow: Optional[int] = None,
+    classes: Optional[int | list[int]] = None,
 ) -> list[Path]:
-    """Sample `n` images; write a grid to `out` and/or one PNG per image into `individual`."""
-    images = gen.sample(n, seed=seed)
+    """Sample `n` images; write a grid to `out` and/or one PNG per image into `individual`.
+
+    For 2D point generators `out` is a scatter plot and `individual` a file of points (.npy)."""
+    images = gen.sample(n, seed=seed, classes=classes)
     written = []
+    if gen.points:
+        if out is not None:
+            written.append(save_scatter(images, out))
+        if individual is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, images.numpy())
+            path = Path(individual)
+            path = path if path.suffix == ".npy" else path.with_suffix(".npy")
+            atomic_write_bytes(path, buffer.getvalue())
+            written.append(path)
+        return written
+    if nrow is None and gen.num_classes and classes is None and gen.num_classes <= 16:
+        nrow = gen.num_classes  # all classes in turn: one class per column
     if out is not None:
         written.append(save_grid(images, out, nrow))
     if individual is not None:

@@ -102,15 +102,16 @@ def _stats_key(dataset: str, split: str, ext_name: str, weights_sha256: str, n: 
 @torch.no_grad()
 def generated_features(
     G: torch.nn.Module, z: torch.Tensor, extractor, device: torch.device, batch: int = 500,
-    keep_images: bool = False,
+    keep_images: bool = False, c: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:  # fmt: skip
-    """G's images for latents z [n, z_dim], made in batches in eval mode (G's mode is restored after)
-    and extracted; returns (features, logits, uint8 images or None)."""
+    """G's images for latents z [n, z_dim] (and labels c [n] for a conditional G), made in batches in
+    eval mode (G's mode is restored after) and extracted; returns (features, logits, uint8 images or None)."""
     was_training = G.training
     G.eval()
     feats, logits, images = [], [], []
     for start in range(0, len(z), batch):
-        img = to_uint8(G(z[start : start + batch].to(device)).float().cpu())
+        c_b = None if c is None else c[start : start + batch].to(device)
+        img = to_uint8(G(z[start : start + batch].to(device), c_b).float().cpu())
         f, lg = extractor(img)
         feats.append(f.double())
         logits.append(lg.double())
@@ -167,7 +168,7 @@ def evaluate(
         [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
     )
     gen_f, gen_logits, gen_images = generated_features(
-        gen.G, z, ext, gen.device, keep_images="memorization" in metrics
+        gen.G, z, ext, gen.device, keep_images="memorization" in metrics, c=gen.labels(n)
     )
 
     versions = {

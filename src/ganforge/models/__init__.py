@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -12,17 +13,20 @@ import torch.nn as nn
 @dataclass
 class ModelSpec:
     build: Callable[..., tuple[nn.Module, nn.Module]]  # keyword args -> (G, D)
-    resolution: int  # side length of the images G makes and D reads
+    resolution: int  # side length of the images G makes and D reads; 0 = points (vectors), not images
     description: str
     auto: bool = False  # what model.name=auto picks for this resolution (else the first registered)
+    conditional: bool = True  # has a class-conditional variant (num_classes > 0)
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, resolution: int, description: str, auto: bool = False):
+def register_model(
+    name: str, resolution: int, description: str, auto: bool = False, conditional: bool = True
+):
     def wrap(fn: Callable[..., tuple[nn.Module, nn.Module]]):
-        MODELS[name] = ModelSpec(fn, resolution, description, auto)
+        MODELS[name] = ModelSpec(fn, resolution, description, auto, conditional)
         return fn
 
     return wrap
@@ -51,8 +55,12 @@ def build_models(
     dropout: float,
     spectral_norm: bool = False,
     pack: int = 1,
+    num_classes: int = 0,
+    mbstd: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim)
+    """G and D of model `name`; class-conditional when num_classes > 0 (G(z, c), D(x, c))."""
+    kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim,
+                  num_classes=num_classes, mbstd=mbstd)  # fmt: skip
     G, D = MODELS[name].build(channels=channels, **kwargs)
     if pack > 1:  # D reads `pack` images stacked along channels
         D = PackedD(MODELS[name].build(channels=channels * pack, **kwargs)[1], pack)
@@ -64,7 +72,7 @@ def build_models(
 class PackedD(nn.Module):
     """PacGAN (Lin et al. 2018): D judges `pack` samples at once, concatenated along channels.
 
-    [N, C, H, W] -> [N / pack, pack * C, H, W] -> one logit per pack of images.
+    [N, C, H, W] -> [N / pack, pack * C, H, W] -> one logit per pack of images ([N, F] points alike).
     """
 
     def __init__(self, D: nn.Module, pack: int):
@@ -72,9 +80,9 @@ class PackedD(nn.Module):
         self.D = D
         self.pack = pack
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        return self.D(x.reshape(n // self.pack, self.pack * c, h, w))
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        n = x.shape[0]
+        return self.D(x.reshape(n // self.pack, self.pack * x.shape[1], *x.shape[2:]))
 
 
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
@@ -89,4 +97,4 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-from ganforge.models import dcgan  # noqa: E402,F401  (fills the registry)
+from ganforge.models import dcgan, mlp, resnet  # noqa: E402,F401  (fill the registry)

@@ -8,10 +8,13 @@ G maps z [N, z_dim] to images [N, C, H, W] in [-1, 1]; D maps images to logits [
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from ganforge.models import register_model
+from ganforge.models.layers import CondSequential, Discriminator, batch_norm
 
 
 class FastDropout(nn.Module):
@@ -45,7 +48,7 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -78,99 +81,96 @@ class Generator28(nn.Module):
         )
         dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.fc(z).view(-1, 4 * self.base, 7, 7)
         return self.net(x)
 
 
-class Discriminator28(nn.Module):
+class Discriminator28(Discriminator):
     """Keras-tutorial D: Conv 5x5 s2 (b) LReLU Dropout -> Conv s2 (2b) LReLU Dropout -> Linear(1)."""
 
-    def __init__(self, channels: int = 1, base: int = 64, dropout: float = 0.3, slope: float = 0.3):
-        super().__init__()
-        self.net = nn.Sequential(
+    def __init__(
+        self, channels: int = 1, base: int = 64, dropout: float = 0.3, slope: float = 0.3,
+        num_classes: int = 0, mbstd: bool = False,
+    ):  # fmt: skip
+        features = nn.Sequential(
             nn.Conv2d(channels, base, 5, 2, 2),  # [N, b, 14, 14]
             nn.LeakyReLU(slope),
             FastDropout(dropout),
             nn.Conv2d(base, 2 * base, 5, 2, 2),  # [N, 2b, 7, 7]
             nn.LeakyReLU(slope),
             FastDropout(dropout),
-            nn.Flatten(),
-            nn.Linear(2 * base * 7 * 7, 1),  # a raw logit; no sigmoid (the loss works on logits)
         )
+        # a raw logit; no sigmoid (the loss works on logits)
+        head = nn.Sequential(nn.Flatten(), nn.Linear((2 * base + mbstd) * 7 * 7, 1))
+        super().__init__(features, head, 2 * base, num_classes, mbstd)
         dcgan_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
 
 
 class Generator28Classic(nn.Module):
     """Radford et al.'s topology at 28x28: ConvT 7x7 from z to 7x7x4b, two stride-2 ConvT 4x4, BN, ReLU."""
 
-    def __init__(self, z_dim: int = 100, channels: int = 1, base: int = 32):
+    def __init__(self, z_dim: int = 100, channels: int = 1, base: int = 32, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
-        self.net = nn.Sequential(
+        self.net = CondSequential(
             nn.ConvTranspose2d(z_dim, 4 * base, 7, 1, 0, bias=False),  # [N, 4b, 7, 7]
-            nn.BatchNorm2d(4 * base),
+            batch_norm(4 * base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(4 * base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 14, 14]
-            nn.BatchNorm2d(2 * base),
+            batch_norm(2 * base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(2 * base, channels, 4, 2, 1, bias=False),  # [N, C, 28, 28]
             nn.Tanh(),
         )
         dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], -1, 1, 1))
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], -1, 1, 1), c)
 
 
-class Discriminator28Classic(nn.Module):
+class Discriminator28Classic(Discriminator):
     """Radford et al.'s D at 28x28: Conv 4x4 s2, LeakyReLU 0.2; Conv s2 + BN; a 7x7 conv to the logit."""
 
-    def __init__(self, channels: int = 1, base: int = 32):
-        super().__init__()
-        self.net = nn.Sequential(
+    def __init__(self, channels: int = 1, base: int = 32, num_classes: int = 0, mbstd: bool = False):
+        features = nn.Sequential(
             nn.Conv2d(channels, base, 4, 2, 1),  # [N, b, 14, 14]
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 7, 7]
             nn.BatchNorm2d(2 * base),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(2 * base, 1, 7, 1, 0),  # [N, 1, 1, 1]
         )
+        head = nn.Conv2d(2 * base + mbstd, 1, 7, 1, 0)  # [N, 1, 1, 1]
+        super().__init__(features, head, 2 * base, num_classes, mbstd)
         dcgan_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
 
 
 class Generator32(nn.Module):
     """Seed 4.2 G: ConvT 4x4 from z (1x1) to 4x4x4b, then three stride-2 ConvTs to 32x32."""
 
-    def __init__(self, z_dim: int = 100, channels: int = 3, base: int = 64):
+    def __init__(self, z_dim: int = 100, channels: int = 3, base: int = 64, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
-        self.net = nn.Sequential(
+        self.net = CondSequential(
             nn.ConvTranspose2d(z_dim, 4 * base, 4, 1, 0, bias=False),  # [N, 4b, 4, 4]
-            nn.BatchNorm2d(4 * base),
+            batch_norm(4 * base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(4 * base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 8, 8]
-            nn.BatchNorm2d(2 * base),
+            batch_norm(2 * base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(2 * base, base, 4, 2, 1, bias=False),  # [N, b, 16, 16]
-            nn.BatchNorm2d(base),
+            batch_norm(base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(base, channels, 4, 2, 1, bias=False),  # [N, C, 32, 32]
             nn.Tanh(),
         )
         dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], -1, 1, 1))
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], -1, 1, 1), c)
 
 
-class Discriminator32(nn.Module):
+class Discriminator32(Discriminator):
     """Seed 4.2 D, completed: its 4b x 4 x 4 map goes through Conv(4b -> 1, 4x4) to one logit.
 
     The seed's convolutions have no bias. Without biases or normalisation D is positively
@@ -178,9 +178,11 @@ class Discriminator32(nn.Module):
     G learned to park there (uniform grey grids within 150 steps on CIFAR-10). Biases fix it.
     """
 
-    def __init__(self, channels: int = 3, base: int = 64, dropout: float = 0.3):
-        super().__init__()
-        self.net = nn.Sequential(
+    def __init__(
+        self, channels: int = 3, base: int = 64, dropout: float = 0.3, num_classes: int = 0,
+        mbstd: bool = False,
+    ):  # fmt: skip
+        features = nn.Sequential(
             nn.Conv2d(channels, base, 4, 2, 1),  # [N, b, 16, 16]
             nn.LeakyReLU(0.2, inplace=True),
             FastDropout(dropout, channelwise=True),
@@ -189,47 +191,44 @@ class Discriminator32(nn.Module):
             FastDropout(dropout, channelwise=True),
             nn.Conv2d(2 * base, 4 * base, 4, 2, 1),  # [N, 4b, 4, 4]
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(4 * base, 1, 4, 1, 0),  # [N, 1, 1, 1]
         )
+        head = nn.Conv2d(4 * base + mbstd, 1, 4, 1, 0)  # [N, 1, 1, 1]
+        super().__init__(features, head, 4 * base, num_classes, mbstd)
         dcgan_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
 
 
 class Generator64(nn.Module):
     """Radford et al. G: z -> 4x4x8b, four stride-2 ConvTs (BN, ReLU) to 64x64, tanh."""
 
-    def __init__(self, z_dim: int = 100, channels: int = 3, base: int = 64):
+    def __init__(self, z_dim: int = 100, channels: int = 3, base: int = 64, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(z_dim, 8 * base, 4, 1, 0, bias=False),  # [N, 8b, 4, 4]
-            nn.BatchNorm2d(8 * base),
+            batch_norm(8 * base, num_classes),
             nn.ReLU(True),
         ]
         for mult in (8, 4, 2):  # 4 -> 8 -> 16 -> 32
             layers += [
                 nn.ConvTranspose2d(mult * base, mult * base // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(mult * base // 2),
+                batch_norm(mult * base // 2, num_classes),
                 nn.ReLU(True),
             ]
         layers += [
             nn.ConvTranspose2d(base, channels, 4, 2, 1, bias=False),
             nn.Tanh(),
         ]  # [N, C, 64, 64]
-        self.net = nn.Sequential(*layers)
+        self.net = CondSequential(*layers)
         dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], -1, 1, 1))
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], -1, 1, 1), c)
 
 
-class Discriminator64(nn.Module):
+class Discriminator64(Discriminator):
     """Radford et al. D: four stride-2 convs (BN after the first, LeakyReLU 0.2), 4x4 conv to a logit."""
 
-    def __init__(self, channels: int = 3, base: int = 64):
-        super().__init__()
+    def __init__(self, channels: int = 3, base: int = 64, num_classes: int = 0, mbstd: bool = False):
         layers: list[nn.Module] = [
             nn.Conv2d(channels, base, 4, 2, 1, bias=False),  # [N, b, 32, 32]
             nn.LeakyReLU(0.2, inplace=True),
@@ -240,17 +239,18 @@ class Discriminator64(nn.Module):
                 nn.BatchNorm2d(2 * mult * base),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers.append(nn.Conv2d(8 * base, 1, 4, 1, 0, bias=False))  # [N, 1, 1, 1]
-        self.net = nn.Sequential(*layers)
+        head = nn.Conv2d(8 * base + mbstd, 1, 4, 1, 0, bias=False)  # [N, 1, 1, 1]
+        super().__init__(nn.Sequential(*layers), head, 8 * base, num_classes, mbstd)
         dcgan_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
 
-
-@register_model("dcgan28", 28, "seed 4.1 / Keras-tutorial DCGAN for 28x28 (MNIST)")
-def dcgan28(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float):
-    return Generator28(z_dim, channels, g_channels), Discriminator28(channels, d_channels, dropout)
+@register_model("dcgan28", 28, "seed 4.1 / Keras-tutorial DCGAN for 28x28 (MNIST)", conditional=False)
+def dcgan28(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
+            num_classes: int = 0, mbstd: bool = False):  # fmt: skip
+    # Seed-faithful: its G's first BN is 1-D, so there is no class-conditional variant.
+    return Generator28(z_dim, channels, g_channels), Discriminator28(
+        channels, d_channels, dropout, mbstd=mbstd
+    )
 
 
 @register_model(
@@ -259,23 +259,30 @@ def dcgan28(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout
     "Radford et al. DCGAN topology at 28x28 (BN in D): fast to good digits",
     auto=True,
 )
-def dcgan28_classic(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float):
+def dcgan28_classic(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
+                    num_classes: int = 0, mbstd: bool = False):  # fmt: skip
     # Measured on MNIST (2-core CPU, width 32, batch 64, 3000 steps): clearly better digits than
     # dcgan28 after the same time; dcgan28's dropout-regularised D without normalisation learns slowly.
     # No dropout here.
-    return Generator28Classic(z_dim, channels, g_channels), Discriminator28Classic(
-        channels, d_channels
+    return Generator28Classic(z_dim, channels, g_channels, num_classes), Discriminator28Classic(
+        channels, d_channels, num_classes, mbstd
     )
 
 
 @register_model(
     "dcgan32", 32, "seed 4.2 PyTorch DCGAN for 32x32 (CIFAR-10), with a scalar D output"
 )
-def dcgan32(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float):
-    return Generator32(z_dim, channels, g_channels), Discriminator32(channels, d_channels, dropout)
+def dcgan32(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
+            num_classes: int = 0, mbstd: bool = False):  # fmt: skip
+    return Generator32(z_dim, channels, g_channels, num_classes), Discriminator32(
+        channels, d_channels, dropout, num_classes, mbstd
+    )
 
 
 @register_model("dcgan64", 64, "classic DCGAN of Radford et al. 2016 for 64x64")
-def dcgan64(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float):
+def dcgan64(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
+            num_classes: int = 0, mbstd: bool = False):  # fmt: skip
     # The paper's D has no dropout, so model.dropout does not apply here.
-    return Generator64(z_dim, channels, g_channels), Discriminator64(channels, d_channels)
+    return Generator64(z_dim, channels, g_channels, num_classes), Discriminator64(
+        channels, d_channels, num_classes, mbstd
+    )

@@ -1,0 +1,109 @@
+"""Blocks shared by the model families: conditional BN, projection D head, minibatch stddev.
+
+Conditional BN: de Vries et al. 2017 / Miyato & Koyama 2018 (cGANs with projection discriminator);
+minibatch standard deviation: Karras et al. 2018 (Progressive GAN, sec. 3).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine; per-class scale and shift looked up from c [N]."""
+
+    takes_labels = True  # CondSequential passes c to it
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if c is None:
+            raise ValueError("this generator is class-conditional: pass class labels c [N]")
+        h = self.bn(x)
+        return h * self.gain(c)[:, :, None, None] + self.bias(c)[:, :, None, None]
+
+
+def batch_norm(channels: int, num_classes: int = 0) -> nn.Module:
+    """BatchNorm2d, or its class-conditional form when num_classes > 0."""
+    return ConditionalBatchNorm2d(channels, num_classes) if num_classes else nn.BatchNorm2d(channels)
+
+
+class CondSequential(nn.Sequential):
+    """nn.Sequential that hands the labels c to the layers that take them (`takes_labels`)."""
+
+    takes_labels = True
+
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, c) if getattr(layer, "takes_labels", False) else layer(x)
+        return x
+
+
+class MinibatchStd(nn.Module):
+    """Appends one feature map: the mean over features of the stddev across groups of `group` samples.
+
+    D can then see how varied a batch is, and a collapsed G's batches stand out (Karras et al. 2018).
+    [N, C, H, W] -> [N, C + 1, H, W]; works on [N, F] vectors too (-> [N, F + 1]).
+    """
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        g = min(self.group, n)
+        while n % g:  # largest group size <= self.group that divides the batch
+            g -= 1
+        y = x.reshape(g, n // g, *x.shape[1:]).float()  # [G, M, ...]
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # [M, ...]
+        std = std.flatten(1).mean(dim=1)  # [M]
+        std = std.repeat(g).to(x.dtype)  # [N]; sample i belongs to group i % M
+        shape = (n, 1, *x.shape[2:])
+        return torch.cat([x, std.view(n, *([1] * (x.dim() - 1))).expand(shape)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
+class Discriminator(nn.Module):
+    """features -> [minibatch std] -> head, plus a projection term <embed(c), sum-pooled features>.
+
+    Every D family builds on this, so conditioning (Miyato & Koyama 2018) and minibatch std work
+    the same everywhere. `head` must accept features + 1 channel when mbstd is on.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        head: nn.Module,
+        feature_channels: int,
+        num_classes: int = 0,
+        mbstd: bool = False,
+    ):
+        super().__init__()
+        self.features = features
+        self.mbstd = MinibatchStd() if mbstd else None
+        self.head = head
+        self.embed = nn.Embedding(num_classes, feature_channels) if num_classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.features(x)  # [N, F, H, W] or [N, F]
+        out = self.head(self.mbstd(h) if self.mbstd is not None else h).reshape(x.shape[0])  # [N]
+        if self.embed is not None:
+            if c is None:
+                raise ValueError("this discriminator is class-conditional: pass class labels c [N]")
+            pooled = h.sum(dim=(2, 3)) if h.dim() == 4 else h  # [N, F]
+            out = out + (self.embed(c) * pooled).sum(dim=1)
+        return out
