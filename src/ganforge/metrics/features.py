@@ -220,7 +220,8 @@ def load_domain_extractor(name: str, path: Optional[Path] = None) -> DomainExtra
         raise ExtractorError(
             f"cannot load extractor weights {path}: {type(e).__name__}: {e}"
         ) from None
-    net = spec.build()
+    with torch.random.fork_rng(devices=[]):  # building the net must not move a training run's RNG
+        net = spec.build()
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return DomainExtractor(name, net, spec, digest)
 
