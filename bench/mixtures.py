@@ -66,7 +66,7 @@ def summarise(rows: list[dict]) -> str:
     for data, config in keys:
         sel = [r for r in rows if r["data"] == data and r["config"] == config]
 
-        def ms(key: str, fmt: str) -> str:
+        def ms(key: str, fmt: str, sel: list = sel) -> str:
             v = [r[key] for r in sel]
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
             return f"{format(statistics.mean(v), fmt)} ± {format(sd, fmt)}"

@@ -4,7 +4,6 @@ import torch
 from ganforge.models import MODELS, build_models, model_for_resolution
 from ganforge.models.dcgan import FastDropout
 
-
 IMAGE_MODELS = [name for name, spec in MODELS.items() if spec.resolution > 0]
 
 

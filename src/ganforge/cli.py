@@ -152,9 +152,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"ganforge: error: --n must be at least 1, got {args.n}.", file=sys.stderr)
         return 2
     gen = load(args.path, device=args.device)
+    classes = None
+    if args.cls is not None:
+        try:
+            classes = [int(c) for c in args.cls.split(",")]
+        except ValueError:
+            print(f"ganforge: error: --class takes a class number or a comma-separated list (e.g. 7 or 0,1,2), "
+                  f"got '{args.cls}'.", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            gen.labels(1, classes)  # validates range and conditionality
+        except ValueError as e:
+            print(f"ganforge: error: --class: {e}", file=sys.stderr)
+            return 2
     written = write_samples(
-        gen, args.n, args.out, seed=args.seed, individual=args.individual, nrow=args.nrow
-    )
+        gen, args.n, args.out, seed=args.seed, individual=args.individual, nrow=args.nrow,
+        classes=classes,
+    )  # fmt: skip
     print(
         f"ganforge: wrote {args.out}"
         + (f" and {args.n} images in {args.individual}" if args.individual else "")
@@ -275,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--individual", metavar="DIR", help="also write each image as DIR/000000.png, ..."
     )
     p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
+    p.add_argument("--class", dest="cls", metavar="K",
+                   help="class-conditional models: make class K, or a comma-separated list of classes "
+                        "in turn (default: every class in turn, one per grid column)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
 
     sub.add_parser(

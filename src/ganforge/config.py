@@ -115,6 +115,9 @@ class TrainConfig:
     ema_beta: Optional[float] = None
     # Length of the run in epochs (passes over the dataset); None: use steps.
     epochs: Optional[int] = None
+    # Stop after this many seconds of training in this process (None: no limit), saving the run as
+    # finished; for comparisons at an equal compute budget. A resumed run gets a fresh limit.
+    time_limit: Optional[float] = None
     # Length of the run in optimisation steps (one D update + one G update), when epochs is None.
     # 5000 steps of 64 = 320k images: about 5 epochs of MNIST.
     steps: int = 5000
@@ -448,6 +451,7 @@ def validate(cfg: Config) -> None:
         )
     positive("train.epochs", cfg.train.epochs)
     positive("train.steps", cfg.train.steps)
+    positive("train.time_limit", cfg.train.time_limit)
     positive("train.log_every", cfg.train.log_every)
     positive("train.sample_every", cfg.train.sample_every)
     positive("train.checkpoint_every", cfg.train.checkpoint_every)

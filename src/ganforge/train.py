@@ -27,7 +27,7 @@ from ganforge.augment import make_augment
 from ganforge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
-from ganforge.ema import update_ema
+from ganforge.ema import recalibrate_bn, update_ema
 from ganforge.losses import LOSSES, LossPair
 from ganforge.models import build_models
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
@@ -311,6 +311,7 @@ def train(
                     "checkpoint_every",
                     "eval_every",
                     "device",
+                    "time_limit",
                 }
             }
             for section, values in overrides.items():
@@ -318,7 +319,7 @@ def train(
                 if bad:
                     raise ConfigError(
                         f"cannot change {', '.join(f'{section}.{k}' for k in sorted(bad))} when resuming; "
-                        "only train.steps, train.epochs, the cadences and train.device may change."
+                        "only train.steps, train.epochs, train.time_limit, the cadences and train.device may change."
                     )
             cfg = from_dict(
                 {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}}
@@ -397,7 +398,16 @@ def train(
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
 
+    def G_show() -> nn.Module:
+        """The generator to sample from: G_ema (its BN statistics recomputed) when kept, else G."""
+        if G_ema is None:
+            return G
+        recalibrate_bn(G_ema, m.z_dim, device, nc, batch_size=max(batch, 64), seed=t.seed + 5)
+        return G_ema
+
     def state() -> dict[str, Any]:
+        if G_ema is not None:
+            G_show()  # the checkpoint's G_ema carries statistics that match its weights
         rng = {"torch": torch.get_rng_state(), "noise": noise.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -417,10 +427,10 @@ def train(
         }
 
     def write_grid() -> Path:
-        G_show = G_ema if G_ema is not None else G
-        G_show.eval()
+        G_s = G_show()
+        G_s.eval()
         with torch.no_grad():
-            fake = G_show(fixed_z.to(device), None if fixed_c is None else fixed_c.to(device))
+            fake = G_s(fixed_z.to(device), None if fixed_c is None else fixed_c.to(device))
         fake = fake.float().cpu()
         G.train()
         if ds.is_points:
@@ -506,8 +516,9 @@ def train(
                 "(model.spectral_norm, reg.r1_gamma, model.pack; see `ganforge presets`)")  # fmt: skip
         raise TrainingStopped(
             f"{kind} at step {step}: {'; '.join(reasons)}. "
-            + ("The weights are not finite and were not saved; " if kind == "divergence" else "")
-            + f"the last healthy state is {healthy_path if healthy_path.is_file() else 'not saved yet'}; {hint}.",
+            + ("The weights are not finite and were not saved. " if kind == "divergence" else "")
+            + f"Last healthy state: {healthy_path if healthy_path.is_file() else 'none saved yet'}. "
+            + f"Resume with: ganforge train --resume {run_dir}; {hint}.",
             run_dir,
             3,
         )
@@ -552,8 +563,12 @@ def train(
     order_epoch, order = -1, None
     G.train()
     D.train()
+    t_start, out_of_time = time.perf_counter(), False
     try:
         while step < total_steps and not stop.requested:
+            if t.time_limit is not None and time.perf_counter() - t_start >= t.time_limit:
+                out_of_time = True
+                break
             try:
                 for k in range(t.n_critic):
                     b = step * t.n_critic + k  # global index of this real batch (and of this D update)
@@ -589,12 +604,13 @@ def train(
                     handle_event("divergence", [f"{', '.join(bad)} became NaN/Inf"])
 
                 if check_now:
-                    record = monitor.check(G_ema if G_ema is not None else G, step, real_logits, fake_logits, device)
+                    record = monitor.check(G_show(), step, real_logits, fake_logits, device)
                     record.update(d_grad_norm=d_norm, g_grad_norm=g_norm)
                     log(record)
                     if monitor.collapse_due(record):
                         handle_event("collapse", record["reasons"])
-                    elif record["healthy"]:
+                    elif record["healthy"] or step < mon.warmup:
+                        # a rollback target; during warmup only NaN disqualifies (caught above)
                         save_checkpoint(healthy_path, state())
             except Rollback:
                 sums = {k: 0.0 for k in sums}
@@ -650,7 +666,7 @@ def train(
             if step % t.checkpoint_every == 0 or epoch_end:
                 save_checkpoint(ckpt_dir / "last.pt", state())
             if evaluator is not None and step % t.eval_every == 0:
-                value = evaluator(G_ema if G_ema is not None else G)
+                value = evaluator(G_show())
                 log({"event": "eval", "step": step, "metric": evaluator.metric, "value": value})
                 if value < best:
                     best = value
@@ -675,7 +691,11 @@ def train(
             130 if stop.signal_name == "SIGINT" else 143,
         )
     save_checkpoint(ckpt_dir / "final.pt", state())
-    log({"event": "end", "step": step, "nimg": nimg})
+    log({"event": "end", "step": step, "nimg": nimg, "seconds": time.perf_counter() - t_start,
+         **({"stopped_by": "train.time_limit"} if out_of_time else {})})  # fmt: skip
+    if out_of_time:
+        print(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {step}/{total_steps}.",
+              file=sys.stderr)  # fmt: skip
     print(
         f"ganforge: done. Samples: {run_dir / 'samples.png'}  Checkpoint: {ckpt_dir / 'final.pt'}",
         file=sys.stderr,

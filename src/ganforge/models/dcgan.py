@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ganforge.models import register_model
-from ganforge.models.layers import CondSequential, Discriminator, batch_norm
+from ganforge.models.layers import CondSequential, Discriminator, LabelToLatent, batch_norm
 
 
 class FastDropout(nn.Module):
@@ -113,8 +113,10 @@ class Generator28Classic(nn.Module):
     def __init__(self, z_dim: int = 100, channels: int = 1, base: int = 32, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
+        self.label_dim = 16 if num_classes else 0  # class embedding appended to z
+        self.to_latent = LabelToLatent(num_classes, self.label_dim) if num_classes else None
         self.net = CondSequential(
-            nn.ConvTranspose2d(z_dim, 4 * base, 7, 1, 0, bias=False),  # [N, 4b, 7, 7]
+            nn.ConvTranspose2d(z_dim + self.label_dim, 4 * base, 7, 1, 0, bias=False),  # [N, 4b, 7, 7]
             batch_norm(4 * base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(4 * base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 14, 14]
@@ -126,6 +128,8 @@ class Generator28Classic(nn.Module):
         dcgan_init(self)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.to_latent is not None:
+            z = self.to_latent(z, c)  # [N, z_dim + label_dim]
         return self.net(z.view(z.shape[0], -1, 1, 1), c)
 
 
@@ -151,8 +155,10 @@ class Generator32(nn.Module):
     def __init__(self, z_dim: int = 100, channels: int = 3, base: int = 64, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
+        self.label_dim = 16 if num_classes else 0  # class embedding appended to z
+        self.to_latent = LabelToLatent(num_classes, self.label_dim) if num_classes else None
         self.net = CondSequential(
-            nn.ConvTranspose2d(z_dim, 4 * base, 4, 1, 0, bias=False),  # [N, 4b, 4, 4]
+            nn.ConvTranspose2d(z_dim + self.label_dim, 4 * base, 4, 1, 0, bias=False),  # [N, 4b, 4, 4]
             batch_norm(4 * base, num_classes),
             nn.ReLU(True),
             nn.ConvTranspose2d(4 * base, 2 * base, 4, 2, 1, bias=False),  # [N, 2b, 8, 8]
@@ -167,6 +173,8 @@ class Generator32(nn.Module):
         dcgan_init(self)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.to_latent is not None:
+            z = self.to_latent(z, c)  # [N, z_dim + label_dim]
         return self.net(z.view(z.shape[0], -1, 1, 1), c)
 
 
@@ -203,8 +211,10 @@ class Generator64(nn.Module):
     def __init__(self, z_dim: int = 100, channels: int = 3, base: int = 64, num_classes: int = 0):
         super().__init__()
         self.z_dim = z_dim
+        self.label_dim = 16 if num_classes else 0  # class embedding appended to z
+        self.to_latent = LabelToLatent(num_classes, self.label_dim) if num_classes else None
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, 8 * base, 4, 1, 0, bias=False),  # [N, 8b, 4, 4]
+            nn.ConvTranspose2d(z_dim + self.label_dim, 8 * base, 4, 1, 0, bias=False),  # [N, 8b, 4, 4]
             batch_norm(8 * base, num_classes),
             nn.ReLU(True),
         ]
@@ -222,6 +232,8 @@ class Generator64(nn.Module):
         dcgan_init(self)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.to_latent is not None:
+            z = self.to_latent(z, c)  # [N, z_dim + label_dim]
         return self.net(z.view(z.shape[0], -1, 1, 1), c)
 
 
