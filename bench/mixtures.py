@@ -87,17 +87,32 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the preset's)")
     parser.add_argument("--out", default="bench/results/mixtures.json")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel, each with --threads torch threads (default 1 job)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for data in args.data:
-            steps = args.steps or build_config(preset=data).train.steps
-            for config in args.configs:
-                for seed in args.seeds:
-                    row = run_one(data, config, seed, steps, tmp)
+        todo = [(data, config, seed, args.steps or build_config(preset=data).train.steps, tmp)
+                for data in args.data for config in args.configs for seed in args.seeds]  # fmt: skip
+        if args.jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads,
+                                     initargs=(args.threads or 1,)) as pool:  # fmt: skip
+                results = pool.map(run_one, *zip(*todo))
+                for row in results:
                     rows.append(row)
                     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
                           flush=True)  # fmt: skip
+        else:
+            for job in todo:
+                row = run_one(*job)
+                rows.append(row)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
+                      flush=True)  # fmt: skip
     table = summarise(rows)
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")  # fmt: skip
