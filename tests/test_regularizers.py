@@ -64,3 +64,28 @@ def test_ema_beta_zero_copies_and_beta_one_freezes():
     update_ema(G_ema, G, beta=0.0)
     for (_, p_ema), (_, p) in zip(G_ema.named_parameters(), G.named_parameters()):
         assert torch.equal(p_ema, p)
+
+
+def test_ema_warmup_follows_g_early_and_reaches_beta():
+    from ganforge.ema import ema_beta
+
+    assert ema_beta(0.9999, 0) == 0.1  # step 0: G_ema moves 90 % of the way to G
+    assert ema_beta(0.9999, 100) < 0.92
+    assert ema_beta(0.999, 10**6) == 0.999
+
+
+def test_recalibrate_bn_sets_statistics_of_the_generators_own_activations():
+    from ganforge.ema import recalibrate_bn
+
+    torch.manual_seed(0)
+    G, _ = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    bn = G.net[1]
+    bn.running_mean.fill_(123.0)  # stale statistics, as copied from another network
+    state = torch.get_rng_state()
+    recalibrate_bn(G, 8, torch.device("cpu"), batches=4, batch_size=64, seed=1)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
+    assert not G.training and bn.momentum == 0.1  # eval mode, momentum restored
+    gen = torch.Generator().manual_seed(1)
+    z = torch.cat([torch.randn(64, 8, generator=gen) for _ in range(4)])
+    pre_bn = G.net[0](z.view(-1, 8, 1, 1))  # [256, 4b, 7, 7]: what the first BN sees
+    assert torch.allclose(bn.running_mean, pre_bn.mean(dim=(0, 2, 3)), atol=1e-5)

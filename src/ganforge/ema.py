@@ -25,6 +25,15 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
+def ema_beta(beta: float, step: int) -> float:
+    """The decay used after G step `step` (0-based): min(beta, (1 + step) / (10 + step)).
+
+    Without this warm-up a long-horizon beta keeps G_ema near the random initial weights for
+    thousands of steps (0.9999 ** 683 = 0.93: SNGAN's G_ema still drew noise after 683 steps).
+    """
+    return min(beta, (1.0 + step) / (10.0 + step))
+
+
 def has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 

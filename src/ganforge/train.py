@@ -27,7 +27,7 @@ from ganforge.augment import make_augment
 from ganforge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
-from ganforge.ema import recalibrate_bn, update_ema
+from ganforge.ema import ema_beta, recalibrate_bn, update_ema
 from ganforge.losses import LOSSES, LossPair
 from ganforge.models import build_models
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
@@ -592,7 +592,7 @@ def train(
                 c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
                 g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g)
                 if G_ema is not None:
-                    update_ema(G_ema, G, t.ema_beta)
+                    update_ema(G_ema, G, ema_beta(t.ema_beta, step))
                 g_norm = grad_norm(G) if log_now or check_now else None
                 step += 1
                 nimg += batch * t.n_critic
