@@ -166,7 +166,9 @@ def test_rollback_restores_the_last_healthy_state_and_lowers_the_learning_rates(
 ):
     _inject_nan_at(monkeypatch, 13)
     overrides = tiny(tmp_path, steps=20)
-    overrides["monitor"] = {"every": 5, "n": 16, "warmup": 1000, "on_collapse": "rollback", "lr_factor": 0.5}
+    # thresholds 0: every check passes (a tiny untrained G is not diverse), so healthy.pt follows along
+    overrides["monitor"] = {"every": 5, "n": 16, "on_collapse": "rollback", "lr_factor": 0.5,
+                            "diversity_threshold": 0.0, "entropy_threshold": 0.0}  # fmt: skip
     seen = {}
     real_restore_load = train_mod.load_checkpoint
 
@@ -188,3 +190,16 @@ def test_rollback_restores_the_last_healthy_state_and_lowers_the_learning_rates(
     assert final["step"] == 20 and final["rollbacks"] == 1
     assert final["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert all(torch.isfinite(v).all() for v in final["G"].values() if v.is_floating_point())
+
+
+def test_repeated_rollbacks_compound_and_stop_at_the_limit(tmp_path, isolated_env, monkeypatch):
+    _collapsing_models(monkeypatch)  # collapsed from the start: every rollback lands in a collapse again
+    overrides = tiny(tmp_path, steps=60)
+    overrides["monitor"] = {"every": 5, "warmup": 0, "n": 16, "on_collapse": "rollback", "max_rollbacks": 2,
+                            "rollback_lr": "d"}  # fmt: skip
+    with pytest.raises(TrainingStopped, match="already rolled back 2 times") as err:
+        train(build_config(overrides=overrides), progress=False)
+    rbs = _events(err.value.run_dir, "rollback")
+    assert [r["to_step"] for r in rbs] == [0, 0]  # no check ever passed: back to the initial state
+    assert [r["d_lr"] for r in rbs] == pytest.approx([1e-4, 5e-5])  # D's rate halves each time
+    assert [r["g_lr"] for r in rbs] == pytest.approx([2e-4, 2e-4])  # rollback_lr=d leaves G's alone

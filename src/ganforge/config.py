@@ -161,8 +161,11 @@ class MonitorConfig:
     patience: int = 2
     # No collapse events before this step (an untrained G is not diverse yet); NaN checks still run.
     warmup: int = 500
-    # Rollback multiplies both learning rates by this factor.
+    # Rollback multiplies the learning rates by this factor...
     lr_factor: float = 0.5
+    # ...both of them, or D's only (a D that overpowers G, as with the minimax loss, is the usual
+    # cause of collapse; halving both keeps their ratio).
+    rollback_lr: Literal["both", "d"] = "both"
     # Give up (stop) after this many rollbacks in one run.
     max_rollbacks: int = 3
 

@@ -498,12 +498,14 @@ def train(
         if policy == "warn":
             return
         if policy == "rollback":
-            from_step = step
+            from_step, count = step, rollbacks + 1
+            lrs = [[g["lr"] for g in opt.param_groups] for opt in (opt_G, opt_D)]  # before the restore
             restore(load_checkpoint(healthy_path))
-            rollbacks += 1
-            for opt in (opt_G, opt_D):
-                for group in opt.param_groups:
-                    group["lr"] *= mon.lr_factor
+            rollbacks = count  # the restored state's own count is older
+            lowered = (True, True) if mon.rollback_lr == "both" else (False, True)
+            for opt, old, lower in zip((opt_G, opt_D), lrs, lowered):
+                for group, lr in zip(opt.param_groups, old):  # compounding over repeated rollbacks
+                    group["lr"] = lr * mon.lr_factor if lower else lr
             record = {"event": "rollback", "from_step": from_step, "to_step": step, "rollbacks": rollbacks,
                       "g_lr": opt_G.param_groups[0]["lr"], "d_lr": opt_D.param_groups[0]["lr"]}  # fmt: skip
             log(record)
@@ -609,8 +611,7 @@ def train(
                     log(record)
                     if monitor.collapse_due(record):
                         handle_event("collapse", record["reasons"])
-                    elif record["healthy"] or step < mon.warmup:
-                        # a rollback target; during warmup only NaN disqualifies (caught above)
+                    elif record["healthy"]:  # the rollback target: the last check that passed
                         save_checkpoint(healthy_path, state())
             except Rollback:
                 sums = {k: 0.0 for k in sums}
