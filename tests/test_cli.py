@@ -66,6 +66,30 @@ def test_train_then_sample(tmp_path, offline_env):
     assert len(list((tmp_path / "each").glob("*.png"))) == 9
     r = run("sample", str(tmp_path), "--out", str(out))
     assert r.returncode == 1 and "holds no checkpoint" in r.stderr and "Traceback" not in r.stderr
+    r = run("sample", str(run_dir), "--class", "7", "--out", str(out))
+    assert r.returncode == 2 and "unconditional" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_conditional_and_point_runs_from_the_cli(tmp_path, offline_env):
+    r = run("train", *TINY, "--set", "model.conditional=true", "--runs-dir", str(tmp_path), "--name", "cond",
+            env_extra=offline_env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "sevens.png"
+    r = run("sample", str(tmp_path / "cond"), "--class", "7", "--n", "4", "--out", str(out))
+    assert r.returncode == 0 and out.is_file(), r.stderr
+    r = run("sample", str(tmp_path / "cond"), "--class", "12", "--out", str(out))
+    assert r.returncode == 2 and "classes 0..9" in r.stderr and "Traceback" not in r.stderr
+    r = run("train", "--data", "grid25", "--steps", "20", "--no-progress", "--runs-dir", str(tmp_path),
+            "--name", "pts", env_extra=offline_env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run("eval", str(tmp_path / "pts"), "--n", "500")
+    assert r.returncode == 0 and "modes_covered" in r.stdout and "PacGAN grid25" in r.stdout, r.stderr
+    r = run("sample", str(tmp_path / "pts"), "--n", "300", "--out", str(tmp_path / "pts.png"),
+            "--individual", str(tmp_path / "pts.npy"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+
+    assert np.load(tmp_path / "pts.npy").shape == (300, 2)
 
 
 def test_presets_lists_the_seed_presets():
@@ -102,6 +126,11 @@ def test_dry_run_prints_the_resolved_config(tmp_path, offline_env):
         (["--model", "dcgan99"], "unknown model 'dcgan99'"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--batch-size", "5000", "--data", "mnist-5k"], "larger than the dataset"),
+        (["--data", "grid25", "--model", "dcgan32"], "holds 2D points, not images"),
+        (["--data", "mnist-5k", "--model", "mlp"], "is for 2D point data"),
+        (["--set", "model.conditional=true", "model.pack=2"], "does not combine with model.conditional"),
+        (["--set", "monitor.on_collapse=rollbak"], "Did you mean 'rollback'"),
+        (["--data", "grid25", "--set", "reg.diffaugment=translation"], "does not apply to 2D point data"),
     ],
 )
 def test_bad_input_is_a_clear_message_not_a_traceback(args, message, offline_env):

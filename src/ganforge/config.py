@@ -390,6 +390,16 @@ def validate(cfg: Config) -> None:
             f"data.resolution: {cfg.model.name} makes {spec.resolution}x{spec.resolution} images, "
             f"not {cfg.data.resolution}; drop data.resolution or pick a model of that size."
         )
+    point_model = cfg.model.name in MODELS and MODELS[cfg.model.name].resolution == 0
+    point_data = data_name in DATASETS and DATASETS[data_name].resolution == 0
+    if point_model and not point_data:
+        raise ConfigError(
+            f"model.name: {cfg.model.name} is for 2D point data (ring8, grid25), but '{data_name}' holds images."
+        )
+    if point_data and cfg.model.name in MODELS and not point_model:
+        raise ConfigError(
+            f"model.name: '{data_name}' holds 2D points, not images; use model.name=mlp (or auto)."
+        )
     if cfg.loss.name not in LOSSES:
         raise ConfigError(
             f"loss.name: unknown loss '{cfg.loss.name}'; choose one of {', '.join(LOSSES)}."
