@@ -191,7 +191,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     import torch
 
     from ganforge.data import load_dataset
-    from ganforge.sample import save_grid
+    from ganforge.sample import save_grid, save_scatter
 
     name = args.name
     if not name.startswith("folder:") and Path(name).expanduser().is_dir():
@@ -206,12 +206,21 @@ def cmd_data(args: argparse.Namespace) -> int:
     counts = torch.bincount(ds.labels, minlength=len(ds.class_names)).tolist()
     print(f"dataset   {ds.name} ({args.split} split)")
     print(f"source    {ds.source}")
-    print(f"images    {len(ds)}  shape [C, H, W] = {list(ds.images.shape[1:])}  uint8")
-    print("labels    " + ", ".join(f"{cls}: {c}" for cls, c in zip(ds.class_names, counts)))
+    if ds.is_points:
+        print(f"points    {len(ds)}  dimension {ds.images.shape[1]}  float32")
+    else:
+        print(f"images    {len(ds)}  shape [C, H, W] = {list(ds.images.shape[1:])}  uint8")
+    labels = ", ".join(f"{cls}: {c}" for cls, c in zip(ds.class_names, counts))
+    print("labels    " + (labels if len(counts) <= 50 else f"{len(counts)} classes, {min(counts)} to {max(counts)} each"))
     if ds.skipped:
         print(f"skipped   {len(ds.skipped)} unreadable files")
     out = args.out or f"{ds.name.split(':')[0]}-{args.split}.png"
     gen = torch.Generator().manual_seed(0)
+    if ds.is_points:
+        pick = torch.randperm(len(ds), generator=gen)[:2500]
+        save_scatter(ds.images[pick], out, title=f"{ds.name}: {len(pick)} points", label="real")
+        print(f"plot      {out} ({len(pick)} random points)")
+        return 0
     pick = torch.randperm(len(ds), generator=gen)[: args.n]
     save_grid(ds.images[pick], out)
     print(f"grid      {out} ({len(pick)} random images)")

@@ -53,8 +53,9 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: Optional[int] = None
 
 
 def save_scatter(
-    points: torch.Tensor, path: str | Path, real: Optional[torch.Tensor] = None, title: str = ""
-) -> Path:
+    points: torch.Tensor, path: str | Path, real: Optional[torch.Tensor] = None, title: str = "",
+    label: str = "generated",
+) -> Path:  # fmt: skip
     """Scatter plot PNG of 2D points [N, 2] (generated in blue, real ones in grey when given), atomically."""
     import matplotlib
 
@@ -66,7 +67,7 @@ def save_scatter(
         r = real.float().cpu().numpy()
         ax.scatter(r[:, 0], r[:, 1], s=2, c="0.75", label="real")
     p = points.detach().float().cpu().numpy()
-    ax.scatter(p[:, 0], p[:, 1], s=2, c="tab:blue", label="generated")
+    ax.scatter(p[:, 0], p[:, 1], s=2, c="tab:blue", label=label)
     ax.set_aspect("equal")
     ax.set_title(title or f"{len(p)} samples")
     ax.legend(loc="upper right", markerscale=4)
