@@ -179,12 +179,23 @@ def test_rollback_restores_the_last_healthy_state_and_lowers_the_learning_rates(
         return state
 
     monkeypatch.setattr(train_mod, "load_checkpoint", spy)
+    weights_seen = []  # G's first weight at the start of every D step
+    real_d_step = train_mod.d_step
+
+    def d_step(G, *args, **kwargs):
+        weights_seen.append(next(G.parameters()).detach().clone())
+        return real_d_step(G, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "d_step", d_step)
     run = train(build_config(overrides=overrides), progress=False)
     (div,) = _events(run, "divergence")
     (rb,) = _events(run, "rollback")
     assert div["step"] == 13 and div["action"] == "rollback"
     assert rb["from_step"] == 13 and rb["to_step"] == 10  # the last healthy check
     assert seen["healthy"]["step"] == 10
+    # the 14th D step (the first after the rollback) starts from healthy.pt's G, not the NaN one
+    assert torch.equal(weights_seen[13], seen["healthy"]["G"]["net.0.weight"])
+    assert torch.isnan(weights_seen[12]).sum() == 0 and len(weights_seen) == 13 + 10
     assert rb["g_lr"] == pytest.approx(1e-4) and rb["d_lr"] == pytest.approx(1e-4)
     final = load_checkpoint(run / "checkpoints" / "final.pt")
     assert final["step"] == 20 and final["rollbacks"] == 1
