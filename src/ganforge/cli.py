@@ -177,6 +177,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ganforge.sample import export_safetensors, load
+
+    if args.format != "safetensors":
+        print(f"ganforge: error: --format {args.format} is not available yet; use --format safetensors.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    out = Path(args.out) if args.out else None
+    if out is None:
+        base = Path(args.path)
+        base = base if base.is_dir() else base.parent.parent if base.parent.name == "checkpoints" else base.parent
+        out = base / "generator.safetensors"
+    export_safetensors(args.path, out)
+    gen = load(out)  # read it back: the export is only done when it loads
+    print(f"ganforge: wrote {out} ({out.stat().st_size / 1e6:.2f} MB; {gen.config['model']['name']}, "
+          f"load it with ganforge.load('{out}'))")  # fmt: skip
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from ganforge.config import list_presets
 
@@ -375,12 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="where to write the weights (default: inside the package)")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser(
+        "export",
+        help="write a run's generator for sharing (.safetensors: weights + config, no pickle)",
+        description="Write the generator of a run (G_ema when kept) as one .safetensors file holding its "
+        "weights and, in the metadata, its config. ganforge.load(PATH) and `ganforge sample PATH` read it.",
+    )
+    p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "onnx"),
+                   help="safetensors (default); onnx is not available yet")  # fmt: skip
+    p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors)")
     return parser
 
 
 COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
+    "export": cmd_export,
     "presets": cmd_presets,
     "data": cmd_data,
     "train-classifier": cmd_train_classifier,

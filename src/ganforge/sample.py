@@ -140,10 +140,57 @@ class TrainedGenerator:
         return torch.cat(out)
 
 
-def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
-    """Load the generator of a run folder (its final, else last, checkpoint) or a checkpoint file."""
+def export_safetensors(path: str | Path, out: str | Path) -> Path:
+    """Write a run's generator (G_ema when kept) as one .safetensors file: its weights, and its
+    resolved config as JSON in the file's metadata. No pickle: safe to share and to load anywhere."""
+    import json
+
+    from safetensors.torch import save
+
     ckpt_path = find_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
+    weights = {k: v.contiguous() for k, v in ckpt.get("G_ema", ckpt["G"]).items()}
+    from ganforge import __version__
+
+    metadata = {"format": "ganforge-generator", "ganforge_version": __version__,
+                "config": json.dumps(ckpt["config"]), "step": str(ckpt["step"]),
+                "source": str(ckpt_path), "weights": "G_ema" if "G_ema" in ckpt else "G"}  # fmt: skip
+    out = Path(out)
+    atomic_write_bytes(out, save(weights, metadata=metadata))
+    return out
+
+
+def _load_safetensors(path: Path) -> tuple[dict, dict]:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ganforge.checkpoint import CheckpointError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        weights = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"'{path}' is not a readable .safetensors file ({type(e).__name__}: {e}).") from None
+    if metadata.get("format") != "ganforge-generator" or "config" not in metadata:
+        raise CheckpointError(
+            f"'{path}' is a .safetensors file but not a ganforge generator export (no ganforge config in "
+            "its metadata); make one with `ganforge export RUN_DIR`."
+        )
+    return weights, json.loads(metadata["config"])
+
+
+def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
+    """Load the generator of a run folder (its final, else last, checkpoint), a checkpoint file, or
+    a `ganforge export` .safetensors file."""
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        weights, config = _load_safetensors(Path(path))
+        ckpt_path, ckpt = Path(path), {"config": config, "G": weights}
+    else:
+        ckpt_path = find_checkpoint(path)
+        ckpt = load_checkpoint(ckpt_path)
     cfg = from_dict(ckpt["config"])
     m = cfg.model
     nc = (m.num_classes or 0) if m.conditional else 0
