@@ -1,4 +1,5 @@
 import io
+import os
 import pickle
 
 import pytest
@@ -67,3 +68,49 @@ def test_find_checkpoint(tmp_path):
     assert find_checkpoint(tmp_path).name == "last.pt"
     with pytest.raises(CheckpointError, match="neither a checkpoint file nor a run folder"):
         find_checkpoint(tmp_path / "nope")
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    from ganforge.checkpoint import WriteError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    before = path.read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match="No space left on device.*previous version is intact"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == before  # the old checkpoint, byte for byte
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_disk_full_during_training_is_a_clear_cli_error(tmp_path, isolated_env, monkeypatch, capsys):
+    import errno
+
+    from ganforge import checkpoint
+    from ganforge.cli import main
+
+    real = checkpoint.atomic_write_bytes
+    calls = {"n": 0}
+
+    def flaky(path, data):
+        calls["n"] += 1
+        if str(path).endswith("last.pt") and calls["n"] > 3:
+            raise checkpoint.WriteError(f"cannot write {path}: No space left on device (errno {errno.ENOSPC}); "
+                                        "the previous version is intact.")  # fmt: skip
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", flaky)
+    code = main(["train", "--data", "mnist-5k", "--steps", "6", "--no-progress", "--device", "cpu",
+                 "--runs-dir", str(tmp_path), "--name", "full", "--set", "model.g_channels=4",
+                 "model.d_channels=4", "train.batch_size=8", "data.limit=32", "train.checkpoint_every=2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err

@@ -50,17 +50,30 @@ def payload_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+class WriteError(CheckpointError):
+    """A file could not be written (disk full, no permission, ...); the previous version is intact."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, never half."""
+    """Write `data` to `path` so that a crash leaves either the old file or the new one, never half.
+
+    A failed write (disk full, read-only folder) raises WriteError; the old file, if any, is untouched
+    and no temporary file is left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        raise WriteError(
+            f"cannot write {path}: {e.strerror or e} (errno {e.errno}); {kept}. Free some space or "
+            "choose a writable folder (--runs-dir), then resume the run with `ganforge train --resume`."
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
