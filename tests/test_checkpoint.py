@@ -114,3 +114,23 @@ def test_disk_full_during_training_is_a_clear_cli_error(tmp_path, isolated_env, 
                  "model.d_channels=4", "train.batch_size=8", "data.limit=32", "train.checkpoint_every=2"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def test_damaged_last_checkpoint_offers_an_intact_one_and_resume_from_it(tmp_path, isolated_env):
+    from ganforge import build_config, train
+    from tests.conftest import tiny
+
+    overrides = tiny(tmp_path, steps=6)
+    overrides["monitor"] = {"every": 2, "n": 8, "diversity_threshold": 0.0, "entropy_threshold": 0.0}
+    run = train(build_config(overrides=overrides), progress=False)
+    last = run / "checkpoints" / "last.pt"
+    data = bytearray(last.read_bytes())
+    last.write_bytes(bytes(data[: len(data) // 2]))  # truncated, as by a crash mid-copy
+    with pytest.raises(CheckpointError, match=r"damaged or truncated.*final.pt \(step 6\).*--from final.pt"):
+        load_checkpoint(last)
+    data[len(data) // 2] ^= 0xFF  # one flipped bit-pattern in an otherwise complete file
+    last.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"healthy.pt \(step 6\)"):
+        load_checkpoint(last)
+    train(resume=run, overrides={"train": {"steps": 8}}, progress=False, resume_from="healthy.pt")
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8

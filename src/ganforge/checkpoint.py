@@ -117,7 +117,7 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint '{path}' is damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            "Use an earlier checkpoint of the run, or re-run training."
+            + _alternatives(path)
         ) from None
     if not isinstance(record, dict) or "format_version" not in record:
         raise CheckpointError(f"'{path}' is not a ganforge checkpoint (no format_version).")
@@ -132,9 +132,29 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
         if expected != payload_digest(payload):
             raise CheckpointError(
                 f"checkpoint '{path}' failed its checksum: the file was changed or damaged after it was "
-                "written. Use an earlier checkpoint of the run."
+                "written. " + _alternatives(path)
             )
     return record
+
+
+def _alternatives(path: Path) -> str:
+    """The other checkpoints beside `path` that load and verify, newest step first, as advice."""
+    intact = []
+    for other in sorted(path.parent.glob("*.pt")):
+        if other == path:
+            continue
+        try:
+            intact.append((load_checkpoint(other)["step"], other))
+        except CheckpointError:
+            continue
+    if not intact:
+        return "No other intact checkpoint of this run was found; re-run training."
+    intact.sort(key=lambda t: -t[0])
+    listed = ", ".join(f"{o.name} (step {step})" for step, o in intact)
+    step, best = intact[0]
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return (f"Intact checkpoints of this run: {listed}. Continue from the newest with: "
+            f"ganforge train --resume {run_dir} --from {best.name}")  # fmt: skip
 
 
 def find_checkpoint(path: str | Path) -> Path:

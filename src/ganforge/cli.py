@@ -82,6 +82,9 @@ def _train_parser(sub: Any) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    p.add_argument("--from", dest="resume_from", metavar="CKPT",
+                   help="with --resume: continue from this checkpoint of the run (e.g. healthy.pt) instead of "
+                        "last.pt")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -131,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        train(resume=args.resume, overrides=overrides, progress=not args.no_progress)
+        train(resume=args.resume, overrides=overrides, progress=not args.no_progress,
+              resume_from=args.resume_from)  # fmt: skip
         return 0
     cfg = build_config(args.preset, overrides)
     if args.dry_run:

@@ -286,18 +286,20 @@ def train(
     resume: Optional[str | Path] = None,
     overrides: Optional[dict[str, Any]] = None,
     progress: bool = True,
+    resume_from: Optional[str] = None,
 ) -> Path:
-    """Train a GAN; returns the run folder. With `resume`, continue that run exactly where it stopped.
+    """Train a GAN; returns the run folder. With `resume`, continue that run exactly where it stopped
+    (or from its checkpoint `resume_from`, e.g. "healthy.pt", when last.pt is damaged).
 
     `overrides` (resume only) may change the length of the run: {"train": {"steps": 2000}}.
     """
     ckpt = None
     if resume is not None:
         run_dir = Path(resume)
-        ckpt_path = run_dir / "checkpoints" / "last.pt"
+        ckpt_path = run_dir / "checkpoints" / Path(resume_from or "last.pt").name
         if not ckpt_path.is_file():
             raise CheckpointError(
-                f"cannot resume '{run_dir}': no checkpoints/last.pt there. Is it a ganforge run folder?"
+                f"cannot resume '{run_dir}': no checkpoints/{ckpt_path.name} there. Is it a ganforge run folder?"
             )
         ckpt = load_checkpoint(ckpt_path)
         cfg = from_dict(ckpt["config"])
