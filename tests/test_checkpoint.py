@@ -134,3 +134,14 @@ def test_damaged_last_checkpoint_offers_an_intact_one_and_resume_from_it(tmp_pat
         load_checkpoint(last)
     train(resume=run, overrides={"train": {"steps": 8}}, progress=False, resume_from="healthy.pt")
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+
+
+def test_the_k_newest_step_checkpoints_are_kept(tmp_path, isolated_env):
+    from ganforge import build_config, train
+    from tests.conftest import tiny
+
+    run = train(build_config(overrides=tiny(tmp_path, steps=8, checkpoint_every=2, keep_checkpoints=2)),
+                progress=False)  # fmt: skip
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_0000006.pt", "step_0000008.pt"]  # 2 and 4 were pruned
+    assert load_checkpoint(run / "checkpoints" / "step_0000006.pt")["step"] == 6

@@ -131,6 +131,9 @@ class TrainConfig:
     sample_every: Optional[int] = None
     # Write checkpoints/last.pt every this many steps (and at every epoch end).
     checkpoint_every: int = 1000
+    # Also keep the K newest checkpoints of those as checkpoints/step_<step>.pt (older ones are
+    # deleted); 0 keeps last.pt only. A damaged last.pt then still leaves recent states to resume from.
+    keep_checkpoints: int = 2
     # Number of fixed latents in the sample grids.
     n_samples: int = 64
     # Every this many steps, compute the domain FID of eval_n samples against the dataset's test
@@ -468,6 +471,7 @@ def validate(cfg: Config) -> None:
     positive("train.log_every", cfg.train.log_every)
     positive("train.sample_every", cfg.train.sample_every)
     positive("train.checkpoint_every", cfg.train.checkpoint_every)
+    positive("train.keep_checkpoints", cfg.train.keep_checkpoints, allow_zero=True)
     positive("train.n_samples", cfg.train.n_samples)
     positive("train.eval_every", cfg.train.eval_every)
     positive("train.eval_n", cfg.train.eval_n)

@@ -667,7 +667,12 @@ def train(
                 write_grid()
                 plot_losses(metrics_path, run_dir / "losses.png")
             if step % t.checkpoint_every == 0 or epoch_end:
-                save_checkpoint(ckpt_dir / "last.pt", state())
+                saved = state()
+                save_checkpoint(ckpt_dir / "last.pt", saved)
+                if t.keep_checkpoints:  # plus the K newest step snapshots, the older ones pruned
+                    save_checkpoint(ckpt_dir / f"step_{step:07d}.pt", saved)
+                    for old in sorted(ckpt_dir.glob("step_*.pt"))[: -t.keep_checkpoints]:
+                        old.unlink(missing_ok=True)
             if evaluator is not None and step % t.eval_every == 0:
                 value = evaluator(G_show())
                 log({"event": "eval", "step": step, "metric": evaluator.metric, "value": value})
