@@ -29,8 +29,8 @@ from ganforge.config import parse_overrides
 
 
 def parse_run(spec: str) -> tuple[str, str, dict]:
-    name, _, rest = spec.partition("=") if "=" in spec.split(":")[0] else (spec.split(":")[0], "", spec)
-    preset, _, items = (rest or spec).partition(":")
+    head, _, items = spec.partition(":")
+    name, _, preset = head.rpartition("=")  # no "=": name is "" and the preset names the run
     overrides = parse_overrides([i for i in items.split(",") if i]) if items else {}
     return name or preset, preset, overrides
 

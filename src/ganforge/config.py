@@ -403,6 +403,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.name: '{data_name}' holds 2D points, not images; use model.name=mlp (or auto)."
         )
+    if point_data and cfg.reg.diffaugment:
+        raise ConfigError("reg.diffaugment: DiffAugment transforms images; it does not apply to 2D point data.")
     if cfg.loss.name not in LOSSES:
         raise ConfigError(
             f"loss.name: unknown loss '{cfg.loss.name}'; choose one of {', '.join(LOSSES)}."
@@ -508,25 +510,14 @@ def resolve(
 
     `points`: the data are vectors [N, channels] (2D toy data), not images.
     """
-    from ganforge.models import MODELS, model_for_resolution
+    from ganforge.models import model_for_resolution
 
     resolution = 0 if points else planned_resolution(cfg)
     cfg = from_dict(cfg.to_dict())  # a deep copy
     cfg.data.name = dataset_name
     if cfg.model.name == "auto":
         cfg.model.name = model_for_resolution(resolution)
-    point_models = [n for n, spec in MODELS.items() if spec.resolution == 0]
-    if points and cfg.model.name not in point_models:
-        raise ConfigError(
-            f"model.name: '{dataset_name}' holds 2D points, not images; use model.name={point_models[0]} "
-            "(or auto)."
-        )
-    if not points and cfg.model.name in point_models:
-        raise ConfigError(
-            f"model.name: {cfg.model.name} is for 2D point data (ring8, grid25), but '{dataset_name}' holds images."
-        )
-    if points and cfg.reg.diffaugment:
-        raise ConfigError("reg.diffaugment: DiffAugment transforms images; it does not apply to 2D point data.")
+    # validate() already refused point data with an image model (and the reverse) and DiffAugment
     cfg.data.resolution = resolution or None
     cfg.data.channels = None if points else channels
     cfg.model.channels = channels

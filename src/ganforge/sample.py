@@ -14,7 +14,7 @@ import torch.nn as nn
 from ganforge.checkpoint import atomic_write_bytes, find_checkpoint, load_checkpoint
 from ganforge.config import from_dict
 from ganforge.data import to_uint8
-from ganforge.models import build_models
+from ganforge.models import MODELS, build_models
 
 
 def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
@@ -89,7 +89,7 @@ class TrainedGenerator:
         self.path = path
         model = config["model"]
         self.num_classes: Optional[int] = model["num_classes"] if model.get("conditional") else None
-        self.points = config["data"].get("resolution") is None and model["name"] == "mlp"
+        self.points = MODELS[model["name"]].resolution == 0  # a point model (2D data), not images
 
     def labels(self, n: int, classes: Optional[int | list[int] | torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Class labels [n] for a conditional G: `classes` repeated, or all classes in turn; None otherwise."""

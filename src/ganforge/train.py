@@ -24,7 +24,12 @@ import torch
 import torch.nn as nn
 
 from ganforge.augment import make_augment
-from ganforge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ganforge.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
@@ -400,11 +405,17 @@ def train(
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
 
+    ema_stale = True  # G_ema's BN statistics do not match its weights (after an update or a restore)
+
     def G_show() -> nn.Module:
-        """The generator to sample from: G_ema (its BN statistics recomputed) when kept, else G."""
+        """The generator to sample from: G_ema (its BN statistics recomputed once per change) when
+        kept, else G."""
+        nonlocal ema_stale
         if G_ema is None:
             return G
-        recalibrate_bn(G_ema, m.z_dim, device, nc, batch_size=max(batch, 64), seed=t.seed + 5)
+        if ema_stale:
+            recalibrate_bn(G_ema, m.z_dim, device, nc, batch_size=max(batch, 64), seed=t.seed + 5)
+            ema_stale = False
         return G_ema
 
     def state() -> dict[str, Any]:
@@ -435,14 +446,12 @@ def train(
             fake = G_s(fixed_z.to(device), None if fixed_c is None else fixed_c.to(device))
         fake = fake.float().cpu()
         G.train()
+        path = sample_dir / f"step_{step:07d}.png"
         if ds.is_points:
-            real = images[: len(fake)].cpu()
-            path = save_scatter(fake, sample_dir / f"step_{step:07d}.png", real, f"step {step}")
-            save_scatter(fake, run_dir / "samples.png", real, f"step {step}")
-            return path
-        nrow = nc if 0 < nc <= 16 else None
-        path = save_grid(fake, sample_dir / f"step_{step:07d}.png", nrow)
-        save_grid(fake, run_dir / "samples.png", nrow)  # always the newest grid
+            save_scatter(fake, path, images[: len(fake)].cpu(), f"step {step}")
+        else:
+            save_grid(fake, path, nc if 0 < nc <= 16 else None)
+        atomic_write_bytes(run_dir / "samples.png", path.read_bytes())  # always the newest, drawn once
         return path
 
     evaluator = InTrainingEval(cfg, ds.name, device) if t.eval_every else None
@@ -487,7 +496,7 @@ def train(
     def handle_event(kind: str, reasons: list[str]) -> None:
         """Log a collapse/divergence event and apply monitor.on_collapse. Raises Rollback after
         restoring the last healthy state, or TrainingStopped."""
-        nonlocal rollbacks
+        nonlocal rollbacks, ema_stale
         policy = mon.on_collapse
         if kind == "divergence" and policy == "warn":
             policy = "stop"  # training cannot go on from NaN weights
@@ -503,6 +512,7 @@ def train(
             from_step, count = step, rollbacks + 1
             lrs = [[g["lr"] for g in opt.param_groups] for opt in (opt_G, opt_D)]  # before the restore
             restore(load_checkpoint(healthy_path))
+            ema_stale = True
             rollbacks = count  # the restored state's own count is older
             lowered = (True, True) if mon.rollback_lr == "both" else (False, True)
             for opt, old, lower in zip((opt_G, opt_D), lrs, lowered):
@@ -597,6 +607,7 @@ def train(
                 g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g)
                 if G_ema is not None:
                     update_ema(G_ema, G, ema_beta(t.ema_beta, step))
+                    ema_stale = True
                 g_norm = grad_norm(G) if log_now or check_now else None
                 step += 1
                 nimg += batch * t.n_critic
