@@ -79,7 +79,14 @@ class ModelConfig:
 class LossConfig:
     # Adversarial loss pair on raw logits. non-saturating: G maximises log D(G(z)) (Goodfellow
     # 2014, sec. 3); minimax: the seed's literal objective, G minimises log(1 - D(G(z))).
+    # elbo: the VAE baseline's objective (with the VAE models vae28, vae32, vae64; model.name=auto
+    # then picks the VAE of the data's size).
     name: str = "non-saturating"
+    # elbo only: the decoder's likelihood p(x | z). bernoulli suits MNIST-like data; gaussian uses
+    # one shared, optimally calibrated sigma (Rybkin et al. 2021) and suits natural images.
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    # elbo only: weight of the KL term (1 = the ELBO; other values give a beta-VAE, Higgins et al. 2017).
+    kl_weight: float = 1.0
 
 
 @dataclass
@@ -380,10 +387,13 @@ def validate(cfg: Config) -> None:
             f"model.name: unknown model '{cfg.model.name}'; choose one of {', '.join(choices)}."
             + _suggest(cfg.model.name, choices)
         )
+    from ganforge.losses import ELBO
+
+    family = "vae" if cfg.loss.name == ELBO else "gan"
     if cfg.model.name == "auto" and cfg.data.resolution is not None:
         from ganforge.models import model_for_resolution
 
-        model_for_resolution(cfg.data.resolution)  # raises when no model makes that size
+        model_for_resolution(cfg.data.resolution, family)  # raises when no model makes that size
     if cfg.model.name in MODELS and cfg.data.resolution not in (
         None,
         MODELS[cfg.model.name].resolution,
@@ -403,13 +413,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.name: '{data_name}' holds 2D points, not images; use model.name=mlp (or auto)."
         )
+    if point_data and cfg.loss.name == "elbo":
+        raise ConfigError(f"loss.name: the VAE baseline is for images; '{data_name}' holds 2D points.")
     if point_data and cfg.reg.diffaugment:
         raise ConfigError("reg.diffaugment: DiffAugment transforms images; it does not apply to 2D point data.")
-    if cfg.loss.name not in LOSSES:
+    if cfg.loss.name not in (*LOSSES, ELBO):
         raise ConfigError(
-            f"loss.name: unknown loss '{cfg.loss.name}'; choose one of {', '.join(LOSSES)}."
-            + _suggest(cfg.loss.name, list(LOSSES))
+            f"loss.name: unknown loss '{cfg.loss.name}'; choose one of {', '.join(LOSSES)} (GANs) or {ELBO} (VAEs)."
+            + _suggest(cfg.loss.name, [*LOSSES, ELBO])
         )
+    _validate_family(cfg, family)
     positive("model.z_dim", cfg.model.z_dim)
     positive("model.g_channels", cfg.model.g_channels)
     positive("model.d_channels", cfg.model.d_channels)
@@ -488,6 +501,44 @@ def validate(cfg: Config) -> None:
         )
 
 
+def _validate_family(cfg: Config, family: str) -> None:
+    """VAE models go with loss.name=elbo and none of the adversarial settings; GANs the other way round."""
+    from ganforge.models import MODELS
+
+    spec = MODELS.get(cfg.model.name)
+    if spec is not None and spec.family != family:
+        if spec.family == "vae":
+            raise ConfigError(
+                f"loss.name: {cfg.model.name} is a VAE, trained on the ELBO; set loss.name=elbo "
+                "(or start from --preset mnist-vae / cifar10-vae)."
+            )
+        vaes = ", ".join(name for name, s in MODELS.items() if s.family == "vae")
+        raise ConfigError(
+            f"loss.name: elbo trains a VAE, but {cfg.model.name} is a GAN; use model.name={vaes.split(',')[0]} "
+            f"or auto (VAEs: {vaes}), or an adversarial loss."
+        )
+    if family == "gan":
+        return
+    defaults = Config()
+    adversarial = {
+        "reg.gp_weight": cfg.reg.gp_weight != 0,
+        "reg.r1_gamma": cfg.reg.r1_gamma != 0,
+        "reg.diffaugment": bool(cfg.reg.diffaugment),
+        "model.spectral_norm": cfg.model.spectral_norm,
+        "model.pack": cfg.model.pack != 1,
+        "model.mbstd": cfg.model.mbstd,
+        "train.n_critic": cfg.train.n_critic != defaults.train.n_critic,
+    }
+    bad = [key for key, is_set in adversarial.items() if is_set]
+    if bad:
+        raise ConfigError(
+            f"{bad[0]}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} for the adversarial game and "
+            "do not apply to a VAE (loss.name=elbo); drop them."
+        )
+    if cfg.loss.kl_weight <= 0:
+        raise ConfigError(f"loss.kl_weight: must be greater than zero, got {cfg.loss.kl_weight}.")
+
+
 def planned_resolution(cfg: Config) -> int:
     """The side length the data is loaded at: the model's, else data.resolution, else native."""
     from ganforge.data import DATASETS
@@ -516,7 +567,7 @@ def resolve(
     cfg = from_dict(cfg.to_dict())  # a deep copy
     cfg.data.name = dataset_name
     if cfg.model.name == "auto":
-        cfg.model.name = model_for_resolution(resolution)
+        cfg.model.name = model_for_resolution(resolution, "vae" if cfg.loss.name == "elbo" else "gan")
     # validate() already refused point data with an image model (and the reverse) and DiffAugment
     cfg.data.resolution = resolution or None
     cfg.data.channels = None if points else channels

@@ -2,10 +2,12 @@
 
 With D(x) = sigmoid(logit): -log D(x) = softplus(-logit) and -log(1 - D(x)) = softplus(logit),
 which stay finite where sigmoid saturates. For wgan and hinge the "logit" is a critic score.
+At the end, the VAE baseline's objective (the negative ELBO) in the same style.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,3 +77,33 @@ LOSSES["hinge"] = LossPair(d_loss_hinge, g_loss_wgan, "Lim & Ye 2017; Miyato et 
 LOSSES["least-squares"] = LossPair(
     d_loss_least_squares, g_loss_least_squares, "Mao et al. 2017", False
 )
+
+
+# ----------------------------------------------------------------------------------------------
+# The VAE's objective (loss.name=elbo): negative ELBO = reconstruction NLL + KL(q(z|x) || N(0, I)).
+# Both terms per image in nats, summed over pixels / latent dimensions: [N].
+
+ELBO = "elbo"  # the loss name of VAE models; not an adversarial pair, so not in LOSSES
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) in closed form (Kingma & Welling 2014, app. B); [N] >= 0."""
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def reconstruction_nll(pre: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """-log p(x | z) per image [N] from the decoder's pre-activation `a` (mean image tanh(a)).
+
+    bernoulli: pixel intensities (x + 1) / 2 in [0, 1] as Bernoulli probabilities, logit 2a, since
+    tanh(a) = 2 sigmoid(2a) - 1 (the usual MNIST choice of Kingma & Welling). gaussian: N(tanh(a),
+    sigma^2 I) with one shared sigma set to its optimum, the batch's RMS error (the calibrated decoder
+    of Rybkin et al. 2021, "sigma-VAE"): no hand-tuned weight between the two terms.
+    """
+    if likelihood == "bernoulli":
+        target = (x + 1.0) * 0.5
+        return F.binary_cross_entropy_with_logits(2.0 * pre, target, reduction="none").flatten(1).sum(1)
+    if likelihood == "gaussian":
+        sq = (x - torch.tanh(pre)).square().flatten(1)  # [N, D]
+        log_sigma = 0.5 * sq.mean().detach().clamp_min(1e-6).log()  # optimal shared sigma
+        return (0.5 * sq * torch.exp(-2.0 * log_sigma) + log_sigma + 0.5 * math.log(2 * math.pi)).sum(1)
+    raise ValueError(f"unknown likelihood '{likelihood}'; use bernoulli or gaussian")

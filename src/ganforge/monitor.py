@@ -104,7 +104,7 @@ class HealthMonitor:
         self.unhealthy_streak = 0
 
     @torch.no_grad()
-    def check(self, G: nn.Module, step: int, real_logits: torch.Tensor, fake_logits: torch.Tensor,
+    def check(self, G: nn.Module, step: int, real_logits: Optional[torch.Tensor], fake_logits: Optional[torch.Tensor],
               device: torch.device) -> dict[str, Any]:  # fmt: skip
         """One health check; returns the record for metrics.jsonl (event 'health')."""
         was_training = G.training
@@ -132,8 +132,9 @@ class HealthMonitor:
                     f"class entropy is {entropy:.2f} of the real data's (threshold {self.cfg.entropy_threshold}); "
                     f"{record['classes_present']} of {self.featurize.num_classes} classes present"
                 )
-        record["d_acc_real"] = float((real_logits > 0).float().mean())
-        record["d_acc_fake"] = float((fake_logits < 0).float().mean())
+        if real_logits is not None:  # a GAN's D on its last batches (a VAE has none)
+            record["d_acc_real"] = float((real_logits > 0).float().mean())
+            record["d_acc_fake"] = float((fake_logits < 0).float().mean())
         record["healthy"] = not reasons
         record["reasons"] = reasons
         return record

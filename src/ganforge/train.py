@@ -33,8 +33,8 @@ from ganforge.checkpoint import (
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
-from ganforge.losses import LOSSES, LossPair
-from ganforge.models import build_models
+from ganforge.losses import LOSSES, LossPair, gaussian_kl, reconstruction_nll
+from ganforge.models import build_models, is_vae
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
 from ganforge.regularizers import gradient_penalty, r1_penalty
 from ganforge.sample import save_grid, save_scatter
@@ -136,6 +136,33 @@ def g_step(
     return g_loss.detach()
 
 
+def vae_step(
+    decoder: nn.Module,
+    encoder: nn.Module,
+    opt_dec: torch.optim.Optimizer,
+    opt_enc: torch.optim.Optimizer,
+    real_img: torch.Tensor,
+    eps: torch.Tensor,
+    likelihood: str,
+    kl_weight: float = 1.0,
+    c: Optional[torch.Tensor] = None,
+) -> dict[str, torch.Tensor]:
+    """One VAE update (the GAN loop's D+G step for model family "vae"): minimise the negative ELBO
+    with the reparameterisation z = mu + sigma * eps (Kingma & Welling 2014). Returns the batch means
+    of the loss and its two terms (nats per image), detached."""
+    mu, logvar = encoder(real_img, c)  # [N, z_dim] each
+    z = mu + (0.5 * logvar).exp() * eps
+    recon = reconstruction_nll(decoder.pre_activation(z, c), real_img, likelihood)  # [N]
+    kl = gaussian_kl(mu, logvar)  # [N]
+    loss = (recon + kl_weight * kl).mean()
+    opt_dec.zero_grad(set_to_none=True)
+    opt_enc.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_dec.step()
+    opt_enc.step()
+    return {"vae_loss": loss.detach(), "recon_nll": recon.mean().detach(), "kl": kl.mean().detach()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Run folder side effects.
 
@@ -148,13 +175,37 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in records if "d_loss" in r]
+    rows = [r for r in records if "d_loss" in r or "vae_loss" in r]
     evals = [r for r in records if r.get("event") == "eval"]
     if not rows:
         return
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(16 if evals else 11, 4))
     ax1, ax2 = axes[0], axes[1]
+    if "vae_loss" in rows[0]:  # a VAE: the negative ELBO and its two terms
+        ax1.plot(steps, [r["vae_loss"] for r in rows], label="-ELBO (loss)")
+        ax1.plot(steps, [r["recon_nll"] for r in rows], label="reconstruction NLL")
+        ax1.set_ylabel("nats per image")
+        ax2.plot(steps, [r["kl"] for r in rows], label="KL(q(z|x) || p(z))", color="C2")
+        ax2.set_title("KL term")
+        ax1.set_title("VAE loss")
+        for ax in (ax1, ax2):
+            ax.set_xlabel("step")
+            ax.legend()
+    else:
+        _plot_gan_curves(ax1, ax2, steps, rows)
+    if evals:
+        axes[2].plot([r["step"] for r in evals], [r["value"] for r in evals], marker="o")
+        axes[2].set_xlabel("step")
+        axes[2].set_title(f"{evals[-1]['metric']} (lower is better)")
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out_path)
+
+
+def _plot_gan_curves(ax1: Any, ax2: Any, steps: list[int], rows: list[dict[str, Any]]) -> None:
     ax1.plot(steps, [r["d_loss"] for r in rows], label="D loss")
     ax1.plot(steps, [r["g_loss"] for r in rows], label="G loss")
     ax1.set_xlabel("step")
@@ -169,15 +220,6 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     ax2.set_xlabel("step")
     ax2.set_title("discriminator outputs" if probabilities else "critic scores")
     ax2.legend()
-    if evals:
-        axes[2].plot([r["step"] for r in evals], [r["value"] for r in evals], marker="o")
-        axes[2].set_xlabel("step")
-        axes[2].set_title(f"{evals[-1]['metric']} (lower is better)")
-    fig.tight_layout()
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_path)
 
 
 @dataclass
@@ -368,7 +410,8 @@ def train(
     opt_D = torch.optim.Adam(
         D.parameters(), lr=cfg.optim.d_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
     )
-    loss = LOSSES[cfg.loss.name]
+    vae = is_vae(m.name)  # a VAE baseline: same loop, run folder and files; vae_step replaces the game
+    loss = None if vae else LOSSES[cfg.loss.name]
     noise = torch.Generator().manual_seed(t.seed + 1)  # training latents, drawn on the CPU
     fixed_z = torch.randn(t.n_samples, m.z_dim, generator=torch.Generator().manual_seed(t.seed + 2))
     fixed_c = torch.arange(t.n_samples) % nc if nc else None  # grid column k shows class k
@@ -566,15 +609,23 @@ def train(
             file=sys.stderr,
         )
     # D's mean output: a probability for probabilistic losses, the raw score for critics
-    real_key, fake_key = (
-        ("d_real", "d_fake") if loss.probabilistic else ("d_real_score", "d_fake_score")
-    )
-    d_output = (
-        torch.sigmoid if loss.probabilistic else torch.Tensor.float
-    )  # .float(): identity here
-    sums = {"d_loss": 0.0, "g_loss": 0.0, real_key: 0.0, fake_key: 0.0}
+    probabilistic = loss is not None and loss.probabilistic
+    real_key, fake_key = ("d_real", "d_fake") if probabilistic else ("d_real_score", "d_fake_score")
+    d_output = torch.sigmoid if probabilistic else torch.Tensor.float  # .float(): identity here
+    norm_keys = ("enc_grad_norm", "dec_grad_norm") if vae else ("d_grad_norm", "g_grad_norm")
+    sums: dict[str, Any] = {}  # running sums of this log window's per-step statistics
     window_steps, window_start = 0, time.perf_counter()
     order_epoch, order = -1, None
+
+    def real_batch(b: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The b-th real batch of the run (and its labels for a conditional model)."""
+        nonlocal order_epoch, order
+        epoch, i = divmod(b, batches_per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
+        idx = order[i * batch : (i + 1) * batch]
+        return to_float(images[idx]), (labels[idx] if nc else None)
+
     G.train()
     D.train()
     t_start, out_of_time = time.perf_counter(), False
@@ -584,27 +635,30 @@ def train(
                 out_of_time = True
                 break
             try:
-                for k in range(t.n_critic):
-                    b = step * t.n_critic + k  # global index of this real batch (and of this D update)
-                    epoch, i = divmod(b, batches_per_epoch)
-                    if epoch != order_epoch:
-                        order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
-                    idx = order[i * batch : (i + 1) * batch]
-                    real_img = to_float(images[idx])
-                    z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                    c_real, c_fake = None, None
-                    if nc:
-                        c_real = labels[idx]
-                        c_fake = torch.randint(nc, (batch,), generator=noise).to(device)
-                    d_loss, real_logits, fake_logits = d_step(
-                        G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake
-                    )
                 log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
                 check_now = monitor is not None and (step + 1) % mon.every == 0
-                d_norm = grad_norm(D) if log_now or check_now else None
-                z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
-                g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g)
+                real_logits = fake_logits = None
+                if vae:  # encoder in D's place, decoder in G's
+                    real_img, c_real = real_batch(step)
+                    eps = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                    stats = vae_step(G, D, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
+                                     cfg.loss.kl_weight, c_real)  # fmt: skip
+                    d_norm = grad_norm(D) if log_now or check_now else None
+                else:
+                    for k in range(t.n_critic):
+                        b = step * t.n_critic + k  # global index of this real batch (and of this D update)
+                        real_img, c_real = real_batch(b)
+                        z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                        c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                        d_loss, real_logits, fake_logits = d_step(
+                            G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake
+                        )
+                    d_norm = grad_norm(D) if log_now or check_now else None
+                    z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                    c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                    g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g)
+                    stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
+                             fake_key: d_output(fake_logits).mean()}  # fmt: skip
                 if G_ema is not None:
                     update_ema(G_ema, G, ema_beta(t.ema_beta, step))
                     ema_stale = True
@@ -613,21 +667,22 @@ def train(
                 nimg += batch * t.n_critic
 
                 # divergence is caught the step it happens, before a checkpoint could store it
-                if not all_finite(d_loss, g_loss) or not weights_finite(G, D):
-                    bad = [name for name, v in (("D loss", d_loss), ("G loss", g_loss)) if not all_finite(v)]
-                    bad += [name for name, mod in (("D weights", D), ("G weights", G)) if not weights_finite(mod)]
+                if not all_finite(*stats.values()) or not weights_finite(G, D):
+                    bad = [key for key, v in stats.items() if not all_finite(v)]
+                    names = ("encoder", "decoder") if vae else ("D", "G")
+                    bad += [f"{name} weights" for name, mod in zip(names, (D, G)) if not weights_finite(mod)]
                     handle_event("divergence", [f"{', '.join(bad)} became NaN/Inf"])
 
                 if check_now:
                     record = monitor.check(G_show(), step, real_logits, fake_logits, device)
-                    record.update(d_grad_norm=d_norm, g_grad_norm=g_norm)
+                    record.update({norm_keys[0]: d_norm, norm_keys[1]: g_norm})
                     log(record)
                     if monitor.collapse_due(record):
                         handle_event("collapse", record["reasons"])
                     elif record["healthy"]:  # the rollback target: the last check that passed
                         save_checkpoint(healthy_path, state())
             except Rollback:
-                sums = {k: 0.0 for k in sums}
+                sums = {}
                 window_steps, window_start = 0, time.perf_counter()
                 order_epoch = -1
                 if monitor is not None:
@@ -637,10 +692,8 @@ def train(
                     bar.update(step * batch)
                 continue
 
-            sums["d_loss"] += d_loss
-            sums["g_loss"] += g_loss
-            sums[real_key] += d_output(real_logits).mean()
-            sums[fake_key] += d_output(fake_logits).mean()
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
             window_steps += 1
             if bar is not None:
                 bar.update(batch)
@@ -654,19 +707,15 @@ def train(
                         "epoch": step * t.n_critic / batches_per_epoch,
                         "nimg": nimg,
                         **record,
-                        "d_grad_norm": d_norm,
-                        "g_grad_norm": g_norm,
+                        norm_keys[0]: d_norm,
+                        norm_keys[1]: g_norm,
                         "img_per_s": window_steps * batch / max(elapsed, 1e-9),
                         "time": time.time(),
                     }
                 )
-                if bar is not None:
-                    bar.set_postfix(
-                        d_loss=f"{record['d_loss']:.3f}",
-                        g_loss=f"{record['g_loss']:.3f}",
-                        refresh=False,
-                    )
-                sums = {k: 0.0 for k in sums}
+                if bar is not None:  # d_loss and g_loss, or the VAE's loss and reconstruction term
+                    bar.set_postfix({k: f"{record[k]:.3f}" for k in list(record)[:2]}, refresh=False)
+                sums = {}
                 window_steps, window_start = 0, time.perf_counter()
 
             epoch_end = (step * t.n_critic) // batches_per_epoch != (

@@ -17,30 +17,36 @@ class ModelSpec:
     description: str
     auto: bool = False  # what model.name=auto picks for this resolution (else the first registered)
     conditional: bool = True  # has a class-conditional variant (num_classes > 0)
+    family: str = "gan"  # "gan": (G, D) trained adversarially; "vae": (decoder, encoder) trained on the ELBO
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, resolution: int, description: str, auto: bool = False, conditional: bool = True
-):
+    name: str, resolution: int, description: str, auto: bool = False, conditional: bool = True,
+    family: str = "gan",
+):  # fmt: skip
     def wrap(fn: Callable[..., tuple[nn.Module, nn.Module]]):
-        MODELS[name] = ModelSpec(fn, resolution, description, auto, conditional)
+        MODELS[name] = ModelSpec(fn, resolution, description, auto, conditional, family)
         return fn
 
     return wrap
 
 
-def model_for_resolution(resolution: int) -> str:
-    """The model `auto` picks for `resolution`x`resolution` images."""
-    fits = [name for name, spec in MODELS.items() if spec.resolution == resolution]
+def is_vae(name: str) -> bool:
+    return name in MODELS and MODELS[name].family == "vae"
+
+
+def model_for_resolution(resolution: int, family: str = "gan") -> str:
+    """The model `auto` picks for `resolution`x`resolution` images (a VAE with family="vae")."""
+    fits = [name for name, spec in MODELS.items() if spec.resolution == resolution and spec.family == family]
     preferred = [name for name in fits if MODELS[name].auto]
     if fits:
         return (preferred or fits)[0]
     from ganforge.config import ConfigError
 
-    sizes = ", ".join(f"{s.resolution} ({n})" for n, s in MODELS.items())
+    sizes = ", ".join(f"{s.resolution} ({n})" for n, s in MODELS.items() if s.family == family)
     raise ConfigError(
         f"data.resolution: no model makes {resolution}x{resolution} images; available sizes: {sizes}."
     )
@@ -97,4 +103,4 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-from ganforge.models import dcgan, mlp, resnet  # noqa: E402,F401  (fill the registry)
+from ganforge.models import dcgan, mlp, resnet, vae  # noqa: E402,F401  (fill the registry)
