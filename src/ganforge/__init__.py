@@ -15,10 +15,18 @@ def evaluate(path, **kwargs):
     return _evaluate(path, **kwargs)
 
 
+def compare(paths, **kwargs):
+    """Compare runs under one protocol (see `ganforge.metrics.compare.compare`); lazy like evaluate."""
+    from ganforge.metrics.compare import compare as _compare
+
+    return _compare(paths, **kwargs)
+
+
 __all__ = [
     "Config",
     "TrainedGenerator",
     "build_config",
+    "compare",
     "evaluate",
     "list_presets",
     "load",

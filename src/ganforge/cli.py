@@ -263,6 +263,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         inception_weights=args.inception_weights,
         out=args.out,
         device=args.device,
+        cas_per_class=args.cas_per_class,
     )
     print(format_table(report))
     return 0
@@ -357,13 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  ganforge eval runs/mnist-dcgan28-classic-20261126-214606\n"
         "  ganforge eval RUN --metrics fid,kid,memorization --n 5000\n"
+        "  ganforge eval RUN --metrics fid,cas   (a class-conditional run)\n"
         "  ganforge eval RUN --extractor inception --inception-weights weights-inception-2015-12-05-6726825d.pth",
     )
     p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
     p.add_argument(
         "--metrics",
-        help="comma-separated from fid,kid,is,pr,modes,memorization (default fid,kid,is,pr,modes)",
+        help="comma-separated from fid,kid,is,pr,modes,memorization,cas (default fid,kid,is,pr,modes); "
+        "cas = Classification Accuracy Score, for class-conditional generators",
     )
+    p.add_argument("--cas-per-class", type=int, default=1000, metavar="N",
+                   help="CAS: generated (and real) training images per class (default 1,000)")
     p.add_argument("--n", type=int, default=10000, help="generated samples (default 10,000)")
     p.add_argument(
         "--ref",
@@ -409,7 +414,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="safetensors", choices=("safetensors", "onnx"),
                    help="safetensors (default); onnx is not available yet")  # fmt: skip
     p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors)")
+
+    p = sub.add_parser(
+        "compare",
+        help="compare runs (e.g. a GAN and a VAE) under one evaluation protocol",
+        description="Evaluate every run with the same protocol (sample count, reference split, extractor, "
+        "seed) and put the metrics, side by side, next to each run's training cost (steps, images seen, "
+        "wall time). Writes OUT/compare.md (the table, also printed), OUT/compare.json (every number with "
+        "its protocol), OUT/compare.png (a sample grid per run) and one eval.json per run. The best value "
+        "of each row is in bold; CAS is reported for class-conditional runs only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ganforge compare runs/mnist-gan runs/mnist-vae\n"
+        "  ganforge compare runs/a runs/b runs/c --metrics fid,pr,cas --n 5000 --out results/abc",
+    )
+    p.add_argument("paths", nargs="+", metavar="RUN", help="run folders or checkpoint files (two or more)")
+    p.add_argument("--metrics", help="comma-separated from fid,kid,is,pr,modes,memorization,cas "
+                   "(default fid,kid,is,pr,modes,cas)")  # fmt: skip
+    p.add_argument("--n", type=int, default=10000, help="generated samples per run (default 10,000)")
+    p.add_argument("--ref", metavar="DATASET:SPLIT", help="real reference (default: the runs' dataset, test split)")
+    p.add_argument("--extractor", default="auto", help="as for eval: auto, mnist, fashion-mnist, cifar10, inception")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluated latents (default 0)")
+    p.add_argument("--cas-per-class", type=int, default=1000, metavar="N",
+                   help="CAS: generated (and real) training images per class (default 1,000)")  # fmt: skip
+    p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+    p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
     return parser
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ganforge.metrics.compare import compare
+    from ganforge.metrics.evaluate import parse_metrics
+
+    report = compare(
+        args.paths,
+        metrics=parse_metrics(args.metrics) if args.metrics else None,
+        n=args.n,
+        ref=args.ref,
+        extractor=args.extractor,
+        seed=args.seed,
+        out_dir=args.out,
+        device=args.device,
+        cas_per_class=args.cas_per_class,
+    )
+    print(report["table"])
+    print(f"\nwritten: {args.out}/compare.md, compare.json, compare.png  ({report['seconds']:.1f} s)")
+    return 0
 
 
 COMMANDS = {
@@ -420,6 +469,7 @@ COMMANDS = {
     "data": cmd_data,
     "train-classifier": cmd_train_classifier,
     "eval": cmd_eval,
+    "compare": cmd_compare,
 }
 
 

@@ -81,8 +81,11 @@ def save_scatter(
 class TrainedGenerator:
     """A generator loaded from a checkpoint, ready to sample. Build it with `ganforge.load(path)`."""
 
-    def __init__(self, G: nn.Module, z_dim: int, config: dict, device: torch.device, path: Path):
+    def __init__(self, G: nn.Module, z_dim: int, config: dict, device: torch.device, path: Path,
+                 training: Optional[dict] = None):  # fmt: skip
         self.G = G.eval()
+        # what training cost: step, nimg (images seen), train_seconds (wall time), where recorded
+        self.training = training or {}
         self.z_dim = z_dim
         self.config = config
         self.device = device
@@ -198,7 +201,8 @@ def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
                         num_classes=nc, mbstd=m.mbstd)  # fmt: skip
     G.load_state_dict(ckpt.get("G_ema", ckpt["G"]))  # the EMA generator when the run kept one
     dev = torch.device(device)
-    return TrainedGenerator(G.to(dev), m.z_dim, ckpt["config"], dev, ckpt_path)
+    training = {k: ckpt[k] for k in ("step", "nimg", "train_seconds") if k in ckpt}
+    return TrainedGenerator(G.to(dev), m.z_dim, ckpt["config"], dev, ckpt_path, training)
 
 
 def write_samples(

@@ -167,6 +167,29 @@ def vae_step(
 # Run folder side effects.
 
 
+def read_log(metrics_path: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a line cut short by a crash (SIGKILL mid-write) is skipped."""
+    records = []
+    for line in metrics_path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def trim_log(metrics_path: Path, step: int) -> int:
+    """Before a resume from `step`: drop the records written after that checkpoint (a crash came
+    later; those steps are redone) and any half-written line. Returns how many lines went."""
+    if not metrics_path.is_file():
+        return 0
+    lines = metrics_path.read_text(errors="replace").splitlines()
+    kept = [json.dumps(r) for r in read_log(metrics_path) if r.get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write_bytes(metrics_path, "".join(line + "\n" for line in kept).encode())
+    return len(lines) - len(kept)
+
+
 def plot_losses(metrics_path: Path, out_path: Path) -> None:
     """Loss curves and D's mean outputs from metrics.jsonl, as a PNG."""
     import matplotlib
@@ -174,7 +197,7 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_log(metrics_path)
     rows = [r for r in records if "d_loss" in r or "vae_loss" in r]
     evals = [r for r in records if r.get("event") == "eval"]
     if not rows:
@@ -435,8 +458,11 @@ def train(
         if device.type == "cuda" and saved["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 
+    # training wall time over all sessions of the run (the cost `ganforge compare` reports)
+    clock_base, clock_start = 0.0, time.perf_counter()
     if ckpt is not None:
         restore(ckpt)
+        clock_base = ckpt.get("train_seconds", 0.0)
 
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
     labels = ds.labels.to(device)
@@ -447,6 +473,13 @@ def train(
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
+    if ckpt is not None:  # after a crash: the log and temp files may hold what the checkpoint does not
+        dropped = trim_log(metrics_path, step)
+        for stale in ckpt_dir.glob(".*.tmp-*"):  # left by a writer killed mid-write (kill -9, power loss)
+            stale.unlink(missing_ok=True)
+        if dropped:
+            print(f"ganforge: resuming from step {step}; {dropped} log line(s) written after that checkpoint "
+                  "were dropped (those steps are redone)", file=sys.stderr)  # fmt: skip
 
     ema_stale = True  # G_ema's BN statistics do not match its weights (after an update or a restore)
 
@@ -480,6 +513,7 @@ def train(
             "dataset": {"name": ds.name, "n": n, "source": ds.source},
             "best_eval": best,
             "rollbacks": rollbacks,
+            "train_seconds": clock_base + time.perf_counter() - clock_start,
         }
 
     def write_grid() -> Path:
@@ -760,6 +794,7 @@ def train(
         )
     save_checkpoint(ckpt_dir / "final.pt", state())
     log({"event": "end", "step": step, "nimg": nimg, "seconds": time.perf_counter() - t_start,
+         "train_seconds": clock_base + time.perf_counter() - clock_start,
          **({"stopped_by": "train.time_limit"} if out_of_time else {})})  # fmt: skip
     if out_of_time:
         print(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {step}/{total_steps}.",

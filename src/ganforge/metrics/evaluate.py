@@ -29,7 +29,7 @@ from ganforge.metrics.features import (
 from ganforge.metrics.inception import load_inception
 from ganforge.sample import load, save_grid
 
-METRICS = ("fid", "kid", "is", "pr", "modes", "memorization")
+METRICS = ("fid", "kid", "is", "pr", "modes", "memorization", "cas")
 register_with_torch_fidelity()  # the domain extractors become torch-fidelity's "ganforge-<name>" too
 DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes")
 
@@ -131,8 +131,11 @@ def evaluate(
     inception_weights: Optional[str] = None,
     out: Optional[str | Path] = None,
     device: str = "cpu",
+    cas_per_class: int = 1000,
 ) -> dict[str, Any]:
-    """Evaluate a run folder or checkpoint; writes eval.json (next to the run, or `out`) and returns it."""
+    """Evaluate a run folder or checkpoint; writes eval.json (next to the run, or `out`) and returns it.
+
+    `cas_per_class`: generated (and real) training images per class for the CAS classifiers."""
     import torch_fidelity
 
     from ganforge import __version__
@@ -150,6 +153,14 @@ def evaluate(
         report["path"] = str(out_path)
         return report
     metrics = metrics or list(DEFAULT_METRICS)
+    if "cas" in metrics:
+        from ganforge.metrics.cas import NOT_APPLICABLE
+
+        if gen.num_classes is None:
+            raise EvalError(f"metric 'cas': {gen.path} is an unconditional generator. {NOT_APPLICABLE}")
+        if run_data["name"] not in DATASETS or cas_per_class < 1:
+            raise EvalError("metric 'cas' needs a named dataset with a test split (a folder has none) and "
+                            f"--cas-per-class of at least 1 (got {cas_per_class}).")  # fmt: skip
     ref_dataset, ref_split = parse_ref(ref, run_data)
     ext_name = pick_extractor(extractor, run_data["name"])
     if ext_name == "inception":
@@ -165,18 +176,18 @@ def evaluate(
     ref_set = _load_ref(ref_dataset, ref_split, run_data)
     n_ref = min(n, len(ref_set))
     key = _stats_key(ref_dataset, ref_split, ext_name, ext_info["weights_sha256"], n_ref)
-    ref_feats = _cached_features(
-        key, lambda: dict(zip(("features", "logits"), extract(ext, ref_set.images[:n_ref])))
-    )
-    z_gen = torch.Generator().manual_seed(
-        seed
-    )  # drawn batch by batch, as the published figures were
-    z = torch.cat(
-        [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
-    )
-    gen_f, gen_logits, gen_images = generated_features(
-        gen.G, z, ext, gen.device, keep_images="memorization" in metrics, c=gen.labels(n)
-    )
+    if any(metric != "cas" for metric in metrics):
+        ref_feats = _cached_features(
+            key, lambda: dict(zip(("features", "logits"), extract(ext, ref_set.images[:n_ref])))
+        )
+    if any(metric != "cas" for metric in metrics):  # CAS makes its own samples
+        z_gen = torch.Generator().manual_seed(seed)  # drawn batch by batch, as the published figures were
+        z = torch.cat(
+            [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
+        )
+        gen_f, gen_logits, gen_images = generated_features(
+            gen.G, z, ext, gen.device, keep_images="memorization" in metrics, c=gen.labels(n)
+        )
 
     versions = {
         "ganforge": __version__,
@@ -228,6 +239,8 @@ def evaluate(
             )
             add("class_kl_to_real", m["kl_to_real"])
             add("confident_fraction", m["confident_fraction"], threshold=0.9)
+        elif metric == "cas":
+            results.append(_cas(gen, run_data, cas_per_class, seed, protocol))
         elif metric == "memorization":
             results.extend(
                 _memorization(gen_f, gen_images, ext, ext_name, run_data, protocol, path)
@@ -272,6 +285,24 @@ def mode_benchmark(gen, dataset: str, n: int, seed: int) -> dict[str, Any]:
             {"metric": "kl_to_uniform", "value": m["kl_to_uniform"]},
         ]
     return {"protocol": protocol, "results": [{**r, **protocol} for r in results]}
+
+
+def _cas(gen, run_data: dict[str, Any], per_class: int, seed: int, protocol: dict[str, Any]) -> dict[str, Any]:
+    """CAS of a conditional generator against its dataset's real test split (see metrics/cas.py)."""
+    from ganforge.metrics.cas import classification_accuracy_score
+
+    train_set = _load_ref(run_data["name"], "train", run_data)
+    test_set = _load_ref(run_data["name"], "test", run_data)
+    out = classification_accuracy_score(
+        lambda c: gen.sample(len(c), seed=seed + 1, classes=c),
+        train_set.images, train_set.labels, test_set.images, test_set.labels,
+        num_classes=gen.num_classes, per_class=per_class, seed=seed,
+    )  # fmt: skip
+    value = out.pop("cas")
+    # CAS has its own protocol: its sample count and the test split replace the FID reference
+    cas_protocol = {**protocol, "n_generated": out["train_n"],
+                    "reference": {"dataset": run_data["name"], "split": "test", "n": out["test_n"]}}  # fmt: skip
+    return {"metric": "cas", "value": value, **out, **cas_protocol}
 
 
 def _default_out(path: str | Path) -> Path:
@@ -336,6 +367,9 @@ def format_table(report: dict[str, Any]) -> str:
             note = f"of {r['n_classes']}"
         if r["metric"] == "is":
             note += f" (max {r['max_value']})"
+        if r["metric"] == "cas":
+            note = (f"real-data classifier {r['real_accuracy']:.4f}; {r['train_n']} images each, "
+                    f"{r['test_n']} real test images")  # fmt: skip
         lines.append(f"  {r['metric']:<22}{r['value']:>12.5g}  {note}")
     lines.append("")
     lines.append(f"  written: {report['path']}  ({report['seconds']:.1f} s)")
