@@ -5,8 +5,9 @@
 For each dataset: a class-conditional GAN (preset mnist-fast) and a class-conditional VAE (preset
 mnist-vae, the same G as decoder) each train for SECONDS of wall time (train.time_limit), then
 `ganforge.metrics.compare.compare` evaluates both under one protocol: the dataset's domain extractor
-(FID, KID, precision/recall, modes) against its test split, and CAS (a classifier trained on 10,000
-generated images, tested on the real test split). Class-conditional, so that CAS applies to both.
+(FID, KID, precision/recall, modes) against its test split, sharpness (variance of the Laplacian,
+generated / real), and CAS (a classifier trained on 10,000 generated images, tested on the real
+test split). Class-conditional, so that CAS applies to both.
 Writes bench/results/gan_vs_vae_<dataset>/ (compare.md/.json/.png) and prints the tables.
 """
 
@@ -52,7 +53,7 @@ def main() -> None:
                 }  # fmt: skip
                 runs.append(train(build_config(preset=preset, overrides=overrides), progress=False))
             out = Path(args.out_dir) / f"gan_vs_vae_{dataset}"
-            report = compare(runs, metrics=["fid", "kid", "pr", "modes", "cas"], n=args.n, out_dir=out,
+            report = compare(runs, metrics=["fid", "kid", "pr", "modes", "sharpness", "cas"], n=args.n, out_dir=out,
                              device=args.device, cas_per_class=args.cas_per_class)  # fmt: skip
             header = (f"{dataset}: {date.today()}, {machine}, torch {torch.__version__}, "
                       f"{torch.get_num_threads()} threads, {args.seconds:g} s of training per run, seed {args.seed}")  # fmt: skip

@@ -33,16 +33,15 @@ def test_balanced_indices_take_each_class_equally():
 
 def _cas(mnist, generate, per_class=500):
     train_set, test_set = mnist
-    half = len(train_set) // 2  # the real baseline draws from all of train; fakes from the second half
     return classification_accuracy_score(
         generate, train_set.images, train_set.labels, test_set.images[:2000], test_set.labels[:2000],
         num_classes=10, per_class=per_class, epochs=2, seed=0,
-    ), half  # fmt: skip
+    )  # fmt: skip
 
 
 def test_a_generator_of_real_images_scores_like_real_data(mnist):
     train_set, _ = mnist
-    pool = torch.arange(len(train_set) // 2, len(train_set))  # other real images than the baseline's
+    pool = torch.arange(len(train_set) // 2, len(train_set))  # the baseline draws from the whole split
 
     def real_images_of(c: torch.Tensor) -> torch.Tensor:
         out = torch.empty(len(c), 1, 28, 28, dtype=torch.uint8)
@@ -52,8 +51,8 @@ def test_a_generator_of_real_images_scores_like_real_data(mnist):
             out[where] = train_set.images[of_k]
         return out
 
-    result, _ = _cas(mnist, real_images_of)
-    assert result["real_accuracy"] > 0.85  # measured MEAS at 500 per class, 2 epochs
+    result = _cas(mnist, real_images_of)
+    assert result["real_accuracy"] > 0.85  # 200 per class gave 0.83: too few images for a stable ceiling
     assert abs(result["cas"] - result["real_accuracy"]) < 0.05, result
     assert result["train_n"] == result["real_train_n"] == 5000 and result["test_n"] == 2000
     assert len(result["cas_per_class"]) == 10
@@ -62,7 +61,7 @@ def test_a_generator_of_real_images_scores_like_real_data(mnist):
 def test_a_generator_of_noise_scores_near_chance(mnist):
     gen = torch.Generator().manual_seed(0)
     noise = lambda c: torch.randint(0, 256, (len(c), 1, 28, 28), generator=gen, dtype=torch.uint8)  # noqa: E731
-    result, _ = _cas(mnist, noise)
+    result = _cas(mnist, noise)
     assert result["cas"] < 0.2, result  # chance is 0.1
     assert result["real_accuracy"] > 0.85
 

@@ -62,3 +62,8 @@ def test_compare_refuses_one_run_and_mixed_datasets(two_runs, tmp_path, capsys):
     ring = train(build_config(overrides=other), progress=False)
     assert main(["compare", str(gan), str(ring), "--out", str(tmp_path / "x")]) == 2
     assert "trained on different data (mnist-5k, ring8)" in capsys.readouterr().err
+    assert main(["compare", str(ring), str(ring), "--out", str(tmp_path / "x")]) == 2
+    assert "PacGAN's mode protocol" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["compare", str(gan), str(gan), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err

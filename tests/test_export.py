@@ -39,4 +39,33 @@ def test_export_refuses_what_it_cannot_read(tmp_path, isolated_env):
         load(other)
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         export_safetensors(tmp_path, tmp_path / "g.safetensors")
-    assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
+    assert main(["export", str(tmp_path), "--format", "onnx"]) == 1
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_onnx_export_matches_pytorch(conditional, tmp_path, isolated_env, capsys):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'ganforge[onnx]')")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'ganforge[onnx]')")
+    overrides = tiny(tmp_path, ema_beta=0.9)
+    overrides["model"]["conditional"] = conditional
+    run = train(build_config(overrides=overrides), progress=False)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    out = run / "generator.onnx"
+    assert "onnxruntime" in capsys.readouterr().out
+    gen = load(run)
+    z = torch.randn(5, gen.z_dim, generator=torch.Generator().manual_seed(3))  # another batch size than traced
+    c = torch.tensor([0, 3, 7, 9, 3])
+    with torch.no_grad():
+        expected = gen.G(z, c if conditional else None).numpy()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    feeds = {"z": z.numpy(), **({"c": c.numpy()} if conditional else {})}
+    assert [i.name for i in session.get_inputs()] == list(feeds)
+    (images,) = session.run(["images"], feeds)
+    assert images.shape == expected.shape == (5, 1, 28, 28)
+    assert abs(images - expected).max() < 1e-4
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["ganforge_config"])["model"]["conditional"] is conditional

@@ -103,3 +103,16 @@ def test_second_ctrl_c_quits_at_once_without_damaging_files(tmp_path, isolated_e
     for ckpt in (run / "checkpoints").glob("*.pt"):
         load_checkpoint(ckpt)
     assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+def test_trim_log_cuts_back_to_the_checkpoint_and_drops_torn_lines(tmp_path):
+    from ganforge.train import trim_log
+
+    log = tmp_path / "metrics.jsonl"
+    first = b'{"step": 1}\n{"event": "rollback", "from_step": 9}\n'
+    log.write_bytes(first + b'{"step": 2}\n{"step": 3, "d_lo')  # a crash tore the last line
+    assert trim_log(log, len(first)) == 2 and log.read_bytes() == first  # exactly the checkpoint's log
+    log.write_bytes(first + b'{"step": 2}\n{"st')
+    assert trim_log(log, None) == 1  # an old checkpoint without the length: only the torn line goes
+    assert log.read_text().splitlines()[-1] == '{"step": 2}'
+    assert trim_log(log, None) == 0

@@ -117,3 +117,22 @@ def test_memorization_ratio():
     assert copier["ratio"] < 0.01 and copier["near_copy_fraction"] == 1.0
     honest = memorization.memorization(torch.randn(500, 8, generator=gen), heldout, train)
     assert 0.85 < honest["ratio"] < 1.15 and honest["near_copy_fraction"] < 0.05
+
+
+def test_sharpness_ratio_orders_blurred_real_and_noisy_images():
+    import torch.nn.functional as F
+
+    from ganforge.metrics.sharpness import laplacian_variance, sharpness_ratio
+
+    gen = torch.Generator().manual_seed(0)
+    real = (torch.rand(16, 1, 28, 28, generator=gen) > 0.8).to(torch.uint8) * 255  # hard edges
+    blurred = (F.avg_pool2d(real.float(), 3, 1, 1)).round().to(torch.uint8)
+    assert sharpness_ratio(real, real) == pytest.approx(1.0)
+    assert sharpness_ratio(blurred, real) < 0.5
+    flat = torch.full((4, 3, 16, 16), 128, dtype=torch.uint8)
+    assert laplacian_variance(flat).abs().max() == 0  # a flat image has no detail
+    # hand-computed: one white pixel at (1, 1) of a black 4x4 image; the Laplacian over the 2x2
+    # interior is [-4, 1, 1, 0], whose (unbiased) variance is 17 / 3
+    one = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    one[0, 0, 1, 1] = 255
+    assert laplacian_variance(one).item() == pytest.approx(17 / 3)

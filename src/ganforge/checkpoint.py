@@ -102,7 +102,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
+def load_checkpoint(path: Path, verify: bool = True, advise: bool = True) -> dict[str, Any]:
+    """Load and verify a checkpoint; a damaged one raises CheckpointError naming the run's intact
+    checkpoints (`advise`; off when probing those alternatives themselves)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist.")
@@ -117,7 +119,7 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint '{path}' is damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            + _alternatives(path)
+            + (_alternatives(path) if advise else "")
         ) from None
     if not isinstance(record, dict) or "format_version" not in record:
         raise CheckpointError(f"'{path}' is not a ganforge checkpoint (no format_version).")
@@ -132,7 +134,7 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict[str, Any]:
         if expected != payload_digest(payload):
             raise CheckpointError(
                 f"checkpoint '{path}' failed its checksum: the file was changed or damaged after it was "
-                "written. " + _alternatives(path)
+                "written. " + (_alternatives(path) if advise else "")
             )
     return record
 
@@ -144,7 +146,7 @@ def _alternatives(path: Path) -> str:
         if other == path:
             continue
         try:
-            intact.append((load_checkpoint(other)["step"], other))
+            intact.append((load_checkpoint(other, advise=False)["step"], other))
         except CheckpointError:
             continue
     if not intact:

@@ -40,7 +40,6 @@ def _train_parser(sub: Any) -> None:
     p.add_argument(
         "--channels",
         type=int,
-        choices=(1, 3),
         help="convert images to 1 (gray) or 3 (RGB) channels",
     )
     p.add_argument(
@@ -62,6 +61,12 @@ def _train_parser(sub: Any) -> None:
         "--device",
         choices=("auto", "cpu", "cuda", "mps"),
         help="where to train (auto: cuda, mps, cpu)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        help="forward-pass arithmetic: fp32 (default), bf16 autocast (CPUs with AVX512-BF16/AMX, recent "
+        "GPUs), fp16 with loss scaling (GPUs), auto (the fastest the hardware has)",
     )
     p.add_argument(
         "--eval-every",
@@ -117,6 +122,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("train", "seed", args.seed)
     put("train", "eval_every", args.eval_every)
     put("train", "device", args.device)
+    put("train", "precision", args.precision)
     put("run", "name", args.name)
     put("run", "runs_dir", args.runs_dir)
     return values
@@ -138,6 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
               resume_from=args.resume_from)  # fmt: skip
         return 0
     cfg = build_config(args.preset, overrides)
+    from ganforge.train import pick_device
+
+    pick_device(cfg.train.device)  # an unavailable device fails before any data is loaded or folder made
     if args.dry_run:
         resolved, ds = prepare(cfg)
         print(
@@ -182,17 +191,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ganforge.sample import export_safetensors, load
+    from ganforge.sample import export_onnx, export_safetensors, load
 
-    if args.format != "safetensors":
-        print(f"ganforge: error: --format {args.format} is not available yet; use --format safetensors.",
-              file=sys.stderr)  # fmt: skip
-        return 2
     out = Path(args.out) if args.out else None
     if out is None:
         base = Path(args.path)
         base = base if base.is_dir() else base.parent.parent if base.parent.name == "checkpoints" else base.parent
-        out = base / "generator.safetensors"
+        out = base / f"generator.{args.format}"
+    if args.format == "onnx":
+        try:
+            export_onnx(args.path, out)
+        except ImportError as e:
+            print(f"ganforge: error: {e}", file=sys.stderr)
+            return 2
+        except (RuntimeError, ValueError, TypeError) as e:  # the exporter's own failures
+            print(f"ganforge: error: ONNX export of {args.path} failed ({type(e).__name__}: {e}); "
+                  "--format safetensors always works.", file=sys.stderr)  # fmt: skip
+            return 1
+        inputs = "z [N, z_dim] float32" + (", c [N] int64" if load(args.path).num_classes else "")
+        print(f"ganforge: wrote {out} ({out.stat().st_size / 1e6:.2f} MB; inputs {inputs}; output images "
+              "[N, C, H, W] in [-1, 1]; run it with onnxruntime.InferenceSession)")  # fmt: skip
+        return 0
     export_safetensors(args.path, out)
     gen = load(out)  # read it back: the export is only done when it loads
     print(f"ganforge: wrote {out} ({out.stat().st_size / 1e6:.2f} MB; {gen.config['model']['name']}, "
@@ -364,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
     p.add_argument(
         "--metrics",
-        help="comma-separated from fid,kid,is,pr,modes,memorization,cas (default fid,kid,is,pr,modes); "
-        "cas = Classification Accuracy Score, for class-conditional generators",
+        help="comma-separated from fid,kid,is,pr,modes,sharpness,memorization,cas (default "
+        "fid,kid,is,pr,modes,sharpness); cas = Classification Accuracy Score, for class-conditional generators",
     )
     p.add_argument("--cas-per-class", type=int, default=1000, metavar="N",
                    help="CAS: generated (and real) training images per class (default 1,000)")
@@ -406,14 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="write a run's generator for sharing (.safetensors: weights + config, no pickle)",
+        help="write a run's generator for sharing (.safetensors: weights + config, no pickle; or ONNX)",
         description="Write the generator of a run (G_ema when kept) as one .safetensors file holding its "
-        "weights and, in the metadata, its config. ganforge.load(PATH) and `ganforge sample PATH` read it.",
+        "weights and, in the metadata, its config. ganforge.load(PATH) and `ganforge sample PATH` read it. "
+        "--format onnx writes an ONNX model instead (inputs z, and c for conditional models; output images).",
     )
     p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
     p.add_argument("--format", default="safetensors", choices=("safetensors", "onnx"),
-                   help="safetensors (default); onnx is not available yet")  # fmt: skip
-    p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors)")
+                   help="safetensors (default): for ganforge/PyTorch; onnx: for onnxruntime and other "
+                   "runtimes (needs the onnx package)")  # fmt: skip
+    p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors or .onnx)")
 
     p = sub.add_parser(
         "compare",
@@ -428,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ganforge compare runs/a runs/b runs/c --metrics fid,pr,cas --n 5000 --out results/abc",
     )
     p.add_argument("paths", nargs="+", metavar="RUN", help="run folders or checkpoint files (two or more)")
-    p.add_argument("--metrics", help="comma-separated from fid,kid,is,pr,modes,memorization,cas "
-                   "(default fid,kid,is,pr,modes,cas)")  # fmt: skip
+    p.add_argument("--metrics", help="comma-separated from fid,kid,is,pr,modes,sharpness,memorization,cas "
+                   "(default fid,kid,is,pr,modes,sharpness,cas)")  # fmt: skip
     p.add_argument("--n", type=int, default=10000, help="generated samples per run (default 10,000)")
     p.add_argument("--ref", metavar="DATASET:SPLIT", help="real reference (default: the runs' dataset, test split)")
     p.add_argument("--extractor", default="auto", help="as for eval: auto, mnist, fashion-mnist, cifar10, inception")

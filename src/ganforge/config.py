@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,6 +133,11 @@ class TrainConfig:
     seed: int = 0
     # auto picks cuda, then mps, then cpu.
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Arithmetic of the forward passes (weights, gradients' accumulation and Adam stay fp32):
+    # fp32; bf16 autocast (fast on CPUs with AVX512-BF16/AMX and on recent GPUs); fp16 autocast with
+    # loss scaling (CUDA only); auto = bf16 where the hardware has it, else fp16 on older GPUs, else
+    # fp32. Below fp32 the models and batches also use the channels_last memory layout.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     # Write a metrics.jsonl line every this many steps.
     log_every: int = 50
     # Write a fixed-noise sample grid every this many steps (None: at the end of every epoch).
@@ -535,7 +541,7 @@ def _validate_family(cfg: Config, family: str) -> None:
             f"{bad[0]}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} for the adversarial game and "
             "do not apply to a VAE (loss.name=elbo); drop them."
         )
-    if cfg.loss.kl_weight <= 0:
+    if not (cfg.loss.kl_weight > 0 and math.isfinite(cfg.loss.kl_weight)):
         raise ConfigError(f"loss.kl_weight: must be greater than zero, got {cfg.loss.kl_weight}.")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class DatasetError(RuntimeError):
@@ -175,8 +175,11 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path}: wrong magic number {magic} (expected 2049 for labels or 2051 for images); "
             "this is not an MNIST-style IDX file of uint8 data."
         )
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise DatasetError(f"{path}: the IDX header is cut short ({len(raw)} bytes); the file is truncated. "
+                           "Delete it and fetch it again.")  # fmt: skip
+    dims = struct.unpack(f">{ndim}I", raw[4:offset])
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
         raise DatasetError(
@@ -251,6 +254,11 @@ def _idx_pair(name: str, img_path: Path, lbl_path: Path, class_names: list[str])
         raise DatasetError(
             f"{img_path} holds {images.shape[0]} images but {lbl_path} holds {labels.shape[0]} labels; "
             "the two files must come from the same split."
+        )
+    if labels.size and int(labels.max()) >= len(class_names):
+        raise DatasetError(
+            f"{lbl_path}: label {int(labels.max())} is out of range for {name}'s {len(class_names)} classes "
+            f"(0..{len(class_names) - 1}); the label file is damaged or belongs to another dataset."
         )
     return ImageDataset(
         images=torch.from_numpy(images.copy()).unsqueeze(1),
@@ -406,6 +414,11 @@ def _check_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(
             f"{path}: 'labels' must have shape ({images.shape[0]},); got {labels.shape}."
         )
+    if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise DatasetError(
+            f"{path}: 'labels' must be integers 0..9 (the CIFAR-10 classes); got {labels.dtype} "
+            f"with values {labels.min() if labels.size else '-'}..{labels.max() if labels.size else '-'}."
+        )
     return images, labels
 
 
@@ -515,6 +528,38 @@ def _resize_pil(img, resolution: int):
     return img.crop((left, top, left + resolution, top + resolution))
 
 
+MIN_IMAGE_SIDE = 8  # smaller images hold too little to upscale into training data
+
+
+def _open_image(p: Path):
+    """Open and decode one image file fully (so damage shows here, not later)."""
+    from PIL import Image
+
+    if p.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    img = Image.open(p)
+    w, h = img.size  # known from the header, before decoding: the bomb guard has already run
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise ValueError(f"too small ({w}x{h} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
+    img.load()
+    return img
+
+
+def _why_unreadable(p: Path, e: Exception) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return (f"refused by the decompression-bomb guard: more than {Image.MAX_IMAGE_PIXELS:,} pixels; "
+                "downscale it first")  # fmt: skip
+    if isinstance(e, UnidentifiedImageError):
+        return f"not an image file, despite its {p.suffix} name"
+    if isinstance(e, ValueError):
+        return str(e)
+    if "truncated" in str(e):
+        return "truncated (the file ends early)"
+    return f"damaged ({type(e).__name__}: {e})"
+
+
 def load_folder(
     path: str, resolution: int, channels: Optional[int] = None, strict: bool = False
 ) -> ImageDataset:
@@ -522,49 +567,61 @@ def load_folder(
     from PIL import Image
 
     root = Path(path).expanduser()
+    if root.is_file():
+        raise DatasetError(f"image folder '{path}' is a file, not a folder; pass the folder that holds the images.")
     if not root.is_dir():
         raise DatasetError(f"image folder '{path}' does not exist or is not a folder.")
-    files = sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
-    if not files:
+    try:
+        with os.scandir(root):  # rglob alone would skip an unreadable folder silently
+            pass
+        everything = [p for p in root.rglob("*") if p.is_file()]
+    except OSError as e:
         raise DatasetError(
-            f"image folder '{path}' holds no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)})."
+            f"cannot read image folder '{path}': {e.strerror or e}. Check its permissions (ls -ld '{root}')."
+        ) from None
+    files = sorted(p for p in everything if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        others = sorted(str(p.relative_to(root)) for p in everything)
+        found = (f"; it holds {len(others)} other file(s), e.g. {', '.join(others[:3])}" if others
+                 else "; it is empty")  # fmt: skip
+        raise DatasetError(
+            f"image folder '{path}' holds no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)}){found}."
         )
     subdirs = sorted(
         {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
     )
     class_of = {name: i for i, name in enumerate(subdirs)}
-    opened, skipped = [], []
+    opened, skipped, reasons = [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for p in files:
             try:
-                img = Image.open(p)
-                img.load()
-                if min(img.size) < 1:
-                    raise ValueError("empty image")
-            except Exception as e:
+                img = _open_image(p)
+            except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, EOFError, ...) on bad files
+                name = str(p.relative_to(root))
                 if strict:
                     raise DatasetError(
-                        f"unreadable image {p}: {type(e).__name__}: {e}. Remove it, or drop --strict to skip it."
+                        f"unreadable image {p}: {_why_unreadable(p, e)}. Remove it, or drop --strict to skip it."
                     ) from None
-                skipped.append(str(p.relative_to(root)))
+                skipped.append(name)
+                reasons.append(f"{name} ({_why_unreadable(p, e)})")
                 continue
             parts = p.relative_to(root).parts
-            opened.append((img, class_of[parts[0]] if len(parts) > 1 else 0))
+            # resized at once: a folder of large photos never sits in memory at full size
+            opened.append((_resize_pil(img, resolution), class_of[parts[0]] if len(parts) > 1 else 0))
     if not opened:
         raise DatasetError(
-            f"image folder '{path}': none of its {len(files)} image files could be read."
+            f"image folder '{path}': none of its {len(files)} image files could be read: "
+            + "; ".join(reasons[:5]) + (" ..." if len(reasons) > 5 else "") + "."
         )
     if channels is None:
         gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
         channels = 1 if all(img.mode in gray for img, _ in opened) else 3
-    arrays = [_pil_to_array(_resize_pil(img, resolution), channels) for img, _ in opened]
+    arrays = [_pil_to_array(img, channels) for img, _ in opened]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([c for _, c in opened], dtype=torch.int64)
     if skipped:
-        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        shown = "; ".join(reasons[:5]) + (" ..." if len(reasons) > 5 else "")
         print(
             f"ganforge: skipped {len(skipped)} unreadable file(s) in {root}: {shown} (use --strict to stop instead)",
             file=sys.stderr,

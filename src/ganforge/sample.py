@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -160,6 +161,57 @@ def export_safetensors(path: str | Path, out: str | Path) -> Path:
                 "source": str(ckpt_path), "weights": "G_ema" if "G_ema" in ckpt else "G"}  # fmt: skip
     out = Path(out)
     atomic_write_bytes(out, save(weights, metadata=metadata))
+    return out
+
+
+class _GeneratorForExport(nn.Module):
+    """G with a fixed signature for tracing: (z) or (z, c)."""
+
+    def __init__(self, G: nn.Module, conditional: bool):
+        super().__init__()
+        self.G, self.conditional = G, conditional
+
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.G(z, c if self.conditional else None)
+
+
+def export_onnx(path: str | Path, out: str | Path, opset: int = 18) -> Path:
+    """Write a run's generator (G_ema when kept) as an ONNX model for use outside PyTorch.
+
+    Inputs: `z` float32 [N, z_dim] (and `c` int64 [N] for class-conditional models); output `images`
+    float32 [N, C, H, W] in [-1, 1] ([N, 2] points for 2D models); N is dynamic. The resolved config
+    is stored as JSON in the model's metadata ("ganforge_config"). Needs the onnx and onnxscript packages.
+    """
+    import json
+
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter is built on it)
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx and onnxscript packages: pip install 'ganforge[onnx]'") from None
+    import warnings
+
+    from ganforge import __version__
+
+    gen = load(path)
+    conditional = gen.num_classes is not None
+    module = _GeneratorForExport(gen.G.cpu().eval(), conditional).eval()
+    z = torch.randn(2, gen.z_dim, generator=torch.Generator().manual_seed(0))
+    args = (z, torch.zeros(2, dtype=torch.long)) if conditional else (z,)
+    names = ["z", "c"] if conditional else ["z"]
+    out = Path(out)
+    batch = torch.export.Dim("batch", min=1)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on axis names
+        tmp_file = Path(tmp) / "g.onnx"
+        torch.onnx.export(module, args, str(tmp_file), input_names=names, output_names=["images"],
+                          dynamic_shapes={n: {0: batch} for n in names}, opset_version=opset, dynamo=True,
+                          verbose=False)  # fmt: skip
+        model = onnx.load(str(tmp_file))
+    for key, value in {"ganforge_config": json.dumps(gen.config), "ganforge_version": __version__,
+                       "source": str(gen.path)}.items():  # fmt: skip
+        model.metadata_props.add(key=key, value=value)
+    atomic_write_bytes(out, model.SerializeToString())
     return out
 
 

@@ -8,6 +8,7 @@ module owns every side effect of a run (files, console, signals).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -69,6 +70,55 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls/convolutions run natively (else they are emulated, slowly)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """train.precision -> fp32, bf16 or fp16 for this device (auto picks what the hardware does fast)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision: fp16 autocast is for GPUs; on a CPU use bf16 (or auto).")
+    if name == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        print("ganforge: note: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 is emulated and may be "
+              "slower than fp32.", file=sys.stderr)  # fmt: skip
+    return name
+
+
+class Precision:
+    """Mixed precision of the training steps: autocast for the forward passes, fp32 losses, and loss
+    scaling for fp16 (a GradScaler, whose state is checkpointed)."""
+
+    def __init__(self, name: str, device: torch.device):
+        self.name, self.device_type = name, device.type
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+        self.memory_format = torch.contiguous_format if name == "fp32" else torch.channels_last
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16 if self.name == "bf16" else torch.float16)
+
+    def step(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
+        """Backward and step (the gradients were zeroed by the caller)."""
+        if self.scaler is None:
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        for opt in optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
+
+
+FP32 = Precision("fp32", torch.device("cpu"))
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -97,21 +147,22 @@ def d_step(
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     c_real: Optional[torch.Tensor] = None,
     c_fake: Optional[torch.Tensor] = None,
+    precision: Precision = FP32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One D update; `penalty(real_img, fake_img, c_real)` adds a regularizer. c_real/c_fake: class
     labels for conditional models. Returns (d_loss, real_logits, fake_logits), detached; d_loss
     excludes the penalty."""
-    with torch.no_grad():
-        fake_img = G(z, c_fake)  # [N, C, H, W]; no graph: G is not updated in this phase
+    with torch.no_grad(), precision.autocast():
+        fake_img = G(z, c_fake).float()  # [N, C, H, W]; no graph: G is not updated in this phase
     if augment is not None:  # DiffAugment: D only ever sees augmented images
         real_img, fake_img = augment(real_img), augment(fake_img)
-    real_logits = D(real_img, c_real)  # [N]
-    fake_logits = D(fake_img, c_fake)  # [N]
+    with precision.autocast():
+        real_logits = D(real_img, c_real).float()  # [N]; losses in fp32
+        fake_logits = D(fake_img, c_fake).float()  # [N]
     d_loss = loss.d_loss(real_logits, fake_logits)
-    total = d_loss if penalty is None else d_loss + penalty(real_img, fake_img, c_real)
+    total = d_loss if penalty is None else d_loss + penalty(real_img, fake_img, c_real)  # fp32
     opt_D.zero_grad(set_to_none=True)
-    total.backward()
-    opt_D.step()
+    precision.step(total, opt_D)
     return d_loss.detach(), real_logits.detach(), fake_logits.detach()
 
 
@@ -123,15 +174,16 @@ def g_step(
     z: torch.Tensor,
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     c: Optional[torch.Tensor] = None,
+    precision: Precision = FP32,
 ) -> torch.Tensor:
     """One G update through a fresh D forward, with D's parameters frozen. Returns g_loss."""
     D.requires_grad_(False)
-    fake_img = G(z, c)
-    fake_logits = D(augment(fake_img) if augment is not None else fake_img, c)
+    with precision.autocast():
+        fake_img = G(z, c)
+        fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
     g_loss = loss.g_loss(fake_logits)
     opt_G.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_G.step()
+    precision.step(g_loss, opt_G)
     D.requires_grad_(True)
     return g_loss.detach()
 
@@ -146,20 +198,21 @@ def vae_step(
     likelihood: str,
     kl_weight: float = 1.0,
     c: Optional[torch.Tensor] = None,
+    precision: Precision = FP32,
 ) -> dict[str, torch.Tensor]:
     """One VAE update (the GAN loop's D+G step for model family "vae"): minimise the negative ELBO
     with the reparameterisation z = mu + sigma * eps (Kingma & Welling 2014). Returns the batch means
     of the loss and its two terms (nats per image), detached."""
-    mu, logvar = encoder(real_img, c)  # [N, z_dim] each
-    z = mu + (0.5 * logvar).exp() * eps
-    recon = reconstruction_nll(decoder.pre_activation(z, c), real_img, likelihood)  # [N]
+    with precision.autocast():
+        mu, logvar = (t.float() for t in encoder(real_img, c))  # [N, z_dim] each
+        z = mu + (0.5 * logvar).exp() * eps
+        pre = decoder.pre_activation(z, c).float()
+    recon = reconstruction_nll(pre, real_img, likelihood)  # [N], fp32
     kl = gaussian_kl(mu, logvar)  # [N]
     loss = (recon + kl_weight * kl).mean()
     opt_dec.zero_grad(set_to_none=True)
     opt_enc.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_dec.step()
-    opt_enc.step()
+    precision.step(loss, opt_dec, opt_enc)
     return {"vae_loss": loss.detach(), "recon_nll": recon.mean().detach(), "kl": kl.mean().detach()}
 
 
@@ -178,16 +231,21 @@ def read_log(metrics_path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def trim_log(metrics_path: Path, step: int) -> int:
-    """Before a resume from `step`: drop the records written after that checkpoint (a crash came
-    later; those steps are redone) and any half-written line. Returns how many lines went."""
+def trim_log(metrics_path: Path, size: Optional[int]) -> int:
+    """Before a resume: cut metrics.jsonl back to `size` bytes, its length when the checkpoint was
+    written (what came later belongs to steps that are redone, or is a line torn by a crash). Older
+    checkpoints without the length: drop only torn lines. Returns how many lines went."""
     if not metrics_path.is_file():
         return 0
-    lines = metrics_path.read_text(errors="replace").splitlines()
-    kept = [json.dumps(r) for r in read_log(metrics_path) if r.get("step", 0) <= step]
-    if len(kept) != len(lines):
-        atomic_write_bytes(metrics_path, "".join(line + "\n" for line in kept).encode())
-    return len(lines) - len(kept)
+    raw = metrics_path.read_bytes()
+    if size is not None and len(raw) > size:
+        kept = raw[:size]
+    else:  # keep every complete record
+        kept = "".join(json.dumps(r) + "\n" for r in read_log(metrics_path)).encode()
+    if kept == raw:
+        return 0
+    atomic_write_bytes(metrics_path, kept)
+    return raw.count(b"\n") + (not raw.endswith(b"\n")) - kept.count(b"\n")
 
 
 def plot_losses(metrics_path: Path, out_path: Path) -> None:
@@ -383,6 +441,7 @@ def train(
                     "checkpoint_every",
                     "eval_every",
                     "device",
+                    "precision",
                     "time_limit",
                 }
             }
@@ -391,7 +450,8 @@ def train(
                 if bad:
                     raise ConfigError(
                         f"cannot change {', '.join(f'{section}.{k}' for k in sorted(bad))} when resuming; "
-                        "only train.steps, train.epochs, train.time_limit, the cadences and train.device may change."
+                        "only train.steps, train.epochs, train.time_limit, the cadences, train.device and "
+                        "train.precision may change."
                     )
             cfg = from_dict(
                 {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}}
@@ -404,6 +464,7 @@ def train(
             )
     else:
         cfg = cfg or Config()
+        pick_device(cfg.train.device)  # fails before a run folder is made
         cfg, ds = prepare(cfg)
         run_dir = _new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -425,7 +486,9 @@ def train(
         num_classes=nc,
         mbstd=m.mbstd,
     )
-    G, D = G.to(device), D.to(device)
+    precision = Precision(resolve_precision(t.precision, device), device)
+    G = G.to(device, memory_format=precision.memory_format)
+    D = D.to(device, memory_format=precision.memory_format)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
     opt_G = torch.optim.Adam(
         G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
@@ -453,6 +516,8 @@ def train(
         opt_G.load_state_dict(saved["opt_G"])
         opt_D.load_state_dict(saved["opt_D"])
         step, nimg, rollbacks = saved["step"], saved["nimg"], saved.get("rollbacks", 0)
+        if precision.scaler is not None and "scaler" in saved:
+            precision.scaler.load_state_dict(saved["scaler"])
         noise.set_state(saved["rng"]["noise"])
         torch.set_rng_state(saved["rng"]["torch"])
         if device.type == "cuda" and saved["rng"].get("cuda"):
@@ -462,7 +527,7 @@ def train(
     clock_base, clock_start = 0.0, time.perf_counter()
     if ckpt is not None:
         restore(ckpt)
-        clock_base = ckpt.get("train_seconds", 0.0)
+        clock_base = ckpt.get("train_seconds")  # None: a checkpoint from before it was recorded
 
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
     labels = ds.labels.to(device)
@@ -474,8 +539,8 @@ def train(
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:  # after a crash: the log and temp files may hold what the checkpoint does not
-        dropped = trim_log(metrics_path, step)
-        for stale in ckpt_dir.glob(".*.tmp-*"):  # left by a writer killed mid-write (kill -9, power loss)
+        dropped = trim_log(metrics_path, ckpt.get("log_bytes"))
+        for stale in [*run_dir.glob(".*.tmp-*"), *ckpt_dir.glob(".*.tmp-*")]:  # writers killed mid-write
             stale.unlink(missing_ok=True)
         if dropped:
             print(f"ganforge: resuming from step {step}; {dropped} log line(s) written after that checkpoint "
@@ -506,6 +571,7 @@ def train(
             **({"G_ema": G_ema.state_dict()} if G_ema is not None else {}),
             "opt_G": opt_G.state_dict(),
             "opt_D": opt_D.state_dict(),
+            **({"scaler": precision.scaler.state_dict()} if precision.scaler is not None else {}),
             "step": step,
             "nimg": nimg,
             "rng": rng,
@@ -513,7 +579,8 @@ def train(
             "dataset": {"name": ds.name, "n": n, "source": ds.source},
             "best_eval": best,
             "rollbacks": rollbacks,
-            "train_seconds": clock_base + time.perf_counter() - clock_start,
+            "train_seconds": None if clock_base is None else clock_base + time.perf_counter() - clock_start,
+            "log_bytes": metrics_path.stat().st_size if metrics_path.is_file() else 0,
         }
 
     def write_grid() -> Path:
@@ -616,7 +683,8 @@ def train(
 
     print(
         f"ganforge: training {m.name} on {ds.name} ({n} {'points' if ds.is_points else 'images'} "
-        f"{tuple(ds.images.shape[1:])}) on {device}; {total_steps} steps of {batch} -> {run_dir}",
+        f"{tuple(ds.images.shape[1:])}) on {device}{'' if precision.name == 'fp32' else f' ({precision.name})'}; "
+        f"{total_steps} steps of {batch} -> {run_dir}",
         file=sys.stderr,
     )
     if step == 0:
@@ -658,7 +726,10 @@ def train(
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
         idx = order[i * batch : (i + 1) * batch]
-        return to_float(images[idx]), (labels[idx] if nc else None)
+        real_img = to_float(images[idx])
+        if real_img.dim() == 4:  # channels_last below fp32, to match the models
+            real_img = real_img.contiguous(memory_format=precision.memory_format)
+        return real_img, (labels[idx] if nc else None)
 
     G.train()
     D.train()
@@ -676,7 +747,7 @@ def train(
                     real_img, c_real = real_batch(step)
                     eps = torch.randn(batch, m.z_dim, generator=noise).to(device)
                     stats = vae_step(G, D, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
-                                     cfg.loss.kl_weight, c_real)  # fmt: skip
+                                     cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                     d_norm = grad_norm(D) if log_now or check_now else None
                 else:
                     for k in range(t.n_critic):
@@ -685,12 +756,12 @@ def train(
                         z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
                         c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
                         d_loss, real_logits, fake_logits = d_step(
-                            G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake
+                            G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake, precision
                         )
                     d_norm = grad_norm(D) if log_now or check_now else None
                     z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
                     c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
-                    g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g)
+                    g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g, precision)
                     stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
                              fake_key: d_output(fake_logits).mean()}  # fmt: skip
                 if G_ema is not None:
@@ -794,7 +865,7 @@ def train(
         )
     save_checkpoint(ckpt_dir / "final.pt", state())
     log({"event": "end", "step": step, "nimg": nimg, "seconds": time.perf_counter() - t_start,
-         "train_seconds": clock_base + time.perf_counter() - clock_start,
+         "train_seconds": None if clock_base is None else clock_base + time.perf_counter() - clock_start,
          **({"stopped_by": "train.time_limit"} if out_of_time else {})})  # fmt: skip
     if out_of_time:
         print(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {step}/{total_steps}.",

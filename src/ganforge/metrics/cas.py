@@ -59,8 +59,12 @@ def classification_accuracy_score(
 
     Returns the accuracy on the real test images of the classifier trained on generated images
     ("cas") and of the same classifier trained on as many real training images ("real_accuracy"),
-    per class too, with the protocol.
+    per class too, with the protocol. `per_class` is capped at the smallest real class's count.
     """
+    # as many generated as real training images: capped by the smallest real class
+    per_class = min(per_class, int(torch.bincount(train_labels, minlength=num_classes).min()))
+    if per_class < 1:
+        raise ValueError("CAS needs real training images of every class; one class has none.")
     c = torch.arange(num_classes).repeat_interleave(per_class)  # [K * per_class], balanced
     fake = generate(c)
     if fake.dtype != torch.uint8 or fake.shape[0] != len(c):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ganforge.checkpoint import atomic_write_bytes
-from ganforge.metrics.evaluate import EvalError, evaluate
+from ganforge.data import DATASETS
+from ganforge.metrics.evaluate import MODE_BENCHMARKS, EvalError, evaluate
 from ganforge.models import MODELS
 from ganforge.sample import load, make_grid
 
@@ -31,10 +32,11 @@ ROWS = {
     "class_kl_to_real": ("class KL to real", False),
     "confident_fraction": ("confident (p >= 0.9)", True),
     "cas": ("CAS", True),
+    "sharpness_ratio": ("sharpness (gen/real)", None),  # best: closest to 1
     "memorization_ratio": ("memorization ratio", True),
     "near_copy_fraction": ("near copies", False),
 }
-DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes", "cas")
+DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes", "sharpness", "cas")
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -63,7 +65,8 @@ def compare(
     metrics = list(metrics or DEFAULT_METRICS)
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"--out: '{out_dir}' is a file; compare writes a folder of results. Pick another --out.")
     gens, taken = [], set()
     for path in paths:
         gen = load(path, device=device)
@@ -74,15 +77,23 @@ def compare(
             f"the runs were trained on different data ({', '.join(sorted(datasets))}); one protocol needs one "
             "reference: pass --ref DATASET:SPLIT, or compare runs of the same dataset."
         )
+    benchmarks = sorted(datasets & set(MODE_BENCHMARKS))
+    if benchmarks:
+        raise EvalError(
+            f"compare reports image metrics; {', '.join(benchmarks)} runs are scored with PacGAN's mode protocol "
+            "instead: run `ganforge eval RUN` on each (bench/mixtures.py tabulates several)."
+        )
     shapes = {(g.config["data"]["resolution"], g.config["data"]["channels"]) for _, _, g in gens}
     if len(shapes) > 1:
         raise EvalError(f"the runs make images of different sizes/channels {sorted(shapes)}; they cannot share "
                         "one feature extractor.")  # fmt: skip
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for label, path, gen in gens:
         print(f"ganforge compare: evaluating {label} ...", file=sys.stderr)
-        run_metrics = [m for m in metrics if m != "cas" or gen.num_classes is not None]
+        cas_ok = gen.num_classes is not None and gen.config["data"]["name"] in DATASETS
+        run_metrics = [m for m in metrics if m != "cas" or cas_ok]
         report = evaluate(path, metrics=run_metrics, n=n, ref=ref, extractor=extractor, seed=seed,
                           out=out_dir / f"{label}.eval.json", device=device, cas_per_class=cas_per_class)  # fmt: skip
         model = gen.config["model"]
@@ -95,8 +106,9 @@ def compare(
             "training": gen.training,
             "results": report["results"],
             "protocol": report["protocol"],
-            "notes": ([] if gen.num_classes is not None or "cas" not in metrics
-                      else ["cas: n/a (unconditional generator)"]),
+            "notes": ([] if cas_ok or "cas" not in metrics else
+                      ["cas: n/a (unconditional generator)" if gen.num_classes is None
+                       else "cas: n/a (an image folder has no test split to test on)"]),
         })  # fmt: skip
     protocols = {json.dumps({k: v for k, v in r["protocol"].items() if k not in ("checkpoint",)}, sort_keys=True,
                             default=str) for r in runs}  # fmt: skip
@@ -144,7 +156,10 @@ def format_table(report: dict[str, Any]) -> str:
         if all(c is None for c in cells):
             continue
         values = [c["value"] for c in cells if c is not None]
-        best = max(values) if higher else min(values)
+        if higher is None:  # a ratio to the real data: closest to 1 is best
+            best = min(values, key=lambda v: abs(v - 1.0))
+        else:
+            best = max(values) if higher else min(values)
         row = []
         for c in cells:
             if c is None:
@@ -154,7 +169,8 @@ def format_table(report: dict[str, Any]) -> str:
             if metric == "cas":
                 text += f" (real {c['real_accuracy']:.3f})"
             row.append(f"**{text}**" if len(values) > 1 and c["value"] == best else text)
-        lines.append(f"| {name} {'↑' if higher else '↓'} | " + " | ".join(row) + " |")
+        arrow = "→1" if higher is None else "↑" if higher else "↓"
+        lines.append(f"| {name} {arrow} | " + " | ".join(row) + " |")
     lines.append("| steps | " + " | ".join(str(r["training"].get("step", "n/a")) for r in runs) + " |")
     lines.append("| images seen | " + " | ".join(f"{r['training']['nimg']:,}" if "nimg" in r["training"] else "n/a"
                                                for r in runs) + " |")  # fmt: skip
@@ -163,9 +179,9 @@ def format_table(report: dict[str, Any]) -> str:
     notes = [f"{r['label']}: {note}" for r in runs for note in r["notes"]]
     if any(_value(r, "cas") for r in runs):
         cas = next(_value(r, "cas") for r in runs if _value(r, "cas"))
-        notes.append(f"CAS: {cas['classifier']}, {cas['train_n']} training images ({cas['epochs']} epochs), "
-                     f"tested on {cas['test_n']} real test images; 'real' = the same classifier trained on "
-                     "as many real images.")  # fmt: skip
+        notes.append(f"CAS: {cas['classifier']}, {cas['train_n']} generated training images ({cas['epochs']} "
+                     f"epochs), tested on {cas['test_n']} real test images; 'real' = the same classifier trained "
+                     f"on {cas['real_train_n']} real training images.")  # fmt: skip
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     return "\n".join(lines)

@@ -29,9 +29,9 @@ from ganforge.metrics.features import (
 from ganforge.metrics.inception import load_inception
 from ganforge.sample import load, save_grid
 
-METRICS = ("fid", "kid", "is", "pr", "modes", "memorization", "cas")
+METRICS = ("fid", "kid", "is", "pr", "modes", "sharpness", "memorization", "cas")
 register_with_torch_fidelity()  # the domain extractors become torch-fidelity's "ganforge-<name>" too
-DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes")
+DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes", "sharpness")
 
 
 class EvalError(ValueError):
@@ -186,7 +186,8 @@ def evaluate(
             [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
         )
         gen_f, gen_logits, gen_images = generated_features(
-            gen.G, z, ext, gen.device, keep_images="memorization" in metrics, c=gen.labels(n)
+            gen.G, z, ext, gen.device, keep_images=bool({"memorization", "sharpness"} & set(metrics)),
+            c=gen.labels(n),
         )
 
     versions = {
@@ -239,6 +240,11 @@ def evaluate(
             )
             add("class_kl_to_real", m["kl_to_real"])
             add("confident_fraction", m["confident_fraction"], threshold=0.9)
+        elif metric == "sharpness":
+            from ganforge.metrics.sharpness import sharpness_ratio
+
+            add("sharpness_ratio", sharpness_ratio(gen_images, ref_set.images[:n_ref]), ideal=1.0,
+                measure="variance of the Laplacian, generated / real")  # fmt: skip
         elif metric == "cas":
             results.append(_cas(gen, run_data, cas_per_class, seed, protocol))
         elif metric == "memorization":
@@ -293,11 +299,14 @@ def _cas(gen, run_data: dict[str, Any], per_class: int, seed: int, protocol: dic
 
     train_set = _load_ref(run_data["name"], "train", run_data)
     test_set = _load_ref(run_data["name"], "test", run_data)
-    out = classification_accuracy_score(
-        lambda c: gen.sample(len(c), seed=seed + 1, classes=c),
-        train_set.images, train_set.labels, test_set.images, test_set.labels,
-        num_classes=gen.num_classes, per_class=per_class, seed=seed,
-    )  # fmt: skip
+    try:
+        out = classification_accuracy_score(
+            lambda c: gen.sample(len(c), seed=seed + 1, classes=c),
+            train_set.images, train_set.labels, test_set.images, test_set.labels,
+            num_classes=gen.num_classes, per_class=per_class, seed=seed,
+        )  # fmt: skip
+    except ValueError as e:
+        raise EvalError(f"metric 'cas': {e}") from None
     value = out.pop("cas")
     # CAS has its own protocol: its sample count and the test split replace the FID reference
     cas_protocol = {**protocol, "n_generated": out["train_n"],
@@ -367,9 +376,11 @@ def format_table(report: dict[str, Any]) -> str:
             note = f"of {r['n_classes']}"
         if r["metric"] == "is":
             note += f" (max {r['max_value']})"
+        if r["metric"] == "sharpness_ratio":
+            note = "1 = as sharp as the real images; < 1 blurrier, > 1 noisier"
         if r["metric"] == "cas":
-            note = (f"real-data classifier {r['real_accuracy']:.4f}; {r['train_n']} images each, "
-                    f"{r['test_n']} real test images")  # fmt: skip
+            note = (f"real-data classifier {r['real_accuracy']:.4f}; trained on {r['train_n']} generated / "
+                    f"{r['real_train_n']} real images, tested on {r['test_n']} real test images")  # fmt: skip
         lines.append(f"  {r['metric']:<22}{r['value']:>12.5g}  {note}")
     lines.append("")
     lines.append(f"  written: {report['path']}  ({report['seconds']:.1f} s)")

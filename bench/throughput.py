@@ -1,0 +1,161 @@
+"""Training throughput: img/s, GFLOP/s and % of the machine's peak, peak memory, against plain PyTorch.
+
+    python bench/throughput.py                                  # the default grid (about 10 minutes on 2 cores)
+    python bench/throughput.py --models dcgan28 --batches 128 --precisions fp32 bf16
+
+For each (model, batch size, precision) a fresh subprocess times one training iteration (a D update
+and a G update) of ganforge's loop (`d_step` + `g_step`, non-saturating loss) and, in the same
+process, the same nets trained the usual plain-PyTorch way in eager fp32 (pytorch/examples' DCGAN
+loop: G's graph built during the D step, D run on the fakes twice, D's parameter gradients computed
+during the G step). Medians of REPS repetitions; the ratio is ganforge / plain. FLOPs of an iteration
+are counted with torch.utils.flop_counter and set against the measured peak of a 2048^3 matmul in
+the same precision. Peak RSS is the subprocess's. Also: the share of a step spent fetching the batch
+(index slicing of the in-memory uint8 set + conversion). Writes bench/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ganforge.data import to_float
+from ganforge.losses import LOSSES
+from ganforge.models import MODELS, build_models
+from ganforge.train import Precision, d_step, g_step
+
+WIDTH = {"dcgan28": 64, "dcgan28-classic": 32, "dcgan32": 64, "dcgan64": 64, "resnet32": 128}
+
+
+def timed(fn, reps: int, inner: int) -> float:
+    """Median seconds of one call of fn over `reps` repetitions of `inner` calls (after a warm-up)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - start) / inner)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, 5, 3) / 1e9
+
+
+def one(model: str, batch: int, precision: str, reps: int) -> dict:
+    torch.manual_seed(0)
+    res = MODELS[model].resolution
+    channels = 1 if res == 28 else 3
+    dev = torch.device("cpu")
+    images = torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8)
+
+    def nets():
+        G, D = build_models(model, 100, channels, WIDTH[model], WIDTH[model], 0.3)
+        return G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999)), torch.optim.Adam(
+            D.parameters(), 2e-4, betas=(0.5, 0.999))  # fmt: skip
+
+    # ganforge's step
+    amp = Precision(precision, dev)
+    G, D, opt_G, opt_D = nets()
+    G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
+    loss = LOSSES["non-saturating"]
+    gen = torch.Generator().manual_seed(0)
+    state = {"i": 0}
+
+    def batch_of_reals() -> torch.Tensor:
+        state["i"] = (state["i"] + 1) % (len(images) // batch)
+        idx = torch.arange(state["i"] * batch, (state["i"] + 1) * batch)
+        return to_float(images[idx]).contiguous(memory_format=amp.memory_format)
+
+    def ours() -> None:
+        real = batch_of_reals()
+        d_step(G, D, opt_D, loss, real, torch.randn(batch, 100, generator=gen), precision=amp)
+        g_step(G, D, opt_G, loss, torch.randn(batch, 100, generator=gen), precision=amp)
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        ours()
+    flops = counter.get_total_flops()
+    t_ours = timed(ours, reps, 5)
+    t_data = timed(batch_of_reals, reps, 20)
+
+    # plain eager fp32, the same nets
+    G, D, opt_G, opt_D = nets()
+
+    def plain() -> None:
+        real = to_float(images[:batch])
+        fake = G(torch.randn(batch, 100))
+        opt_D.zero_grad()
+        ones, zeros = torch.ones(batch), torch.zeros(batch)
+        loss_d = F.binary_cross_entropy_with_logits(D(real), ones) + F.binary_cross_entropy_with_logits(
+            D(fake.detach()), zeros)  # fmt: skip
+        loss_d.backward()
+        opt_D.step()
+        opt_G.zero_grad()
+        F.binary_cross_entropy_with_logits(D(fake), ones).backward()
+        opt_G.step()
+
+    t_plain = timed(plain, reps, 5)
+    return {
+        "model": model, "resolution": res, "batch": batch, "precision": precision,
+        "img_per_s": batch / t_ours, "plain_fp32_img_per_s": batch / t_plain, "ratio_vs_plain": t_plain / t_ours,
+        "gflop_per_iter": flops / 1e9, "gflop_per_s": flops / t_ours / 1e9, "data_share": t_data / t_ours,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["dcgan28", "dcgan28-classic", "dcgan32", "dcgan64"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[64, 128, 256])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default="bench/results/throughput.json")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, in a subprocess
+    args = parser.parse_args()
+    if args.one:
+        model, batch, precision = args.one.split(",")
+        print(json.dumps(one(model, int(batch), precision, args.reps)))
+        return
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    rows = []
+    for model in args.models:
+        for batch in args.batches:
+            for precision in args.precisions:
+                out = subprocess.run([sys.executable, __file__, "--one", f"{model},{batch},{precision}", "--reps",
+                                      str(args.reps)], capture_output=True, text=True, check=True)  # fmt: skip
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["pct_of_matmul_peak"] = 100 * row["gflop_per_s"] / peaks[precision]
+                rows.append(row)
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    header = (f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}; matmul peak fp32 {peaks['fp32']:.0f}, "
+              f"bf16 {peaks['bf16']:.0f} GFLOP/s (2048^3)")  # fmt: skip
+    lines = ["| model | batch | precision | img/s | plain eager fp32 img/s | ratio | GFLOP/s | % of matmul peak "
+             "| data share | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['model']} ({r['resolution']}²) | {r['batch']} | {r['precision']} | {r['img_per_s']:.0f} "
+                     f"| {r['plain_fp32_img_per_s']:.0f} | {r['ratio_vs_plain']:.2f}× | {r['gflop_per_s']:.0f} "
+                     f"| {r['pct_of_matmul_peak']:.0f} % | {100 * r['data_share']:.1f} % | {r['peak_rss_mb']:.0f} MB |")  # fmt: skip
+    print(f"\n{header}\n\n" + "\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"header": header, "peaks": peaks, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

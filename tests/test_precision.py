@@ -1,0 +1,52 @@
+"""train.precision: bf16 autocast on CPU trains, resumes exactly, and keeps weights in fp32."""
+
+import pytest
+import torch
+
+from ganforge.checkpoint import load_checkpoint
+from ganforge.config import ConfigError, build_config
+from ganforge.train import Precision, cpu_has_fast_bf16, d_step, resolve_precision, train
+
+from .conftest import tiny
+from .test_train import _assert_same_state
+
+
+def test_precision_is_resolved_for_the_device():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    with pytest.raises(ConfigError, match="fp16 autocast is for GPUs; on a CPU use bf16"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="'fp8' is not a valid choice"):
+        build_config(overrides={"train": {"precision": "fp8"}})
+
+
+def test_bf16_step_computes_in_bf16_and_keeps_fp32_weights():
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    amp = Precision("bf16", torch.device("cpu"))
+    G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
+    seen = []
+    D.features[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    opt = torch.optim.Adam(D.parameters())
+    real = (torch.rand(4, 1, 28, 28) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    d_loss, real_logits, _ = d_step(G, D, opt, LOSSES["non-saturating"], real, torch.randn(4, 8), precision=amp)
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)  # the convolutions ran in bf16
+    assert d_loss.dtype == real_logits.dtype == torch.float32  # the loss in fp32
+    assert all(p.dtype == torch.float32 for p in D.parameters())  # the weights stay fp32
+    assert torch.isfinite(d_loss)
+
+
+def test_bf16_run_resumes_exactly(tmp_path, isolated_env):
+    straight = tiny(tmp_path / "a", steps=8, precision="bf16")
+    run_a = train(build_config(overrides=straight), progress=False)
+    half = tiny(tmp_path / "b", steps=4, precision="bf16")
+    run_b = train(build_config(overrides=half), progress=False)
+    train(resume=run_b, overrides={"train": {"steps": 8}}, progress=False)
+    a = load_checkpoint(run_a / "checkpoints" / "final.pt")
+    b = load_checkpoint(run_b / "checkpoints" / "final.pt")
+    _assert_same_state(a, b)
+    assert a["config"]["train"]["precision"] == "bf16"
