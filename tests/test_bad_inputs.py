@@ -200,7 +200,18 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
     ("unmakeable-resolution", lambda t: [*DRY, "--model", "dcgan28", "--resolution", "64"], 2,
      "dcgan28 makes 28x28 images, not 64"),
     ("override-without-value", lambda t: [*DRY, "--set", "train.batch_size"], 2, "expected KEY=VALUE"),
+    ("points-with-image-model", lambda t: [*DRY, "--data", "grid25", "--model", "dcgan32"], 2,
+     "holds 2D points, not images"),
+    ("images-with-point-model", lambda t: [*DRY, "--data", "mnist-5k", "--model", "mlp"], 2, "is for 2D point data"),
+    ("conditional-with-pack", lambda t: [*DRY, "--set", "model.conditional=true", "model.pack=2"], 2,
+     "does not combine with model.conditional"),
+    ("misspelt-choice", lambda t: [*DRY, "--set", "monitor.on_collapse=rollbak"], 2, "Did you mean 'rollback'"),
+    ("diffaugment-on-points", lambda t: [*DRY, "--data", "grid25", "--set", "reg.diffaugment=translation"], 2,
+     "does not apply to 2D point data"),
     ("vae-with-adversarial-loss", lambda t: [*DRY, "--model", "vae28"], 2, "set loss.name=elbo"),
+    ("runs-dir-not-writable", lambda t: (t / "afile").write_text("x") and
+     ["train", "--data", "mnist-5k", "--steps", "1", "--no-progress", "--runs-dir", str(t / "afile" / "runs")], 1,
+     "cannot create the run folder"),
     ("cuda-without-gpu", lambda t: [*DRY, "--device", "cuda", "--data", "mnist-5k"], 2, "no CUDA GPU is visible"),
     # --- runs and checkpoints -----------------------------------------------------------------
     ("sample-no-checkpoint", lambda t: (t / "r").mkdir() or ["sample", str(t / "r")], 1, "holds no checkpoint"),
@@ -315,3 +326,19 @@ def test_images_of_any_mode_and_size_load_or_are_skipped_with_a_reason(tmp_path,
         assert min(w, h) >= 8
         assert ds.images.shape[1:] == ((channels or ds.images.shape[1]), 16, 16)
         assert ds.images.dtype.is_floating_point is False
+
+
+def test_read_only_runs_folder(tmp_path, isolated_env, monkeypatch, capsys):
+    # root ignores permission bits: simulate the refusal where the run folder is first written
+    real_write = Path.write_bytes
+
+    def refuse(self, data):
+        if self.name == ".write-test":
+            raise PermissionError(13, "Permission denied")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    argv = ["train", "--data", "mnist-5k", "--steps", "1", "--no-progress", "--runs-dir", str(tmp_path / "ro")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "cannot create the run folder" in err and "Permission denied" in err and "--runs-dir" in err

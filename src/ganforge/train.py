@@ -27,6 +27,7 @@ import torch.nn as nn
 from ganforge.augment import make_augment
 from ganforge.checkpoint import (
     CheckpointError,
+    WriteError,
     atomic_write_bytes,
     load_checkpoint,
     save_checkpoint,
@@ -352,7 +353,16 @@ def _new_run_dir(cfg: Config) -> Path:
             f"run.name: the run folder '{run_dir}' already holds a run; continue it with "
             f"'ganforge train --resume {run_dir}', or pick another --name."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")  # a read-only folder fails here, before any training time is spent
+        probe.unlink()
+    except OSError as e:
+        raise WriteError(
+            f"cannot create the run folder '{run_dir}': {e.strerror or e}. Choose a writable folder with "
+            "--runs-dir (or run.runs_dir)."
+        ) from None
     return run_dir
 
 
