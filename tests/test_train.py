@@ -205,3 +205,28 @@ def test_critic_losses_log_raw_scores(tmp_path, isolated_env):
     logged = [r for r in rows if "d_loss" in r]
     assert "d_real_score" in logged[0] and "d_real" not in logged[0]
     assert (run / "losses.png").is_file()
+
+
+def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models
+    from ganforge.train import d_step, g_step
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    calls = []
+    G.register_forward_hook(lambda m, i, o: calls.append(1))
+    opt_G, opt_D = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    z, real = torch.randn(4, 8), torch.rand(4, 1, 28, 28) * 2 - 1
+    loss = LOSSES["non-saturating"]
+    fakes = G(z)  # made once, as train.py does with train.reuse_fakes
+    before = [p.detach().clone() for p in D.parameters()]
+    d_step(G, D, opt_D, loss, real, z, fake_img=fakes)
+    assert any(not torch.equal(a, p) for a, p in zip(before, D.parameters()))  # D was updated
+    opt_D.zero_grad(set_to_none=True)
+    g_step(G, D, opt_G, loss, z, fake_img=fakes)
+    assert len(calls) == 1  # the G step reused the D step's fakes
+    assert all(p.grad is None for p in D.parameters())  # D frozen: no gradients computed for it
+    assert all(p.grad is not None for p in G.parameters())
+    g_step(G, D, opt_G, loss, z)  # without fakes it makes its own
+    assert len(calls) == 2

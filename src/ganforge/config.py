@@ -118,6 +118,10 @@ class TrainConfig:
     batch_size: int = 64
     # D updates per G update (WGAN uses 5), each on a fresh real batch.
     n_critic: int = 1
+    # The G step reuses the last D update's fake batch (its latents and G's forward, kept with its
+    # graph; D judges it again after its update), as pytorch/examples' DCGAN does: one G forward per
+    # step instead of two. false: the G step draws fresh latents (one more G forward).
+    reuse_fakes: bool = True
     # Keep an exponential moving average of G's weights with this decay (e.g. 0.999); sampling and
     # evaluation then use G_ema. None: no G_ema.
     ema_beta: Optional[float] = None

@@ -149,12 +149,16 @@ def d_step(
     c_real: Optional[torch.Tensor] = None,
     c_fake: Optional[torch.Tensor] = None,
     precision: Precision = FP32,
+    fake_img: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One D update; `penalty(real_img, fake_img, c_real)` adds a regularizer. c_real/c_fake: class
-    labels for conditional models. Returns (d_loss, real_logits, fake_logits), detached; d_loss
-    excludes the penalty."""
-    with torch.no_grad(), precision.autocast():
-        fake_img = G(z, c_fake).float()  # [N, C, H, W]; no graph: G is not updated in this phase
+    labels for conditional models. `fake_img`: G(z, c_fake) made by the caller (to reuse in the G
+    step), else made here without a graph. Returns (d_loss, real_logits, fake_logits), detached;
+    d_loss excludes the penalty."""
+    if fake_img is None:
+        with torch.no_grad(), precision.autocast():
+            fake_img = G(z, c_fake)  # no graph: G is not updated in this phase
+    fake_img = fake_img.detach().float()  # [N, C, H, W]
     if augment is not None:  # DiffAugment: D only ever sees augmented images
         real_img, fake_img = augment(real_img), augment(fake_img)
     with precision.autocast():
@@ -176,11 +180,15 @@ def g_step(
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     c: Optional[torch.Tensor] = None,
     precision: Precision = FP32,
+    fake_img: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """One G update through a fresh D forward, with D's parameters frozen. Returns g_loss."""
+    """One G update through a fresh D forward (D already updated), with D's parameters frozen, so no
+    gradient is computed for them. `fake_img`: the D step's G(z, c) with its graph, reused (one G
+    forward per step); else G(z, c) is made here. Returns g_loss."""
     D.requires_grad_(False)
     with precision.autocast():
-        fake_img = G(z, c)
+        if fake_img is None:
+            fake_img = G(z, c)
         fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
     g_loss = loss.g_loss(fake_logits)
     opt_G.zero_grad(set_to_none=True)
@@ -760,18 +768,27 @@ def train(
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                     d_norm = grad_norm(D) if log_now or check_now else None
                 else:
+                    fakes = None  # the last D update's fakes, with G's graph, when the G step reuses them
                     for k in range(t.n_critic):
                         b = step * t.n_critic + k  # global index of this real batch (and of this D update)
                         real_img, c_real = real_batch(b)
                         z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
                         c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                        if t.reuse_fakes and k == t.n_critic - 1:
+                            with precision.autocast():
+                                fakes = G(z_d, c_fake)
                         d_loss, real_logits, fake_logits = d_step(
-                            G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake, precision
-                        )
+                            G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake, precision,
+                            fake_img=fakes,
+                        )  # fmt: skip
                     d_norm = grad_norm(D) if log_now or check_now else None
-                    z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                    c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
-                    g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g, precision)
+                    if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
+                        g_loss = g_step(G, D, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
+                    else:
+                        z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                        c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                        g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g, precision)
+                    del fakes
                     stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
                              fake_key: d_output(fake_logits).mean()}  # fmt: skip
                 if G_ema is not None:
