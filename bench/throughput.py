@@ -40,15 +40,23 @@ WIDTH = {"dcgan28": 64, "dcgan28-classic": 32, "dcgan32": 64, "dcgan64": 64, "re
 
 def timed(fn, reps: int, inner: int) -> float:
     """Median seconds of one call of fn over `reps` repetitions of `inner` calls (after a warm-up)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(inner):
+    return interleaved([fn], reps, inner)[0]
+
+
+def interleaved(fns: list, reps: int, inner: int) -> list[float]:
+    """Median seconds per call of each of `fns`, timed in alternation (ABAB...), so that drifts of the
+    machine (clock, cache, other load) hit all alike."""
+    for fn in fns:
+        for _ in range(2):
             fn()
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            out.append((time.perf_counter() - start) / inner)
+    return [statistics.median(t) for t in times]
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
@@ -97,26 +105,25 @@ def one(model: str, batch: int, precision: str, reps: int) -> dict:
     with FlopCounterMode(display=False) as counter:
         ours()
     flops = counter.get_total_flops()
-    t_ours = timed(ours, reps, 5)
     t_data = timed(batch_of_reals, reps, 20)
 
-    # plain eager fp32, the same nets
-    G, D, opt_G, opt_D = nets()
+    # plain eager fp32, the same nets (their own copies), timed in alternation with ours
+    G2, D2, opt_G2, opt_D2 = nets()
 
     def plain() -> None:
         real = to_float(images[:batch])
-        fake = G(torch.randn(batch, 100))
-        opt_D.zero_grad()
+        fake = G2(torch.randn(batch, 100))
+        opt_D2.zero_grad()
         ones, zeros = torch.ones(batch), torch.zeros(batch)
-        loss_d = F.binary_cross_entropy_with_logits(D(real), ones) + F.binary_cross_entropy_with_logits(
-            D(fake.detach()), zeros)  # fmt: skip
+        loss_d = F.binary_cross_entropy_with_logits(D2(real), ones) + F.binary_cross_entropy_with_logits(
+            D2(fake.detach()), zeros)  # fmt: skip
         loss_d.backward()
-        opt_D.step()
-        opt_G.zero_grad()
-        F.binary_cross_entropy_with_logits(D(fake), ones).backward()
-        opt_G.step()
+        opt_D2.step()
+        opt_G2.zero_grad()
+        F.binary_cross_entropy_with_logits(D2(fake), ones).backward()
+        opt_G2.step()
 
-    t_plain = timed(plain, reps, 5)
+    t_ours, t_plain = interleaved([ours, plain], reps, 5)
     return {
         "model": model, "resolution": res, "batch": batch, "precision": precision,
         "img_per_s": batch / t_ours, "plain_fp32_img_per_s": batch / t_plain, "ratio_vs_plain": t_plain / t_ours,

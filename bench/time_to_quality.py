@@ -78,7 +78,8 @@ def main() -> None:
         snaps = sorted((run / "checkpoints").glob("step_*.pt"))
         extractor = load_domain_extractor("mnist")
         real = load_dataset("mnist", split="test", download=False).images[:1000]
-        real_features = extract(extractor, real)[0]
+        real_features, real_logits = extract(extractor, real)
+        real_confident = float((torch.softmax(real_logits, dim=1).max(dim=1).values >= 0.9).double().mean())
         rows = []
         for snap in snaps:
             row = {"step": int(snap.stem.split("_")[1]), "seconds": snap.stat().st_mtime - start,
@@ -88,7 +89,8 @@ def main() -> None:
     first = next((r for r in rows if r["good"]), None)
     machine = platform.processor() or platform.machine()
     header = (f"{date.today()}, {machine}, {os.cpu_count()} CPUs, torch {torch.__version__}, preset {args.preset}"
-              f"{' ' + ' '.join(args.set) if args.set else ''}; whole run {total:.0f} s")  # fmt: skip
+              f"{' ' + ' '.join(args.set) if args.set else ''}; whole run {total:.0f} s; the same classifier "
+              f"is confident on {real_confident:.1%} of 1,000 real test digits")  # fmt: skip
     lines = ["| step | wall time from start | confident | smallest class share | classes | FID (1k vs 1k) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
@@ -101,7 +103,8 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"ttq_{args.preset}.json").write_text(json.dumps({"header": header, "rows": rows, "verdict": verdict,
-                                                             "command": cmd}, indent=1))  # fmt: skip
+                                                             "real_confident": real_confident, "command": cmd},
+                                                            indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The GAN training loop (seed section 3.2, done right): alternate a D step and a G step.
 
-D step: D sees a real batch and a fake batch; the fakes are made without a graph (G is not being
-updated), and the loss is computed on raw logits. G step: fresh latents, a fresh D forward on the
-new fakes, D's parameters frozen so no gradient is computed for them. Read top to bottom; this
-module owns every side effect of a run (files, console, signals).
+D step: D sees a real batch and a fake batch (detached: no gradient flows into G), and the loss is
+computed on raw logits. G step: the same fakes, kept with G's graph (train.reuse_fakes; else fresh
+latents and a new G forward), judged by a fresh forward of the updated D, D's parameters frozen so
+no gradient is computed for them. The VAE baseline's step (vae_step) takes the place of both for
+model family "vae". Read top to bottom; this module owns every side effect of a run (files, console,
+signals).
 """
 
 from __future__ import annotations
