@@ -67,7 +67,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def one(model: str, batch: int, precision: str, reps: int) -> dict:
+def one(model: str, batch: int, precision: str, reps: int, compiled: bool = False) -> dict:
     torch.manual_seed(0)
     res = MODELS[model].resolution
     channels = 1 if res == 28 else 3
@@ -102,9 +102,15 @@ def one(model: str, batch: int, precision: str, reps: int) -> dict:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:  # counted on the eager modules
         ours()
     flops = counter.get_total_flops()
+    if compiled:  # as train.compile does: the steps call compiled modules that share the parameters
+        G, D = torch.compile(G), torch.compile(D)
+    start = time.perf_counter()
+    ours()  # the first iterations: they include torch.compile's compile time when compiled
+    ours()
+    first = time.perf_counter() - start
     t_data = timed(batch_of_reals, reps, 20)
 
     # plain eager fp32, the same nets (their own copies), timed in alternation with ours
@@ -125,7 +131,8 @@ def one(model: str, batch: int, precision: str, reps: int) -> dict:
 
     t_ours, t_plain = interleaved([ours, plain], reps, 5)
     return {
-        "model": model, "resolution": res, "batch": batch, "precision": precision,
+        "model": model, "resolution": res, "batch": batch, "precision": precision, "compiled": compiled,
+        "first_iterations_s": first,
         "img_per_s": batch / t_ours, "plain_fp32_img_per_s": batch / t_plain, "ratio_vs_plain": t_plain / t_ours,
         "gflop_per_iter": flops / 1e9, "gflop_per_s": flops / t_ours / 1e9, "data_share": t_data / t_ours,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -138,31 +145,36 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time ganforge's step with torch.compile")
     parser.add_argument("--out", default="bench/results/throughput.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, in a subprocess
     args = parser.parse_args()
     if args.one:
-        model, batch, precision = args.one.split(",")
-        print(json.dumps(one(model, int(batch), precision, args.reps)))
+        model, batch, precision, compiled = args.one.split(",")
+        print(json.dumps(one(model, int(batch), precision, args.reps, compiled == "1")))
         return
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     rows = []
     for model in args.models:
         for batch in args.batches:
             for precision in args.precisions:
-                out = subprocess.run([sys.executable, __file__, "--one", f"{model},{batch},{precision}", "--reps",
-                                      str(args.reps)], capture_output=True, text=True, check=True)  # fmt: skip
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                row["pct_of_matmul_peak"] = 100 * row["gflop_per_s"] / peaks[precision]
-                rows.append(row)
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                for compiled in (False, True) if args.compile else (False,):
+                    spec = f"{model},{batch},{precision},{int(compiled)}"
+                    out = subprocess.run([sys.executable, __file__, "--one", spec, "--reps", str(args.reps)],
+                                         capture_output=True, text=True, check=True)  # fmt: skip
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    row["pct_of_matmul_peak"] = 100 * row["gflop_per_s"] / peaks[precision]
+                    rows.append(row)
+                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                          flush=True)  # fmt: skip
     header = (f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}; matmul peak fp32 {peaks['fp32']:.0f}, "
               f"bf16 {peaks['bf16']:.0f} GFLOP/s (2048^3)")  # fmt: skip
     lines = ["| model | batch | precision | img/s | plain eager fp32 img/s | ratio | GFLOP/s | % of matmul peak "
              "| data share | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['model']} ({r['resolution']}²) | {r['batch']} | {r['precision']} | {r['img_per_s']:.0f} "
+        mode = r["precision"] + (f" + compile (first steps {r['first_iterations_s']:.0f} s)" if r["compiled"] else "")
+        lines.append(f"| {r['model']} ({r['resolution']}²) | {r['batch']} | {mode} | {r['img_per_s']:.0f} "
                      f"| {r['plain_fp32_img_per_s']:.0f} | {r['ratio_vs_plain']:.2f}× | {r['gflop_per_s']:.0f} "
                      f"| {r['pct_of_matmul_peak']:.0f} % | {100 * r['data_share']:.1f} % | {r['peak_rss_mb']:.0f} MB |")  # fmt: skip
     print(f"\n{header}\n\n" + "\n".join(lines))

@@ -50,3 +50,12 @@ def test_bf16_run_resumes_exactly(tmp_path, isolated_env):
     b = load_checkpoint(run_b / "checkpoints" / "final.pt")
     _assert_same_state(a, b)
     assert a["config"]["train"]["precision"] == "bf16"
+
+
+def test_compiled_training_writes_plain_checkpoints(tmp_path, isolated_env):
+    import ganforge
+
+    run = train(build_config(overrides=tiny(tmp_path, steps=2, compile=True)), progress=False)
+    ckpt = load_checkpoint(run / "checkpoints" / "final.pt")
+    assert not any("_orig_mod" in key for key in [*ckpt["G"], *ckpt["D"]])  # the modules' own names
+    assert ganforge.load(run).sample(2, seed=0).shape == (2, 1, 28, 28)

@@ -68,6 +68,8 @@ def _train_parser(sub: Any) -> None:
         help="forward-pass arithmetic: fp32 (default), bf16 autocast (CPUs with AVX512-BF16/AMX, recent "
         "GPUs), fp16 with loss scaling (GPUs), auto (the fastest the hardware has)",
     )
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile G and D for training (compile time at start; see docs/benchmarks.md)")
     p.add_argument(
         "--eval-every",
         type=int,
@@ -123,6 +125,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("train", "eval_every", args.eval_every)
     put("train", "device", args.device)
     put("train", "precision", args.precision)
+    put("train", "compile", args.compile)
     put("run", "name", args.name)
     put("run", "runs_dir", args.runs_dir)
     return values

@@ -142,6 +142,10 @@ class TrainConfig:
     # loss scaling (CUDA only); auto = bf16 where the hardware has it, else fp16 on older GPUs, else
     # fp32. Below fp32 the models and batches also use the channels_last memory layout.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    # torch.compile G and D for the training steps (checkpoints, sampling and evaluation use the plain
+    # modules). Costs compile time at start (and when a mode changes); see docs/benchmarks.md for when
+    # it pays.
+    compile: bool = False
     # Write a metrics.jsonl line every this many steps.
     log_every: int = 50
     # Write a fixed-noise sample grid every this many steps (None: at the end of every epoch).

@@ -462,6 +462,7 @@ def train(
                     "eval_every",
                     "device",
                     "precision",
+                    "compile",
                     "time_limit",
                 }
             }
@@ -470,8 +471,8 @@ def train(
                 if bad:
                     raise ConfigError(
                         f"cannot change {', '.join(f'{section}.{k}' for k in sorted(bad))} when resuming; "
-                        "only train.steps, train.epochs, train.time_limit, the cadences, train.device and "
-                        "train.precision may change."
+                        "only train.steps, train.epochs, train.time_limit, the cadences, train.device, "
+                        "train.precision and train.compile may change."
                     )
             cfg = from_dict(
                 {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}}
@@ -510,6 +511,8 @@ def train(
     G = G.to(device, memory_format=precision.memory_format)
     D = D.to(device, memory_format=precision.memory_format)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
+    # the modules the training steps call: compiled (sharing G's and D's parameters) with train.compile
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
     opt_G = torch.optim.Adam(
         G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
     )
@@ -766,7 +769,7 @@ def train(
                 if vae:  # encoder in D's place, decoder in G's
                     real_img, c_real = real_batch(step)
                     eps = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                    stats = vae_step(G, D, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
+                    stats = vae_step(G_run, D_run, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                     d_norm = grad_norm(D) if log_now or check_now else None
                 else:
@@ -778,18 +781,18 @@ def train(
                         c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
                         if t.reuse_fakes and k == t.n_critic - 1:
                             with precision.autocast():
-                                fakes = G(z_d, c_fake)
+                                fakes = G_run(z_d, c_fake)
                         d_loss, real_logits, fake_logits = d_step(
-                            G, D, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake, precision,
+                            G_run, D_run, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake, precision,
                             fake_img=fakes,
                         )  # fmt: skip
                     d_norm = grad_norm(D) if log_now or check_now else None
                     if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
-                        g_loss = g_step(G, D, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
+                        g_loss = g_step(G_run, D_run, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
                     else:
                         z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
                         c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
-                        g_loss = g_step(G, D, opt_G, loss, z_g, augment, c_g, precision)
+                        g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision)
                     del fakes
                     stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
                              fake_key: d_output(fake_logits).mean()}  # fmt: skip
