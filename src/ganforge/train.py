@@ -712,11 +712,12 @@ def train(
     )
     if step == 0:
         write_grid()
-        log({"event": "start", "step": 0, "dataset": ds.name, "n_images": n, "device": str(device)})
+        log({"event": "start", "step": 0, "dataset": ds.name, "n_images": n, "device": str(device),
+             "precision": precision.name})
         if monitor is not None:
             save_checkpoint(healthy_path, state())  # the initial state is the first rollback target
     else:
-        log({"event": "resume", "step": step, "nimg": nimg})
+        log({"event": "resume", "step": step, "nimg": nimg, "device": str(device), "precision": precision.name})
 
     stop = StopFlag()
     stop.install()
