@@ -1,0 +1,190 @@
+"""ganforge's seed-mnist step vs the TensorFlow/Keras DCGAN tutorial's own train_step, on this CPU.
+
+    python bench/vs_keras.py                     # installs tensorflow-cpu into a venv on first use
+    python bench/vs_keras.py --venv /path/to/venv --batch 256 --blocks 5
+
+The peer is the tutorial's code (seed section 4.1): its make_generator_model /
+make_discriminator_model and its `@tf.function train_step` (one G forward, D on real and fake, both
+tapes' gradients, two Adam 1e-4 updates). TensorFlow lives in its own virtual environment
+(default ~/.cache/ganforge/tf-venv, created and filled with tensorflow-cpu on first use; skipped
+with a message when that fails, e.g. offline). ganforge's side is `--preset seed-mnist`'s nets
+(dcgan28, widths 64) and train.py's step functions at the given precision. Both run in separate
+processes with the same number of threads, the same batch size and random data, alternating in
+blocks (TF, ganforge, TF, ...) so that drifts of the machine hit both; medians over blocks.
+Writes bench/results/vs_keras.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+TF_WORKER = r'''
+import json, sys, time
+import tensorflow as tf
+batch, iters, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+tf.config.threading.set_intra_op_parallelism_threads(threads)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from tensorflow.keras import layers
+
+def make_generator_model():  # the tutorial's, verbatim in structure
+    model = tf.keras.Sequential()
+    model.add(layers.Dense(7 * 7 * 256, use_bias=False, input_shape=(100,)))
+    model.add(layers.BatchNormalization())
+    model.add(layers.LeakyReLU())
+    model.add(layers.Reshape((7, 7, 256)))
+    model.add(layers.Conv2DTranspose(128, (5, 5), strides=(1, 1), padding="same", use_bias=False))
+    model.add(layers.BatchNormalization())
+    model.add(layers.LeakyReLU())
+    model.add(layers.Conv2DTranspose(64, (5, 5), strides=(2, 2), padding="same", use_bias=False))
+    model.add(layers.BatchNormalization())
+    model.add(layers.LeakyReLU())
+    model.add(layers.Conv2DTranspose(1, (5, 5), strides=(2, 2), padding="same", use_bias=False, activation="tanh"))
+    return model
+
+def make_discriminator_model():
+    model = tf.keras.Sequential()
+    model.add(layers.Conv2D(64, (5, 5), strides=(2, 2), padding="same", input_shape=[28, 28, 1]))
+    model.add(layers.LeakyReLU())
+    model.add(layers.Dropout(0.3))
+    model.add(layers.Conv2D(128, (5, 5), strides=(2, 2), padding="same"))
+    model.add(layers.LeakyReLU())
+    model.add(layers.Dropout(0.3))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(1))
+    return model
+
+generator, discriminator = make_generator_model(), make_discriminator_model()
+cross_entropy = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+generator_optimizer = tf.keras.optimizers.Adam(1e-4)
+discriminator_optimizer = tf.keras.optimizers.Adam(1e-4)
+
+@tf.function
+def train_step(images):
+    noise = tf.random.normal([batch, 100])
+    with tf.GradientTape() as gen_tape, tf.GradientTape() as disc_tape:
+        generated_images = generator(noise, training=True)
+        real_output = discriminator(images, training=True)
+        fake_output = discriminator(generated_images, training=True)
+        gen_loss = cross_entropy(tf.ones_like(fake_output), fake_output)
+        disc_loss = cross_entropy(tf.ones_like(real_output), real_output) + cross_entropy(tf.zeros_like(fake_output), fake_output)
+    gradients_of_generator = gen_tape.gradient(gen_loss, generator.trainable_variables)
+    gradients_of_discriminator = disc_tape.gradient(disc_loss, discriminator.trainable_variables)
+    generator_optimizer.apply_gradients(zip(gradients_of_generator, generator.trainable_variables))
+    discriminator_optimizer.apply_gradients(zip(gradients_of_discriminator, discriminator.trainable_variables))
+
+images = tf.random.uniform([batch, 28, 28, 1], -1.0, 1.0)
+for _ in range(3):
+    train_step(images)  # trace + warm up
+start = time.perf_counter()
+for _ in range(iters):
+    train_step(images)
+float(generator.trainable_variables[0][0, 0])  # wait for the last step
+print(json.dumps({"img_per_s": batch * iters / (time.perf_counter() - start), "tf": tf.__version__}))
+'''
+
+
+def ganforge_worker(batch: int, iters: int, threads: int, precision: str) -> dict:
+    import time
+
+    import torch
+
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models
+    from ganforge.train import Precision, d_step, g_step
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28", 100, 1, 64, 64, 0.3)  # --preset seed-mnist's nets
+    amp = Precision(precision, torch.device("cpu"))
+    G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
+    opt_G = torch.optim.Adam(G.parameters(), 1e-4)  # the seed's (Keras default) Adam
+    opt_D = torch.optim.Adam(D.parameters(), 1e-4)
+    loss = LOSSES["non-saturating"]
+    real = (torch.rand(batch, 1, 28, 28) * 2 - 1).contiguous(memory_format=amp.memory_format)
+
+    def step() -> None:
+        z = torch.randn(batch, 100)
+        with amp.autocast():
+            fakes = G(z)
+        d_step(G, D, opt_D, loss, real, z, precision=amp, fake_img=fakes)
+        g_step(G, D, opt_G, loss, z, precision=amp, fake_img=fakes)
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return {"img_per_s": batch * iters / (time.perf_counter() - start), "torch": torch.__version__}
+
+
+def ensure_tf(venv: Path) -> Path | None:
+    python = venv / "bin" / "python"
+    if python.is_file() and subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True).returncode == 0:
+        return python
+    print(f"vs_keras: installing tensorflow-cpu into {venv} (once) ...", file=sys.stderr)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "tensorflow-cpu"], check=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"vs_keras: skipped: TensorFlow could not be installed ({e}).", file=sys.stderr)
+        return None
+    return python
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--venv", default=str(Path.home() / ".cache" / "ganforge" / "tf-venv"))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=20, help="timed steps per block")
+    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per side")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--out", default="bench/results/vs_keras.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: PRECISION for a ganforge block
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(ganforge_worker(args.batch, args.iters, args.threads, args.worker)))
+        return
+    python = ensure_tf(Path(args.venv))
+    if python is None:
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    runs: dict[str, list[float]] = {"keras": [], **{p: [] for p in args.precisions}}
+    versions = {}
+    for _ in range(args.blocks):
+        out = subprocess.run([str(python), "-c", TF_WORKER, str(args.batch), str(args.iters), str(args.threads)],
+                             capture_output=True, text=True, env=env, check=True)  # fmt: skip
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        runs["keras"].append(row["img_per_s"])
+        versions["tensorflow"] = row["tf"]
+        for precision in args.precisions:
+            out = subprocess.run([sys.executable, __file__, "--worker", precision, "--batch", str(args.batch),
+                                  "--iters", str(args.iters), "--threads", str(args.threads)],
+                                 capture_output=True, text=True, env=env, check=True)  # fmt: skip
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[precision].append(row["img_per_s"])
+            versions["torch"] = row["torch"]
+        print(json.dumps({k: round(v[-1], 1) for k, v in runs.items()}), flush=True)
+    keras = statistics.median(runs["keras"])
+    header = (f"{date.today()}, {platform.processor() or platform.machine()}, {args.threads} threads, batch {args.batch}, "
+              f"TensorFlow {versions['tensorflow']}, torch {versions['torch']}; medians of {args.blocks} "
+              f"alternating blocks of {args.iters} steps")  # fmt: skip
+    lines = ["| step | img/s | vs Keras |", "|---|---|---|", f"| Keras tutorial `train_step` (tf.function, fp32) | {keras:.0f} | 1.00× |"]
+    for precision in args.precisions:
+        ours = statistics.median(runs[precision])
+        lines.append(f"| ganforge seed-mnist step, {precision} | {ours:.0f} | {ours / keras:.2f}× |")
+    print(f"\n{header}\n\n" + "\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"header": header, "runs": runs, "table": lines}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
