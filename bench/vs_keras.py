@@ -91,14 +91,14 @@ print(json.dumps({"img_per_s": batch * iters / (time.perf_counter() - start), "t
 '''
 
 
-def ganforge_worker(batch: int, iters: int, threads: int, precision: str) -> dict:
+def ganforge_worker(batch: int, iters: int, threads: int, precision: str, update: str) -> dict:
     import time
 
     import torch
 
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import Precision, d_step, g_step
+    from ganforge.train import Precision, d_step, g_step, simultaneous_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -112,6 +112,9 @@ def ganforge_worker(batch: int, iters: int, threads: int, precision: str) -> dic
 
     def step() -> None:
         z = torch.randn(batch, 100)
+        if update == "simultaneous":
+            simultaneous_step(G, D, opt_G, opt_D, loss, real, z, precision=amp)
+            return
         with amp.autocast():
             fakes = G(z)
         d_step(G, D, opt_D, loss, real, z, precision=amp, fake_img=fakes)
@@ -147,17 +150,21 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per side")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--updates", nargs="+", default=["alternating", "simultaneous"],
+                        help="ganforge's train.update values to time")
     parser.add_argument("--out", default="bench/results/vs_keras.json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: PRECISION for a ganforge block
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: PRECISION,UPDATE for a ganforge block
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(ganforge_worker(args.batch, args.iters, args.threads, args.worker)))
+        precision, update = args.worker.split(",")
+        print(json.dumps(ganforge_worker(args.batch, args.iters, args.threads, precision, update)))
         return
     python = ensure_tf(Path(args.venv))
     if python is None:
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    runs: dict[str, list[float]] = {"keras": [], **{p: [] for p in args.precisions}}
+    sides = [f"{p},{u}" for p in args.precisions for u in args.updates]
+    runs: dict[str, list[float]] = {"keras": [], **{s: [] for s in sides}}
     versions = {}
     for _ in range(args.blocks):
         out = subprocess.run([str(python), "-c", TF_WORKER, str(args.batch), str(args.iters), str(args.threads)],
@@ -165,12 +172,12 @@ def main() -> None:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         runs["keras"].append(row["img_per_s"])
         versions["tensorflow"] = row["tf"]
-        for precision in args.precisions:
-            out = subprocess.run([sys.executable, __file__, "--worker", precision, "--batch", str(args.batch),
+        for side in sides:
+            out = subprocess.run([sys.executable, __file__, "--worker", side, "--batch", str(args.batch),
                                   "--iters", str(args.iters), "--threads", str(args.threads)],
                                  capture_output=True, text=True, env=env, check=True)  # fmt: skip
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            runs[precision].append(row["img_per_s"])
+            runs[side].append(row["img_per_s"])
             versions["torch"] = row["torch"]
         print(json.dumps({k: round(v[-1], 1) for k, v in runs.items()}), flush=True)
     keras = statistics.median(runs["keras"])
@@ -178,9 +185,10 @@ def main() -> None:
               f"TensorFlow {versions['tensorflow']}, torch {versions['torch']}; medians of {args.blocks} "
               f"alternating blocks of {args.iters} steps")  # fmt: skip
     lines = ["| step | img/s | vs Keras |", "|---|---|---|", f"| Keras tutorial `train_step` (tf.function, fp32) | {keras:.0f} | 1.00× |"]
-    for precision in args.precisions:
-        ours = statistics.median(runs[precision])
-        lines.append(f"| ganforge seed-mnist step, {precision} | {ours:.0f} | {ours / keras:.2f}× |")
+    for side in sides:
+        ours = statistics.median(runs[side])
+        precision, update = side.split(",")
+        lines.append(f"| ganforge seed-mnist step, {precision}, {update} update | {ours:.0f} | {ours / keras:.2f}× |")
     print(f"\n{header}\n\n" + "\n".join(lines))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"header": header, "runs": runs, "table": lines}, indent=1))

@@ -230,3 +230,31 @@ def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
     assert all(p.grad is not None for p in G.parameters())
     g_step(G, D, opt_G, loss, z)  # without fakes it makes its own
     assert len(calls) == 2
+
+
+def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_path, isolated_env):
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models
+    from ganforge.train import simultaneous_step
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    loss = LOSSES["non-saturating"]
+    z, real = torch.randn(4, 8), torch.rand(4, 1, 28, 28) * 2 - 1
+    # reference: both gradients at the same (pre-update) weights, by hand
+    import copy
+
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    fake = G2(z)
+    real_logits, fake_logits = D2(real), D2(fake)
+    d_ref = torch.autograd.grad(loss.d_loss(real_logits, fake_logits), list(D2.parameters()), retain_graph=True)
+    g_ref = torch.autograd.grad(loss.g_loss(fake_logits), list(G2.parameters()))
+    sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731  (lr 0: keep the weights, read .grad)
+    simultaneous_step(G, D, sgd(G), sgd(D), loss, real, z)
+    for p, ref in [*zip(D.parameters(), d_ref), *zip(G.parameters(), g_ref)]:
+        torch.testing.assert_close(p.grad, ref)
+    # and a run with it trains, logs and resumes like the alternating one
+    with pytest.raises(ConfigError, match="set train.n_critic=1"):
+        build_config(overrides=tiny(tmp_path, update="simultaneous", n_critic=2))
+    run = train(build_config(overrides=tiny(tmp_path, update="simultaneous")), progress=False)
+    assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 6

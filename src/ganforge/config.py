@@ -122,6 +122,10 @@ class TrainConfig:
     # graph; D judges it again after its update), as pytorch/examples' DCGAN does: one G forward per
     # step instead of two. false: the G step draws fresh latents (one more G forward).
     reuse_fakes: bool = True
+    # alternating (seed section 3.2): update D, then G against the updated D. simultaneous (the
+    # TensorFlow/Keras DCGAN tutorial's train_step): one D forward on the fakes gives both nets their
+    # gradients, both step at once; one D forward less per step. Needs n_critic=1, not fp16.
+    update: Literal["alternating", "simultaneous"] = "alternating"
     # Keep an exponential moving average of G's weights with this decay (e.g. 0.999); sampling and
     # evaluation then use G_ema. None: no G_ema.
     ema_beta: Optional[float] = None
@@ -451,6 +455,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"optim.{key}: must be in [0, 1), got {value}.")
     positive("train.batch_size", cfg.train.batch_size)
     positive("train.n_critic", cfg.train.n_critic)
+    if cfg.train.update == "simultaneous" and cfg.train.n_critic != 1:
+        raise ConfigError(
+            f"train.update: the simultaneous update makes one D update per G update; set train.n_critic=1 "
+            f"(got {cfg.train.n_critic}) or use train.update=alternating."
+        )
     positive("model.pack", cfg.model.pack)
     if cfg.model.conditional and cfg.model.pack > 1:
         raise ConfigError(

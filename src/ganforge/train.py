@@ -199,6 +199,42 @@ def g_step(
     return g_loss.detach()
 
 
+def simultaneous_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+    loss: LossPair,
+    real_img: torch.Tensor,
+    z: torch.Tensor,
+    penalty: Optional[Callable[..., torch.Tensor]] = None,
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    c_real: Optional[torch.Tensor] = None,
+    c_fake: Optional[torch.Tensor] = None,
+    precision: Precision = FP32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Keras tutorial's update (train.update=simultaneous): one G forward and one D forward on
+    the fakes serve both nets; D's gradients come from its loss, G's from its loss through the same
+    (not yet updated) D; then both step. Returns (d_loss, g_loss, real_logits, fake_logits), detached."""
+    with precision.autocast():
+        fake_img = G(z, c_fake)  # [N, C, H, W], with G's graph
+        real_in, fake_in = (augment(real_img), augment(fake_img)) if augment is not None else (real_img, fake_img)
+        real_logits = D(real_in, c_real).float()
+        fake_logits = D(fake_in, c_fake).float()
+    d_loss, g_loss = loss.d_loss(real_logits, fake_logits), loss.g_loss(fake_logits)
+    total_d = d_loss if penalty is None else d_loss + penalty(real_in, fake_in.detach().float(), c_real)
+    d_params = [p for p in D.parameters() if p.requires_grad]
+    g_params = [p for p in G.parameters() if p.requires_grad]
+    # each loss differentiated only for its own net's parameters (two tapes, as in the tutorial)
+    d_grads = torch.autograd.grad(total_d, d_params, retain_graph=True)
+    g_grads = torch.autograd.grad(g_loss, g_params)
+    for p, g in [*zip(d_params, d_grads), *zip(g_params, g_grads)]:
+        p.grad = g
+    opt_D.step()
+    opt_G.step()
+    return d_loss.detach(), g_loss.detach(), real_logits.detach(), fake_logits.detach()
+
+
 def vae_step(
     decoder: nn.Module,
     encoder: nn.Module,
@@ -508,6 +544,8 @@ def train(
         mbstd=m.mbstd,
     )
     precision = Precision(resolve_precision(t.precision, device), device)
+    if t.update == "simultaneous" and precision.scaler is not None:
+        raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")
     G = G.to(device, memory_format=precision.memory_format)
     D = D.to(device, memory_format=precision.memory_format)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
@@ -773,6 +811,16 @@ def train(
                     stats = vae_step(G_run, D_run, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                     d_norm = grad_norm(D) if log_now or check_now else None
+                elif t.update == "simultaneous":
+                    real_img, c_real = real_batch(step)
+                    z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                    c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                    d_loss, g_loss, real_logits, fake_logits = simultaneous_step(
+                        G_run, D_run, opt_G, opt_D, loss, real_img, z_d, penalty(step), augment, c_real, c_fake,
+                        precision)  # fmt: skip
+                    d_norm = grad_norm(D) if log_now or check_now else None
+                    stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
+                             fake_key: d_output(fake_logits).mean()}  # fmt: skip
                 else:
                     fakes = None  # the last D update's fakes, with G's graph, when the G step reuses them
                     for k in range(t.n_critic):
