@@ -384,32 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         "  ganforge eval RUN --extractor inception --inception-weights weights-inception-2015-12-05-6726825d.pth",
     )
     p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
-    p.add_argument(
-        "--metrics",
-        help="comma-separated from fid,kid,is,pr,modes,sharpness,memorization,cas (default "
-        "fid,kid,is,pr,modes,sharpness); cas = Classification Accuracy Score, for class-conditional generators",
-    )
-    p.add_argument("--cas-per-class", type=int, default=1000, metavar="N",
-                   help="CAS: generated (and real) training images per class (default 1,000)")
-    p.add_argument("--n", type=int, default=10000, help="generated samples (default 10,000)")
-    p.add_argument(
-        "--ref",
-        metavar="DATASET:SPLIT",
-        help="real reference (default: the run's dataset, test split)",
-    )
-    p.add_argument(
-        "--extractor",
-        default="auto",
-        help="auto (the run's domain extractor, else inception), mnist, fashion-mnist, cifar10, inception",
-    )
+    _protocol_args(p, "fid,kid,is,pr,modes,sharpness")
     p.add_argument(
         "--inception-weights",
         metavar="PATH",
         help="TF-FID Inception weights for offline use (or set GANFORGE_INCEPTION_WEIGHTS)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluated latents (default 0)")
     p.add_argument("--out", help="where to write the JSON report (default RUN/eval.json)")
-    p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
 
     p = sub.add_parser(
         "train-classifier",
@@ -452,17 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
         "  ganforge compare runs/a runs/b runs/c --metrics fid,pr,cas --n 5000 --out results/abc",
     )
     p.add_argument("paths", nargs="+", metavar="RUN", help="run folders or checkpoint files (two or more)")
-    p.add_argument("--metrics", help="comma-separated from fid,kid,is,pr,modes,sharpness,memorization,cas "
-                   "(default fid,kid,is,pr,modes,sharpness,cas)")  # fmt: skip
+    _protocol_args(p, "fid,kid,is,pr,modes,sharpness,cas")
+    p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+    return parser
+
+
+def _protocol_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
+    """The evaluation protocol's options, shared by `eval` and `compare`."""
+    p.add_argument(
+        "--metrics",
+        help=f"comma-separated from fid,kid,is,pr,modes,sharpness,memorization,cas (default {default_metrics}); "
+        "cas = Classification Accuracy Score, for class-conditional generators",
+    )
     p.add_argument("--n", type=int, default=10000, help="generated samples per run (default 10,000)")
-    p.add_argument("--ref", metavar="DATASET:SPLIT", help="real reference (default: the runs' dataset, test split)")
-    p.add_argument("--extractor", default="auto", help="as for eval: auto, mnist, fashion-mnist, cifar10, inception")
+    p.add_argument("--ref", metavar="DATASET:SPLIT", help="real reference (default: the run's dataset, test split)")
+    p.add_argument(
+        "--extractor",
+        default="auto",
+        help="auto (the run's domain extractor, else inception), mnist, fashion-mnist, cifar10, inception",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluated latents (default 0)")
     p.add_argument("--cas-per-class", type=int, default=1000, metavar="N",
                    help="CAS: generated (and real) training images per class (default 1,000)")  # fmt: skip
-    p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
-    return parser
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -269,8 +269,12 @@ def vae_step(
 
 def read_log(metrics_path: Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl; a line cut short by a crash (SIGKILL mid-write) is skipped."""
+    return _parse_log(metrics_path.read_text(errors="replace"))
+
+
+def _parse_log(text: str) -> list[dict[str, Any]]:
     records = []
-    for line in metrics_path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -288,7 +292,7 @@ def trim_log(metrics_path: Path, size: Optional[int]) -> int:
     if size is not None and len(raw) > size:
         kept = raw[:size]
     else:  # keep every complete record
-        kept = "".join(json.dumps(r) + "\n" for r in read_log(metrics_path)).encode()
+        kept = "".join(json.dumps(r) + "\n" for r in _parse_log(raw.decode(errors="replace"))).encode()
     if kept == raw:
         return 0
     atomic_write_bytes(metrics_path, kept)
@@ -810,7 +814,6 @@ def train(
                     eps = torch.randn(batch, m.z_dim, generator=noise).to(device)
                     stats = vae_step(G_run, D_run, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
-                    d_norm = grad_norm(D) if log_now or check_now else None
                 elif t.update == "simultaneous":
                     real_img, c_real = real_batch(step)
                     z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
@@ -818,9 +821,6 @@ def train(
                     d_loss, g_loss, real_logits, fake_logits = simultaneous_step(
                         G_run, D_run, opt_G, opt_D, loss, real_img, z_d, penalty(step), augment, c_real, c_fake,
                         precision)  # fmt: skip
-                    d_norm = grad_norm(D) if log_now or check_now else None
-                    stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
-                             fake_key: d_output(fake_logits).mean()}  # fmt: skip
                 else:
                     fakes = None  # the last D update's fakes, with G's graph, when the G step reuses them
                     for k in range(t.n_critic):
@@ -835,7 +835,6 @@ def train(
                             G_run, D_run, opt_D, loss, real_img, z_d, penalty(b), augment, c_real, c_fake, precision,
                             fake_img=fakes,
                         )  # fmt: skip
-                    d_norm = grad_norm(D) if log_now or check_now else None
                     if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
                         g_loss = g_step(G_run, D_run, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
                     else:
@@ -843,6 +842,9 @@ def train(
                         c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
                         g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision)
                     del fakes
+                # D's (or the encoder's) gradients of this step: the G step computes none for D
+                d_norm = grad_norm(D) if log_now or check_now else None
+                if not vae:
                     stats = {"d_loss": d_loss, "g_loss": g_loss, real_key: d_output(real_logits).mean(),
                              fake_key: d_output(fake_logits).mean()}  # fmt: skip
                 if G_ema is not None:

@@ -176,11 +176,12 @@ def evaluate(
     ref_set = _load_ref(ref_dataset, ref_split, run_data)
     n_ref = min(n, len(ref_set))
     key = _stats_key(ref_dataset, ref_split, ext_name, ext_info["weights_sha256"], n_ref)
-    if any(metric != "cas" for metric in metrics):
+    needs_features = any(metric != "cas" for metric in metrics)  # CAS makes its own samples
+    if needs_features:
         ref_feats = _cached_features(
             key, lambda: dict(zip(("features", "logits"), extract(ext, ref_set.images[:n_ref])))
         )
-    if any(metric != "cas" for metric in metrics):  # CAS makes its own samples
+    if needs_features:
         z_gen = torch.Generator().manual_seed(seed)  # drawn batch by batch, as the published figures were
         z = torch.cat(
             [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
