@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   ganforge train --resume runs/mnist-dcgan28-20261126-101500
   ganforge sample runs/mnist-dcgan28-20261126-101500 --n 64 --out grid.png
   ganforge data mnist --out mnist.png
+  ganforge serve runs/mnist-a runs/mnist-b        generate in the browser; real-or-fake studies
 """
 
 
@@ -181,9 +182,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"ganforge: error: --class: {e}", file=sys.stderr)
             return 2
+    if args.truncation is not None and not args.truncation > 0:
+        print(f"ganforge: error: --truncation must be a positive threshold (e.g. 1.0), got {args.truncation}.",
+              file=sys.stderr)  # fmt: skip
+        return 2
     written = write_samples(
         gen, args.n, args.out, seed=args.seed, individual=args.individual, nrow=args.nrow,
-        classes=classes,
+        classes=classes, truncation=args.truncation,
     )  # fmt: skip
     print(
         f"ganforge: wrote {args.out}"
@@ -347,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cls", metavar="K",
                    help="class-conditional models: make class K, or a comma-separated list of classes "
                         "in turn (default: every class in turn, one per grid column)")  # fmt: skip
+    p.add_argument("--truncation", type=float, metavar="T",
+                   help="truncation trick (BigGAN): redraw latent entries with |z| > T; smaller T gives more "
+                        "typical, less varied images (e.g. 1.0; default off)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
 
     sub.add_parser(
@@ -435,6 +443,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="RUN", help="run folders or checkpoint files (two or more)")
     _protocol_args(p, "fid,kid,is,pr,modes,sharpness,cas")
     p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+
+    p = sub.add_parser(
+        "serve",
+        help="a local web app: generate images in the browser, run real-or-fake studies with people",
+        description="Start a web app for trained runs. The Generate page makes grids (seed, class, truncation, "
+        "checkpoint) and interpolations between two seeds, with PNG download. The Studies page runs a "
+        "real-or-fake study (HYPE-infinity, Zhou et al. 2019): raters open a link, see labelled examples, "
+        "then judge a shuffled mix of real held-out and generated images one at a time (keys R/F); the "
+        "results page gives each run's human error rate with a 95% bootstrap CI. Votes go to a SQLite "
+        "file (--db). Everything is served by the app itself: it works offline.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ganforge serve runs/mnist-fast-20261127-101500\n"
+        "  ganforge serve runs/a runs/b --port 8080 --db studies.db\n"
+        "  ganforge serve runs/a --host 0.0.0.0   (other machines can reach it: raters on your network)",
+    )
+    p.add_argument("paths", nargs="+", metavar="RUN", help="run folders or checkpoint/.safetensors files")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--db", default="ganforge-studies.db", metavar="PATH",
+                   help="SQLite file for studies and votes (default ./ganforge-studies.db)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
+
+    p = sub.add_parser(
+        "study",
+        help="real-or-fake study results from the command line (studies are run with `ganforge serve`)",
+        description="Read the studies of a `ganforge serve` database: list them, or print one study's "
+        "HYPE-infinity results (per run: human error rate, 95% bootstrap CI, false-real and false-fake rates).",
+    )
+    study_sub = p.add_subparsers(dest="study_command", metavar="ACTION")
+    study_sub.required = True
+    q = study_sub.add_parser("list", help="list the studies with their rater and results links")
+    q.add_argument("--db", default="ganforge-studies.db", metavar="PATH", help="the serve database")
+    q = study_sub.add_parser("results", help="print a study's results; --csv writes every vote")
+    q.add_argument("id", help="the study id (from `ganforge study list` or its rater link /rate/ID)")
+    q.add_argument("--db", default="ganforge-studies.db", metavar="PATH", help="the serve database")
+    q.add_argument("--csv", metavar="PATH", help="also write every vote as CSV")
+    q.add_argument("--json", action="store_true", help="print the full JSON report instead of the table")
     return parser
 
 
@@ -478,6 +523,75 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _need_serve_packages() -> None:
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"ganforge: error: `ganforge serve` needs {' and '.join(missing)}: pip install 'ganforge[serve]'")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _need_serve_packages()
+    import uvicorn
+
+    from ganforge.serve.app import ServeError, create_app, is_loopback, open_runs
+    from ganforge.serve.store import StudyError, StudyStore
+
+    try:
+        runs = open_runs(args.paths, device=args.device)
+        store = StudyStore(args.db)
+    except (ServeError, StudyError) as e:
+        print(f"ganforge: error: {e}", file=sys.stderr)
+        return 1
+    if not is_loopback(args.host):
+        print(f"ganforge: warning: binding {args.host}: anyone who can reach this machine on port {args.port} "
+              "can generate images and join studies (there are no accounts; results need the study key).",
+              file=sys.stderr)  # fmt: skip
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    for r in runs:
+        print(f"ganforge: run {r.key}: {r.name} ({r.default}, {len(r.checkpoints)} checkpoints)")
+    print(f"ganforge: studies and votes in {store.path}")
+    print(f"ganforge: open http://{shown}:{args.port}/  (Ctrl-C stops)")
+    uvicorn.run(create_app(runs, store, device=args.device), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from ganforge.metrics.hype import format_results
+    from ganforge.serve.store import StudyError, StudyStore
+
+    if not Path(args.db).is_file():
+        print(f"ganforge: error: no study database at '{args.db}'; pass the file `ganforge serve --db` used.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    store = StudyStore(args.db)
+    try:
+        if args.study_command == "list":
+            studies = store.studies()
+            for s in studies:
+                key = store.admin_key(s["id"])
+                print(f"{s['id']}  {s['name']}  runs: {', '.join(s['runs'])}  raters: {s['raters']}  votes: {s['votes']}")
+                print(f"    rate: /rate/{s['id']}   results: /results/{s['id']}?key={key}")
+            if not studies:
+                print("no studies yet: create one on the Studies page of `ganforge serve`.")
+            return 0
+        report = store.results(args.id)
+        if args.csv:
+            from ganforge.checkpoint import atomic_write_bytes
+
+            atomic_write_bytes(Path(args.csv), store.votes_csv(args.id).encode())
+        import json
+
+        print(json.dumps(report, indent=2) if args.json else format_results(report))
+        if args.csv:
+            print(f"ganforge: wrote {report['votes']} votes to {args.csv}")
+    except StudyError as e:
+        print(f"ganforge: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
@@ -487,6 +601,8 @@ COMMANDS = {
     "train-classifier": cmd_train_classifier,
     "eval": cmd_eval,
     "compare": cmd_compare,
+    "serve": cmd_serve,
+    "study": cmd_study,
 }
 
 

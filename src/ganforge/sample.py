@@ -113,9 +113,59 @@ class TrainedGenerator:
             )
         return c.repeat((n + c.numel() - 1) // c.numel())[:n]
 
-    def latents(self, n: int, seed: Optional[int] = None) -> torch.Tensor:
+    def latents(self, n: int, seed: Optional[int] = None, truncation: Optional[float] = None) -> torch.Tensor:
+        """Latents [n, z_dim] ~ N(0, I), drawn on the CPU. With `truncation` t, BigGAN's truncation
+        trick (Brock et al. 2019, sec. 3.1): every entry with |z| > t is redrawn until none is left,
+        trading variety for fidelity (smaller t: more typical, less varied images)."""
+        if truncation is not None and not truncation > 0:
+            raise ValueError(f"truncation must be a positive threshold (e.g. 0.5 to 2), got {truncation}.")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        return torch.randn(n, self.z_dim, generator=gen)
+        z = torch.randn(n, self.z_dim, generator=gen)
+        if truncation is not None:
+            outside = z.abs() > truncation
+            while outside.any():
+                z[outside] = torch.randn(int(outside.sum()), generator=gen)
+                outside = z.abs() > truncation
+        return z
+
+    @torch.no_grad()
+    def generate(
+        self,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor] = None,
+        batch_size: int = 256,
+        output: Literal["uint8", "float"] = "uint8",
+    ) -> torch.Tensor:
+        """Images [N, C, H, W] (uint8, or float in [-1, 1]) for latents `z` [N, z_dim] and, for a
+        conditional G, labels `c` [N]."""
+        out = []
+        for start in range(0, len(z), batch_size):
+            c_b = None if c is None else c[start : start + batch_size].to(self.device)
+            img = self.G(z[start : start + batch_size].to(self.device), c_b).float().cpu()
+            out.append(to_uint8(img) if output == "uint8" and not self.points else img)
+        return torch.cat(out)
+
+    def interpolate(
+        self,
+        seed_a: int,
+        seed_b: int,
+        frames: int = 8,
+        classes: Optional[int | list[int]] = None,
+        truncation: Optional[float] = None,
+    ) -> torch.Tensor:
+        """`frames` uint8 images [frames, C, H, W] on the great circle from seed_a's latent to
+        seed_b's (slerp: Gaussian latents keep their typical norm along the way, unlike a straight
+        line, whose midpoint is atypically short; White 2016)."""
+        if frames < 2:
+            raise ValueError(f"an interpolation needs at least 2 frames, got {frames}.")
+        a, b = self.latents(1, seed_a, truncation)[0], self.latents(1, seed_b, truncation)[0]
+        omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
+        t = torch.linspace(0, 1, frames).view(-1, 1)
+        if omega.abs() < 1e-6:  # the same direction: slerp degenerates to the straight line
+            z = (1 - t) * a + t * b
+        else:
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+        return self.generate(z, self.labels(frames, classes))
 
     @torch.no_grad()
     def sample(
@@ -125,23 +175,17 @@ class TrainedGenerator:
         output: Literal["uint8", "float"] = "uint8",
         batch_size: int = 256,
         classes: Optional[int | list[int] | torch.Tensor] = None,
+        truncation: Optional[float] = None,
     ) -> torch.Tensor:
         """`n` images [n, C, H, W]: uint8 in [0, 255], or float in [-1, 1] with output="float".
 
         Conditional generators make `classes` (an int or a list, repeated), or every class in turn.
         Point generators (2D data) always return float points [n, D]. The same seed gives the same
-        samples on any device (latents are drawn on the CPU).
+        samples on any device (latents are drawn on the CPU). `truncation`: see `latents`.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}.")
-        z = self.latents(n, seed)
-        c = self.labels(n, classes)
-        out = []
-        for start in range(0, n, batch_size):
-            c_b = None if c is None else c[start : start + batch_size].to(self.device)
-            img = self.G(z[start : start + batch_size].to(self.device), c_b).float().cpu()
-            out.append(to_uint8(img) if output == "uint8" and not self.points else img)
-        return torch.cat(out)
+        return self.generate(self.latents(n, seed, truncation), self.labels(n, classes), batch_size, output)
 
 
 def export_safetensors(path: str | Path, out: str | Path) -> Path:
@@ -265,11 +309,12 @@ def write_samples(
     individual: Optional[str | Path] = None,
     nrow: Optional[int] = None,
     classes: Optional[int | list[int]] = None,
+    truncation: Optional[float] = None,
 ) -> list[Path]:
     """Sample `n` images; write a grid to `out` and/or one PNG per image into `individual`.
 
     For 2D point generators `out` is a scatter plot and `individual` a file of points (.npy)."""
-    images = gen.sample(n, seed=seed, classes=classes)
+    images = gen.sample(n, seed=seed, classes=classes, truncation=truncation)
     written = []
     if gen.points:
         if out is not None:

@@ -71,7 +71,7 @@ def parse_ref(ref: Optional[str], run_data: dict[str, Any]) -> tuple[str, str]:
     return dataset, split
 
 
-def _load_ref(dataset: str, split: str, run_data: dict[str, Any]) -> ImageDataset:
+def load_reference(dataset: str, split: str, run_data: dict[str, Any]) -> ImageDataset:
     root = run_data.get("root") if dataset == run_data["name"] else None
     return load_dataset(
         dataset, root=root, split=split, resolution=run_data["resolution"], channels=run_data["channels"],
@@ -173,7 +173,7 @@ def evaluate(
         )
     ext_info = ext.describe()
 
-    ref_set = _load_ref(ref_dataset, ref_split, run_data)
+    ref_set = load_reference(ref_dataset, ref_split, run_data)
     n_ref = min(n, len(ref_set))
     key = _stats_key(ref_dataset, ref_split, ext_name, ext_info["weights_sha256"], n_ref)
     needs_features = any(metric != "cas" for metric in metrics)  # CAS makes its own samples
@@ -298,8 +298,8 @@ def _cas(gen, run_data: dict[str, Any], per_class: int, seed: int, protocol: dic
     """CAS of a conditional generator against its dataset's real test split (see metrics/cas.py)."""
     from ganforge.metrics.cas import classification_accuracy_score
 
-    train_set = _load_ref(run_data["name"], "train", run_data)
-    test_set = _load_ref(run_data["name"], "test", run_data)
+    train_set = load_reference(run_data["name"], "train", run_data)
+    test_set = load_reference(run_data["name"], "test", run_data)
     try:
         out = classification_accuracy_score(
             lambda c: gen.sample(len(c), seed=seed + 1, classes=c),
@@ -325,11 +325,11 @@ def _memorization(
     gen_f, gen_images, ext, ext_name, run_data, protocol, path
 ) -> list[dict[str, Any]]:
     """Generated->train vs held-out->train nearest-neighbour distances, and a PNG of the closest pairs."""
-    train_set = _load_ref(run_data["name"], "train", run_data)
+    train_set = load_reference(run_data["name"], "train", run_data)
     held_split = "test" if run_data["name"] in DATASETS else None
     if held_split is None:
         raise EvalError("memorization needs a held-out split; folder datasets have none.")
-    held = _load_ref(run_data["name"], held_split, run_data)
+    held = load_reference(run_data["name"], held_split, run_data)
     train_f = _cached_features(
         _stats_key(run_data["name"], "train", ext_name, protocol["weights_sha256"], "all"),
         lambda: {"features": extract(ext, train_set.images)[0]},

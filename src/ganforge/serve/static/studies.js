@@ -1,0 +1,51 @@
+// Studies page: create a study (the evaluator key stays in this browser's storage) and list them.
+"use strict";
+const KEYS = "ganforge-study-keys";
+function keys() { try { return JSON.parse(localStorage.getItem(KEYS)) || {}; } catch (e) { return {}; } }
+
+async function refresh() {
+  const { studies } = await api("/api/studies");
+  const mine = keys();
+  $("list").replaceChildren(...studies.map(s => {
+    const tr = el("tr");
+    tr.append(el("td", {}, s.name), el("td", {}, s.runs.join(", ")),
+      el("td", {}, `${s.real_per_rater} real + ${s.fake_per_rater} generated per run`),
+      el("td", {}, String(s.raters)), el("td", {}, String(s.votes)));
+    const links = el("td");
+    links.append(el("a", { href: `/rate/${s.id}` }, "rate"));
+    if (mine[s.id]) { links.append(" · "); links.append(el("a", { href: `/results/${s.id}?key=${encodeURIComponent(mine[s.id])}` }, "results")); }
+    tr.append(links);
+    return tr;
+  }));
+}
+
+async function create() {
+  $("error").textContent = "";
+  const runs = [...document.querySelectorAll("#runs input:checked")].map(i => i.value);
+  const body = { name: $("name").value, runs, real_per_rater: +$("real").value, fake_per_rater: +$("fake").value, seed: +$("seed").value };
+  $("create").disabled = true; $("create").textContent = "Creating…";
+  try {
+    const made = await api("/api/studies", { method: "POST", body: JSON.stringify(body) });
+    const mine = keys(); mine[made.id] = made.admin_key; localStorage.setItem(KEYS, JSON.stringify(mine));
+    $("rate-link").textContent = location.origin + made.rate_url;
+    $("results-link").textContent = location.origin + made.results_url;
+    $("results-link").href = made.results_url;
+    $("created").classList.remove("hidden");
+    await refresh();
+  } catch (e) { $("error").textContent = e.message; }
+  $("create").disabled = false; $("create").textContent = "Create study";
+}
+
+async function init() {
+  const { runs } = await api("/api/runs");
+  $("runs").replaceChildren(...runs.map((r, i) => {
+    const label = el("label", { class: "check" });
+    const box = el("input", { type: "checkbox", value: r.id, id: `run-${r.id}` });
+    box.checked = i === 0;
+    label.append(box, ` ${r.id}: ${r.name} (${r.family}, ${r.dataset}, step ${r.step})`);
+    return label;
+  }));
+  $("create").addEventListener("click", create);
+  await refresh();
+}
+init().catch(e => { $("error").textContent = e.message; });

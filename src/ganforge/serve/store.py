@@ -1,0 +1,316 @@
+"""Real-or-fake studies in SQLite (WAL): images under opaque ids, raters, votes; the answer key never
+leaves this module except in results for the evaluator."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ganforge.metrics.hype import Vote, most_fooling, run_scores
+from ganforge.sample import encode_png
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, admin_key TEXT NOT NULL, created REAL NOT NULL,
+    real_per_rater INTEGER NOT NULL, fake_per_rater INTEGER NOT NULL, protocol TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY, study_id TEXT NOT NULL REFERENCES studies(id), run TEXT NOT NULL,
+    truth TEXT NOT NULL CHECK (truth IN ('real', 'fake')), tutorial INTEGER NOT NULL, png BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS images_by_study ON images(study_id, run, truth, tutorial);
+CREATE TABLE IF NOT EXISTS raters (
+    id TEXT PRIMARY KEY, study_id TEXT NOT NULL REFERENCES studies(id), name TEXT NOT NULL,
+    created REAL NOT NULL, UNIQUE (study_id, name));
+CREATE TABLE IF NOT EXISTS assignments (
+    rater_id TEXT NOT NULL REFERENCES raters(id), position INTEGER NOT NULL,
+    image_id TEXT NOT NULL REFERENCES images(id),
+    PRIMARY KEY (rater_id, position), UNIQUE (rater_id, image_id));
+CREATE TABLE IF NOT EXISTS votes (
+    rater_id TEXT NOT NULL REFERENCES raters(id), image_id TEXT NOT NULL REFERENCES images(id),
+    answer TEXT NOT NULL CHECK (answer IN ('real', 'fake')), ms INTEGER, created REAL NOT NULL,
+    PRIMARY KEY (rater_id, image_id));
+"""
+
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # the shape of every id this module hands out
+NAME = re.compile(r"^[^\x00-\x1f\x7f<>]{1,64}$")  # printable, no markup characters
+MAX_PER_RATER = 500
+TUTORIAL_PER_KIND = 2  # labelled examples of each kind shown before a study starts
+
+
+class StudyError(ValueError):
+    """A request the store refuses; `status` is the HTTP status the web app answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class StudyRun:
+    """One run's share of a study: its generated and real image pools (uint8 [N, C, H, W])."""
+
+    name: str
+    fake: torch.Tensor
+    real: torch.Tensor
+    protocol: dict[str, Any]  # where the images came from: checkpoint, step, real dataset and split
+
+
+def _token(nbytes: int = 12) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def check_token(value: str, what: str) -> str:
+    if not isinstance(value, str) or not TOKEN.match(value):
+        raise StudyError(f"malformed {what} id '{str(value)[:80]}'", 404)
+    return value
+
+
+def _png(img: torch.Tensor) -> bytes:
+    return encode_png(img.permute(1, 2, 0).numpy())
+
+
+class StudyStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+                con.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise StudyError(
+                f"cannot open the study database '{self.path}' ({e}); choose a writable file with --db", 500
+            ) from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # one connection per call: requests run in a thread pool, and sqlite3 connections are per thread
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast commits
+            con.execute("PRAGMA foreign_keys=ON")
+            yield con
+        finally:
+            con.close()
+
+    # -- the evaluator -------------------------------------------------------------------------
+
+    def create_study(
+        self, name: str, runs: list[StudyRun], real_per_rater: int, fake_per_rater: int, seed: int = 0
+    ) -> dict[str, str]:
+        """Store every image of the study under a fresh opaque id; returns the study id and the
+        evaluator's key (which the results need)."""
+        name = check_name(name, "study name")
+        if not runs:
+            raise StudyError("a study needs at least one run")
+        if len({r.name for r in runs}) != len(runs):
+            raise StudyError("each run may appear in a study only once")
+        for count, what in ((real_per_rater, "real_per_rater"), (fake_per_rater, "fake_per_rater")):
+            if not 1 <= count <= MAX_PER_RATER:
+                raise StudyError(f"{what} must be between 1 and {MAX_PER_RATER}, got {count}")
+        for r in runs:
+            for pool, need, kind in ((r.fake, fake_per_rater, "generated"), (r.real, real_per_rater, "real")):
+                if len(pool) < need + TUTORIAL_PER_KIND:
+                    raise StudyError(
+                        f"run '{r.name}': {len(pool)} {kind} images, but each rater needs {need} plus "
+                        f"{TUTORIAL_PER_KIND} for the tutorial; lower the count per rater"
+                    )
+        study, key = _token(8), _token(18)
+        protocol = {"seed": seed, "tutorial_per_kind": TUTORIAL_PER_KIND, "runs": {r.name: r.protocol for r in runs}}
+        rows = []
+        for i, r in enumerate(runs):
+            for truth, pool in (("fake", r.fake), ("real", r.real)):
+                for j, img in enumerate(pool):
+                    # the tutorial's labelled examples: the first run's first images, never rated
+                    tutorial = int(i == 0 and j < TUTORIAL_PER_KIND)
+                    rows.append((_token(), study, r.name, truth, tutorial, _png(img)))
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(
+                "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (study, name, key, time.time(), real_per_rater, fake_per_rater, json.dumps(protocol)),
+            )
+            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
+            con.execute("COMMIT")
+        return {"id": study, "admin_key": key}
+
+    def studies(self) -> list[dict[str, Any]]:
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT s.id, s.name, s.created, s.real_per_rater, s.fake_per_rater, s.protocol,"
+                " (SELECT COUNT(*) FROM raters r WHERE r.study_id = s.id),"
+                " (SELECT COUNT(*) FROM votes v JOIN raters r ON v.rater_id = r.id WHERE r.study_id = s.id)"
+                " FROM studies s ORDER BY s.created DESC"
+            ).fetchall()
+        return [
+            {"id": r[0], "name": r[1], "created": r[2], "real_per_rater": r[3], "fake_per_rater": r[4],
+             "runs": list(json.loads(r[5])["runs"]), "raters": r[6], "votes": r[7]}
+            for r in rows
+        ]  # fmt: skip
+
+    def _study(self, con: sqlite3.Connection, study: str) -> tuple:
+        row = con.execute("SELECT * FROM studies WHERE id = ?", (check_token(study, "study"),)).fetchone()
+        if row is None:
+            raise StudyError(f"no study '{study}'", 404)
+        return row
+
+    def admin_key(self, study: str) -> str:
+        """The evaluator key (for `ganforge study list`, which has the database file anyway)."""
+        with self._connect() as con:
+            return self._study(con, study)[2]
+
+    def check_key(self, study: str, key: Optional[str]) -> None:
+        with self._connect() as con:
+            row = self._study(con, study)
+        if not key or not secrets.compare_digest(str(key), row[2]):
+            raise StudyError("the results need the study's evaluator key (?key=..., shown when it was created)", 403)
+
+    def votes(self, study: str) -> list[dict[str, Any]]:
+        with self._connect() as con:
+            self._study(con, study)
+            rows = con.execute(
+                "SELECT r.name, r.id, i.run, i.id, i.truth, v.answer, v.ms, v.created FROM votes v"
+                " JOIN raters r ON v.rater_id = r.id JOIN images i ON v.image_id = i.id"
+                " WHERE r.study_id = ? ORDER BY v.created",
+                (study,),
+            ).fetchall()
+        keys = ("rater", "rater_id", "run", "image", "truth", "answer", "ms", "time")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def results(self, study: str) -> dict[str, Any]:
+        """HYPE-infinity per run, with its protocol, from every vote so far."""
+        with self._connect() as con:
+            row = self._study(con, study)
+            raters = con.execute("SELECT COUNT(*) FROM raters WHERE study_id = ?", (study,)).fetchone()[0]
+        votes = [Vote(v["rater_id"], v["run"], v["image"], v["truth"], v["answer"]) for v in self.votes(study)]
+        protocol = json.loads(row[6])
+        scores = run_scores(votes)
+        return {
+            "study": study,
+            "name": row[1],
+            "metric": "HYPE-infinity: human error rate on a balanced real/fake mix, unlimited viewing time "
+            "(50% = indistinguishable; Zhou et al. 2019)",
+            "protocol": {**protocol, "real_per_rater": row[4], "fake_per_rater": row[5]},
+            "raters_joined": raters,
+            "votes": len(votes),
+            "runs": {name: scores.get(name) for name in protocol["runs"]},
+            "most_fooling": most_fooling(votes),
+        }
+
+    def votes_csv(self, study: str) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["rater", "run", "image", "truth", "answer", "correct", "ms", "time"])
+        for v in self.votes(study):
+            writer.writerow([v["rater"], v["run"], v["image"], v["truth"], v["answer"],
+                             int(v["truth"] == v["answer"]), v["ms"], f"{v['time']:.3f}"])  # fmt: skip
+        return buffer.getvalue()
+
+    # -- raters: nothing below returns which images are real ------------------------------------
+
+    def join(self, study: str, name: str) -> dict[str, Any]:
+        """A new rater: their own shuffled draw from each run's pools (real_per_rater + fake_per_rater
+        per run), and the labelled tutorial examples."""
+        name = check_name(name, "name")
+        rater = _token()
+        draw = random.SystemRandom()  # unpredictable order: nothing to learn from positions
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._study(con, study)
+                if con.execute("SELECT 1 FROM raters WHERE study_id = ? AND name = ?", (study, name)).fetchone():
+                    raise StudyError(f"the name '{name}' is already taken in this study; choose another", 409)
+                images = []
+                for run in json.loads(row[6])["runs"]:
+                    for truth, count in (("real", row[4]), ("fake", row[5])):
+                        pool = [r[0] for r in con.execute(
+                            "SELECT id FROM images WHERE study_id = ? AND run = ? AND truth = ? AND tutorial = 0",
+                            (study, run, truth))]  # fmt: skip
+                        images += draw.sample(pool, count)
+                draw.shuffle(images)
+                con.execute("INSERT INTO raters VALUES (?, ?, ?, ?)", (rater, study, name, time.time()))
+                con.executemany("INSERT INTO assignments VALUES (?, ?, ?)", [(rater, i, im) for i, im in enumerate(images)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return self._state(con, rater)
+
+    def tutorial(self, study: str) -> list[dict[str, str]]:
+        with self._connect() as con:
+            self._study(con, study)
+            rows = con.execute(
+                "SELECT id, truth FROM images WHERE study_id = ? AND tutorial = 1 ORDER BY truth, id", (study,)
+            ).fetchall()
+        return [{"image": r[0], "truth": r[1]} for r in rows]
+
+    def state(self, rater: str) -> dict[str, Any]:
+        """Where a rater stands: counts and the next image to judge (None when done)."""
+        with self._connect() as con:
+            return self._state(con, check_token(rater, "rater"))
+
+    def _state(self, con: sqlite3.Connection, rater: str) -> dict[str, Any]:
+        row = con.execute(
+            "SELECT r.study_id, r.name, s.name FROM raters r JOIN studies s ON r.study_id = s.id WHERE r.id = ?",
+            (rater,),
+        ).fetchone()
+        if row is None:
+            raise StudyError(f"no rater '{rater}'", 404)
+        total, answered, nxt = con.execute(
+            "SELECT COUNT(*), COUNT(v.image_id), MIN(CASE WHEN v.image_id IS NULL THEN a.position END)"
+            " FROM assignments a LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.image_id = a.image_id"
+            " WHERE a.rater_id = ?",
+            (rater,),
+        ).fetchone()
+        if nxt is not None:
+            nxt = con.execute(
+                "SELECT image_id FROM assignments WHERE rater_id = ? AND position = ?", (rater, nxt)
+            ).fetchone()[0]
+        return {
+            "rater": rater, "name": row[1], "study": row[0], "study_name": row[2],
+            "total": total, "answered": answered, "next": nxt,
+        }  # fmt: skip
+
+    def vote(self, rater: str, image: str, answer: str, ms: Optional[int] = None) -> dict[str, Any]:
+        """Record one answer; each rater answers each of their images exactly once."""
+        check_token(rater, "rater")
+        check_token(image, "image")
+        if answer not in ("real", "fake"):
+            raise StudyError(f"answer must be 'real' or 'fake', got '{str(answer)[:20]}'", 422)
+        with self._connect() as con:
+            if con.execute(
+                "SELECT 1 FROM assignments WHERE rater_id = ? AND image_id = ?", (rater, image)
+            ).fetchone() is None:
+                known = con.execute("SELECT 1 FROM raters WHERE id = ?", (rater,)).fetchone()
+                raise StudyError("that image is not one of this rater's images" if known else f"no rater '{rater}'", 404)
+            try:
+                con.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?)", (rater, image, answer, ms, time.time()))
+            except sqlite3.IntegrityError:
+                raise StudyError("this image has already been answered; each image is judged once", 409) from None
+            return self._state(con, rater)
+
+    def image_png(self, image: str) -> bytes:
+        with self._connect() as con:
+            row = con.execute("SELECT png FROM images WHERE id = ?", (check_token(image, "image"),)).fetchone()
+        if row is None:
+            raise StudyError(f"no image '{image}'", 404)
+        return row[0]
+
+
+def check_name(value: Any, what: str) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not NAME.match(text):
+        raise StudyError(f"{what} must be 1 to 64 printable characters without < or >, got '{str(value)[:80]}'", 422)
+    return text
