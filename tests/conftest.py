@@ -52,3 +52,17 @@ def tiny(tmp_path: Path, **train) -> dict:
         },
         "run": {"runs_dir": str(tmp_path / "runs"), "name": "tiny"},
     }
+
+
+def served_runs(root: Path) -> list[Path]:
+    """Two tiny trained runs on mnist-5k for `ganforge serve`: class-conditional with EMA, and plain."""
+    from ganforge import train
+    from ganforge.config import build_config
+
+    made = []
+    for name, conditional in (("cond", True), ("plain", False)):
+        overrides = tiny(root, ema_beta=0.9)
+        overrides["model"]["conditional"] = conditional
+        overrides["run"]["name"] = name
+        made.append(train(build_config(overrides=overrides), progress=False))
+    return made

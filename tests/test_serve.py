@@ -16,25 +16,15 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ganforge import train  # noqa: E402
 from ganforge.cli import main  # noqa: E402
-from ganforge.config import build_config  # noqa: E402
 from ganforge.serve.app import create_app, open_runs, serve_in_thread  # noqa: E402
 from ganforge.serve.store import StudyStore  # noqa: E402
-from tests.conftest import ROOT, tiny  # noqa: E402
+from tests.conftest import ROOT, served_runs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two tiny trained runs on mnist-5k: one class-conditional with EMA, one unconditional."""
-    root = tmp_path_factory.mktemp("serve")
-    made = []
-    for name, conditional in (("cond", True), ("plain", False)):
-        overrides = tiny(root, ema_beta=0.9)
-        overrides["model"]["conditional"] = conditional
-        overrides["run"]["name"] = name
-        made.append(train(build_config(overrides=overrides), progress=False))
-    return made
+    return served_runs(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture

@@ -246,6 +246,10 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
         check_token(study, "study")
         return page("results")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(STATIC["favicon.svg"], media_type="image/svg+xml")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str):
         if name not in STATIC:

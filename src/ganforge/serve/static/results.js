@@ -20,7 +20,7 @@ async function refresh() {
   }));
   const runs = Object.entries(r.protocol.runs).map(([name, p]) =>
     `${name}: ${p.checkpoint} (step ${p.step}), real images from ${p.real}`).join("; ");
-  $("protocol").textContent = `${r.votes} answers from ${r.raters_joined} raters · ${r.protocol.real_per_rater} real + ` +
+  $("protocol").textContent = `${r.votes} answers from ${r.raters_joined} rater${r.raters_joined === 1 ? "" : "s"} · ${r.protocol.real_per_rater} real + ` +
     `${r.protocol.fake_per_rater} generated images per rater and run · ${runs} · CI: ` +
     (Object.values(r.runs).find(s => s) || { ci_method: "–" }).ci_method;
   $("fooling").replaceChildren(...r.most_fooling.map(f => {

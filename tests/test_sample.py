@@ -1,0 +1,45 @@
+"""Generation helpers: the truncation trick and slerp interpolation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ganforge.sample import TrainedGenerator
+
+
+class Echo(torch.nn.Module):
+    """A 'generator' that writes its latent into the image, so the tests can read z back."""
+
+    def forward(self, z, c=None):
+        return (z / 8).clamp(-1, 1).view(len(z), 1, 1, -1)  # z = 8 * pixel, to 1/16 after uint8
+
+
+def generator(z_dim: int = 64) -> TrainedGenerator:
+    config = {"model": {"name": "dcgan28", "conditional": False, "num_classes": None}}
+    return TrainedGenerator(Echo(), z_dim, config, torch.device("cpu"), path=None)
+
+
+def test_truncation_bounds_the_latents_and_is_reproducible():
+    g = generator()
+    z = g.latents(500, seed=3, truncation=0.5)
+    assert z.abs().max() <= 0.5 and z.abs().mean() > 0.2  # redrawn, not clipped to the threshold
+    assert torch.equal(z, g.latents(500, seed=3, truncation=0.5))
+    assert g.latents(500, seed=3).abs().max() > 2  # untruncated Gaussians reach further
+    with pytest.raises(ValueError, match="positive"):
+        g.latents(2, truncation=0)
+
+
+def test_interpolation_runs_from_seed_a_to_seed_b_on_the_great_circle():
+    g = generator(z_dim=256)
+    frames = g.interpolate(1, 2, frames=5)
+    assert frames.shape == (5, 1, 1, 256) and frames.dtype == torch.uint8
+    assert torch.equal(frames[0], g.sample(1, seed=1)[0]) and torch.equal(frames[-1], g.sample(1, seed=2)[0])
+    a, b = g.latents(1, 1)[0], g.latents(1, 2)[0]
+    mid = (frames[2].float().view(-1) / 127.5 - 1) * 8  # the latent of the middle frame, read back
+    assert mid.norm() > 0.95 * min(a.norm(), b.norm())  # slerp keeps the typical norm...
+    assert ((a + b) / 2).norm() < 0.8 * min(a.norm(), b.norm())  # ...which the straight line loses
+    cos = torch.dot(mid, a + b) / (mid.norm() * (a + b).norm())
+    assert cos > 0.99  # and the middle frame lies halfway between the two
+    with pytest.raises(ValueError, match="2 frames"):
+        g.interpolate(1, 2, frames=1)
