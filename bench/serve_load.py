@@ -3,8 +3,9 @@ against a real uvicorn server on loopback. Checks every vote is stored exactly o
 
     python bench/serve_load.py --raters 50 --votes 100 [--run RUN_DIR]
 
-Without --run it trains a tiny run on mnist-5k first (a few seconds). tests/test_serve.py runs
-`run_load` on a smaller scale-free setting: the same 50 x 100.
+The server runs as `ganforge serve` in its own process (one uvicorn worker, SQLite WAL); the raters
+are threads of this process. Without --run it trains a tiny run on mnist-5k first (a few seconds).
+tests/test_serve.py runs the same `run_load`, 50 x 100, against an in-process server.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -77,8 +80,6 @@ def main() -> int:
 
     from ganforge import __version__, train
     from ganforge.config import build_config
-    from ganforge.serve.app import create_app, open_runs, serve_in_thread
-    from ganforge.serve.store import StudyStore
 
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     run = args.run
@@ -90,21 +91,40 @@ def main() -> int:
         })  # fmt: skip
         run = train(cfg, progress=False)
     db = work / "load.db"
-    app = create_app(open_runs([run]), StudyStore(db))
-    half = args.votes // 2
-    with serve_in_thread(app) as base:
+    # the server in its own process, as `ganforge serve` runs it: the simulated raters here do not
+    # share its interpreter lock
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "ganforge", "serve", str(run), "--port", str(port), "--db", str(db)],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
         import httpx
 
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{base}/api/runs", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("bench: the server did not start") from None
+                time.sleep(0.2)
+        half = args.votes // 2
         made = httpx.post(f"{base}/api/studies", json={"name": "load", "runs": ["0"], "real_per_rater": args.votes - half,
                                                        "fake_per_rater": half}, timeout=120)  # fmt: skip
         made.raise_for_status()
         result = run_load(base, made.json()["id"], args.raters)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     stored, distinct = sqlite3.connect(db).execute(
         "SELECT COUNT(*), COUNT(DISTINCT rater_id || image_id) FROM votes"
     ).fetchone()
     result.update(stored=stored, distinct=distinct, expected=args.raters * args.votes, ganforge=__version__,
                   machine=f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-                  date=time.strftime("%Y-%m-%d"), server="uvicorn, one process, SQLite WAL")  # fmt: skip
+                  date=time.strftime("%Y-%m-%d"), server="ganforge serve: uvicorn, one process, SQLite WAL; raters: threads of a second process")  # fmt: skip
     errors = result.pop("errors")
     result["error_count"] = len(errors)
     result["answered"] = sorted(set(result["answered"]))

@@ -155,7 +155,8 @@ class TrainedGenerator:
     ) -> torch.Tensor:
         """`frames` uint8 images [frames, C, H, W] on the great circle from seed_a's latent to
         seed_b's (slerp: Gaussian latents keep their typical norm along the way, unlike a straight
-        line, whose midpoint is atypically short; White 2016)."""
+        line, whose midpoint is atypically short; White 2016). A conditional G keeps one class along
+        the strip: `classes`, else class 0."""
         if frames < 2:
             raise ValueError(f"an interpolation needs at least 2 frames, got {frames}.")
         a, b = self.latents(1, seed_a, truncation)[0], self.latents(1, seed_b, truncation)[0]
@@ -165,6 +166,8 @@ class TrainedGenerator:
             z = (1 - t) * a + t * b
         else:
             z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+        if self.num_classes is not None and classes is None:
+            classes = 0
         return self.generate(z, self.labels(frames, classes))
 
     @torch.no_grad()
