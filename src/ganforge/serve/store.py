@@ -81,6 +81,21 @@ def _png(img: torch.Tensor) -> bytes:
     return encode_png(img.permute(1, 2, 0).numpy())
 
 
+def pad_png(data: bytes, size: int) -> bytes:
+    """`data` grown to exactly `size` + 12 bytes by a private ancillary chunk before IEND (decoders
+    skip it). Every image of a study gets the same length, so a compressed size cannot hint at
+    which images are real."""
+    import struct
+    import zlib
+
+    fill = size - len(data)
+    if fill < 0 or data[-12:-8] != b"\x00\x00\x00\x00" or data[-8:-4] != b"IEND":
+        raise ValueError("pad_png: not a PNG that ends in IEND, or already longer than the target")
+    chunk = b"paDd" + b"\x00" * fill  # ancillary, private, safe-to-copy: ignored by every viewer
+    padding = struct.pack(">I", fill) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return data[:-12] + padding + data[-12:]
+
+
 class StudyStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -135,7 +150,10 @@ class StudyStore:
                 for j, img in enumerate(pool):
                     # the tutorial's labelled examples: the first run's first images, never rated
                     tutorial = int(i == 0 and j < TUTORIAL_PER_KIND)
-                    rows.append((_token(), study, r.name, truth, tutorial, _png(img)))
+                    rows.append([_token(), study, r.name, truth, tutorial, _png(img)])
+        longest = max(len(row[5]) for row in rows)
+        for row in rows:
+            row[5] = pad_png(row[5], longest)
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute(
