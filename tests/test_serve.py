@@ -266,3 +266,18 @@ def _bench_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_serve_command_binds_loopback_and_warns_otherwise(runs, tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    db = str(tmp_path / "s.db")
+    assert main(["serve", str(runs[0]), "--db", db]) == 0
+    captured = capsys.readouterr()
+    assert calls[-1]["host"] == "127.0.0.1" and "warning" not in captured.err
+    assert "http://localhost:8000/" in captured.out and "run 0: cond" in captured.out
+    assert main(["serve", str(runs[0]), "--db", db, "--host", "0.0.0.0", "--port", "9000"]) == 0
+    assert calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 9000
+    assert "warning: binding 0.0.0.0" in capsys.readouterr().err
