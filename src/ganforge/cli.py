@@ -94,6 +94,36 @@ def _train_parser(sub: Any) -> None:
                    help="with --resume: continue from this checkpoint of the run (e.g. healthy.pt) instead of "
                         "last.pt")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel in N processes on this machine (torchrun --standalone "
+                        "--nproc-per-node N; one GPU each with --device cuda, else CPU processes with gloo): "
+                        "--batch-size is the global batch, split evenly; only process 0 writes")  # fmt: skip
+
+
+def _launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """`--nproc N`: run this same command under torchrun, N processes."""
+    import os
+    import subprocess
+
+    if args.nproc < 1:
+        print(f"ganforge: error: --nproc must be at least 1, got {args.nproc}.", file=sys.stderr)
+        return 2
+    rest, skip = [], False
+    for a in argv:  # the command again, without --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "ganforge", *rest]  # fmt: skip
+    env = dict(os.environ)
+    if args.device in (None, "cpu", "auto") and "OMP_NUM_THREADS" not in env:
+        # CPU processes share the cores: give each its share instead of letting all of them take all
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.nproc))
+    print(f"ganforge: starting {args.nproc} processes: {' '.join(cmd[2:])}", file=sys.stderr)
+    return subprocess.call(cmd, env=env)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,10 +162,14 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int:
+    import os
+
     from ganforge.config import build_config
     from ganforge.train import prepare, train
 
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ and not args.dry_run:
+        return _launch(args, list(argv if argv is not None else sys.argv[1:]))
     overrides = _train_overrides(args)
     if args.resume:
         if args.preset:
@@ -616,6 +650,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "train":
+            return cmd_train(args, argv)
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"ganforge: config error: {e}", file=sys.stderr)

@@ -151,6 +151,10 @@ class TrainConfig:
     # modules). Costs compile time at start (and when a mode changes); see docs/benchmarks.md for when
     # it pays.
     compile: bool = False
+    # Several processes (torchrun, or `ganforge train --nproc N`): batch_size is the global batch, split
+    # evenly over the processes. sync_bn: BatchNorm statistics over the global batch (SyncBatchNorm;
+    # CUDA only), instead of each process's own shard.
+    sync_bn: bool = False
     # Write a metrics.jsonl line every this many steps.
     log_every: int = 50
     # Write a fixed-noise sample grid every this many steps (None: at the end of every epoch).

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ from ganforge.checkpoint import (
 )
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
+from ganforge.distributed import Dist, init_distributed, shutdown
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
 from ganforge.losses import LOSSES, LossPair, gaussian_kl, reconstruction_nll
 from ganforge.models import build_models, is_vae
@@ -100,6 +102,13 @@ class Precision:
         self.name, self.device_type = name, device.type
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
         self.memory_format = torch.contiguous_format if name == "fp32" else torch.channels_last
+        # several processes: averages the gradients of a list of parameters over them (Dist.sync_grads)
+        self.sync: Optional[Callable[[list[nn.Parameter]], None]] = None
+
+    def _sync(self, *optimizers: torch.optim.Optimizer) -> None:
+        if self.sync is not None:
+            for opt in optimizers:
+                self.sync([p for group in opt.param_groups for p in group["params"]])
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.name == "fp32":
@@ -110,10 +119,12 @@ class Precision:
         """Backward and step (the gradients were zeroed by the caller)."""
         if self.scaler is None:
             loss.backward()
+            self._sync(*optimizers)
             for opt in optimizers:
                 opt.step()
             return
         self.scaler.scale(loss).backward()
+        self._sync(*optimizers)  # the same scale on every rank: averaging commutes with it
         for opt in optimizers:
             self.scaler.step(opt)
         self.scaler.update()
@@ -230,6 +241,7 @@ def simultaneous_step(
     g_grads = torch.autograd.grad(g_loss, g_params)
     for p, g in [*zip(d_params, d_grads), *zip(g_params, g_grads)]:
         p.grad = g
+    precision._sync(opt_D, opt_G)
     opt_D.step()
     opt_G.step()
     return d_loss.detach(), g_loss.detach(), real_logits.detach(), fake_logits.detach()
@@ -469,6 +481,22 @@ class InTrainingEval:
 # The loop.
 
 
+def _check_distributed(cfg: Config, dist: Dist) -> None:
+    """What several processes cannot do, said before any work."""
+    t = cfg.train
+    if t.sync_bn and not (dist.enabled and t.device.startswith("cuda")):
+        raise ConfigError("train.sync_bn needs several processes on CUDA GPUs (torchrun --nproc-per-node N, "
+                          "or ganforge train --nproc N); leave it off otherwise.")  # fmt: skip
+    if not dist.enabled:
+        return
+    if t.batch_size % dist.world:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
+                          f"{dist.world} processes; use a multiple of {dist.world}.")  # fmt: skip
+    if cfg.monitor.every and cfg.monitor.on_collapse == "rollback":
+        raise ConfigError("monitor.on_collapse=rollback is not supported with several processes yet; use warn or "
+                          "stop (a stopped run resumes with --resume).")  # fmt: skip
+
+
 def train(
     cfg: Optional[Config] = None,
     resume: Optional[str | Path] = None,
@@ -481,6 +509,21 @@ def train(
 
     `overrides` (resume only) may change the length of the run: {"train": {"steps": 2000}}.
     """
+    try:
+        return _train(cfg, resume, overrides, progress, resume_from)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a job torchrun started: leave it cleanly
+            shutdown()
+
+
+def _train(
+    cfg: Optional[Config] = None,
+    resume: Optional[str | Path] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    progress: bool = True,
+    resume_from: Optional[str] = None,
+) -> Path:
+    """The body of `train`."""
     ckpt = None
     if resume is not None:
         run_dir = Path(resume)
@@ -517,6 +560,8 @@ def train(
             cfg = from_dict(
                 {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}}
             )
+        dist = init_distributed(pick_device(cfg.train.device))
+        _check_distributed(cfg, dist)
         ds = _load_data(cfg)
         if len(ds) != ckpt["dataset"]["n"]:
             raise ConfigError(
@@ -525,13 +570,30 @@ def train(
             )
     else:
         cfg = cfg or Config()
-        pick_device(cfg.train.device)  # fails before a run folder is made
+        dist = init_distributed(pick_device(cfg.train.device))  # the device check fails before a run folder
+        _check_distributed(cfg, dist)
         cfg, ds = prepare(cfg)
-        run_dir = _new_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        run_dir = dist.broadcast(_new_run_dir(cfg) if dist.main else None)  # rank 0 names it for all
+    main = dist.main  # only rank 0 writes files and prints
+
+    def say(*args: Any, **kwargs: Any) -> None:
+        if main:
+            print(*args, **kwargs)
+
+    def save(path: Path, make: Callable[[], dict[str, Any]]) -> None:
+        if main:
+            save_checkpoint(path, make())
+
+    def plot() -> None:
+        if main:
+            plot_losses(metrics_path, run_dir / "losses.png")
+    if main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     t = cfg.train
     device = pick_device(t.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(t.seed)  # weights; dropout masks use the same global generator afterwards
     m = cfg.model
     nc = (m.num_classes or 0) if m.conditional else 0  # classes of a conditional model, else 0
@@ -550,8 +612,14 @@ def train(
     precision = Precision(resolve_precision(t.precision, device), device)
     if t.update == "simultaneous" and precision.scaler is not None:
         raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")
+    if t.sync_bn:
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     G = G.to(device, memory_format=precision.memory_format)
     D = D.to(device, memory_format=precision.memory_format)
+    if dist.enabled:
+        dist.broadcast_module(G)  # one starting point (the same seed gives it already; this makes sure)
+        dist.broadcast_module(D)
+        precision.sync = dist.sync_grads
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
     # the modules the training steps call: compiled (sharing G's and D's parameters) with train.compile
     G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
@@ -603,12 +671,12 @@ def train(
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     sample_dir.mkdir(exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    if ckpt is not None:  # after a crash: the log and temp files may hold what the checkpoint does not
+    if ckpt is not None and main:  # after a crash: the log and temp files may hold what the checkpoint does not
         dropped = trim_log(metrics_path, ckpt.get("log_bytes"))
         for stale in [*run_dir.glob(".*.tmp-*"), *ckpt_dir.glob(".*.tmp-*")]:  # writers killed mid-write
             stale.unlink(missing_ok=True)
         if dropped:
-            print(f"ganforge: resuming from step {step}; {dropped} log line(s) written after that checkpoint "
+            say(f"ganforge: resuming from step {step}; {dropped} log line(s) written after that checkpoint "
                   "were dropped (those steps are redone)", file=sys.stderr)  # fmt: skip
 
     ema_stale = True  # G_ema's BN statistics do not match its weights (after an update or a restore)
@@ -648,7 +716,9 @@ def train(
             "log_bytes": metrics_path.stat().st_size if metrics_path.is_file() else 0,
         }
 
-    def write_grid() -> Path:
+    def write_grid() -> Optional[Path]:
+        if not main:
+            return None
         G_s = G_show()
         G_s.eval()
         with torch.no_grad():
@@ -666,6 +736,8 @@ def train(
     evaluator = InTrainingEval(cfg, ds.name, device) if t.eval_every else None
 
     def log(record: dict[str, Any]) -> None:
+        if not main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -714,7 +786,7 @@ def train(
         if policy == "rollback" and not healthy_path.is_file():
             policy, reasons = "stop", [*reasons, "no healthy checkpoint to roll back to yet"]
         log({"event": kind, "step": step, "reasons": reasons, "action": policy})
-        print(f"\nganforge: {kind} at step {step}: {'; '.join(reasons)} -> {policy}", file=sys.stderr)
+        say(f"\nganforge: {kind} at step {step}: {'; '.join(reasons)} -> {policy}", file=sys.stderr)
         if policy == "warn":
             return
         if policy == "rollback":
@@ -730,11 +802,11 @@ def train(
             record = {"event": "rollback", "from_step": from_step, "to_step": step, "rollbacks": rollbacks,
                       "g_lr": opt_G.param_groups[0]["lr"], "d_lr": opt_D.param_groups[0]["lr"]}  # fmt: skip
             log(record)
-            print(f"ganforge: rolled back to step {step} (checkpoints/healthy.pt); learning rates now "
+            say(f"ganforge: rolled back to step {step} (checkpoints/healthy.pt); learning rates now "
                   f"G {record['g_lr']:.3g}, D {record['d_lr']:.3g}", file=sys.stderr)  # fmt: skip
             raise Rollback
         if kind == "collapse":  # the weights are valid: keep them for inspection and resume
-            save_checkpoint(ckpt_dir / "last.pt", state())
+            save(ckpt_dir / "last.pt", state)
         hint = ("try --set monitor.on_collapse=rollback, a lower learning rate, or a stabiliser "
                 "(model.spectral_norm, reg.r1_gamma, model.pack; see `ganforge presets`)")  # fmt: skip
         raise TrainingStopped(
@@ -746,25 +818,28 @@ def train(
             3,
         )
 
-    print(
+    say(
         f"ganforge: training {m.name} on {ds.name} ({n} {'points' if ds.is_points else 'images'} "
         f"{tuple(ds.images.shape[1:])}) on {device}{'' if precision.name == 'fp32' else f' ({precision.name})'}; "
-        f"{total_steps} steps of {batch} -> {run_dir}",
+        f"{total_steps} steps of {batch}"
+        + (f" (global batch: {dist.world} processes x {batch // dist.world}, {dist.backend})" if dist.enabled else "")
+        + f" -> {run_dir}",
         file=sys.stderr,
     )
+    where = {"device": str(device), "precision": precision.name, "processes": dist.world,
+             "batch_per_process": batch // dist.world, "global_batch": batch}  # fmt: skip
     if step == 0:
         write_grid()
-        log({"event": "start", "step": 0, "dataset": ds.name, "n_images": n, "device": str(device),
-             "precision": precision.name})
+        log({"event": "start", "step": 0, "dataset": ds.name, "n_images": n, **where})
         if monitor is not None:
-            save_checkpoint(healthy_path, state())  # the initial state is the first rollback target
+            save(healthy_path, state)  # the initial state is the first rollback target
     else:
-        log({"event": "resume", "step": step, "nimg": nimg, "device": str(device), "precision": precision.name})
+        log({"event": "resume", "step": step, "nimg": nimg, **where})
 
     stop = StopFlag()
     stop.install()
     bar = None
-    if progress:
+    if progress and main:
         from tqdm import tqdm
 
         bar = tqdm(
@@ -795,15 +870,19 @@ def train(
         real_img = to_float(images[idx])
         if real_img.dim() == 4:  # channels_last below fp32, to match the models
             real_img = real_img.contiguous(memory_format=precision.memory_format)
-        return real_img, (labels[idx] if nc else None)
+        return dist.shard(real_img), dist.shard(labels[idx] if nc else None)  # this rank's part
 
     G.train()
     D.train()
-    t_start, out_of_time = time.perf_counter(), False
+    t_start, out_of_time, interrupted = time.perf_counter(), False, False
     try:
-        while step < total_steps and not stop.requested:
-            if t.time_limit is not None and time.perf_counter() - t_start >= t.time_limit:
-                out_of_time = True
+        while step < total_steps:
+            # every rank stops at the same step: a signal or the clock on any of them stops all
+            interrupted, out_of_time = dist.any(
+                stop.requested, t.time_limit is not None and time.perf_counter() - t_start >= t.time_limit
+            )
+            if interrupted or out_of_time:
+                out_of_time = out_of_time and not interrupted
                 break
             try:
                 log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
@@ -811,13 +890,13 @@ def train(
                 real_logits = fake_logits = None
                 if vae:  # encoder in D's place, decoder in G's
                     real_img, c_real = real_batch(step)
-                    eps = torch.randn(batch, m.z_dim, generator=noise).to(device)
+                    eps = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
                     stats = vae_step(G_run, D_run, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                 elif t.update == "simultaneous":
                     real_img, c_real = real_batch(step)
-                    z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                    c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                    z_d = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
+                    c_fake = dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
                     d_loss, g_loss, real_logits, fake_logits = simultaneous_step(
                         G_run, D_run, opt_G, opt_D, loss, real_img, z_d, penalty(step), augment, c_real, c_fake,
                         precision)  # fmt: skip
@@ -826,8 +905,8 @@ def train(
                     for k in range(t.n_critic):
                         b = step * t.n_critic + k  # global index of this real batch (and of this D update)
                         real_img, c_real = real_batch(b)
-                        z_d = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                        c_fake = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                        z_d = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
+                        c_fake = dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
                         if t.reuse_fakes and k == t.n_critic - 1:
                             with precision.autocast():
                                 fakes = G_run(z_d, c_fake)
@@ -838,8 +917,8 @@ def train(
                     if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
                         g_loss = g_step(G_run, D_run, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
                     else:
-                        z_g = torch.randn(batch, m.z_dim, generator=noise).to(device)
-                        c_g = torch.randint(nc, (batch,), generator=noise).to(device) if nc else None
+                        z_g = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
+                        c_g = dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
                         g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision)
                     del fakes
                 # D's (or the encoder's) gradients of this step: the G step computes none for D
@@ -855,20 +934,23 @@ def train(
                 nimg += batch * t.n_critic
 
                 # divergence is caught the step it happens, before a checkpoint could store it
-                if not all_finite(*stats.values()) or not weights_finite(G, D):
+                if dist.any(not all_finite(*stats.values()) or not weights_finite(G, D))[0]:
                     bad = [key for key, v in stats.items() if not all_finite(v)]
                     names = ("encoder", "decoder") if vae else ("D", "G")
                     bad += [f"{name} weights" for name, mod in zip(names, (D, G)) if not weights_finite(mod)]
                     handle_event("divergence", [f"{', '.join(bad)} became NaN/Inf"])
 
                 if check_now:
-                    record = monitor.check(G_show(), step, real_logits, fake_logits, device)
-                    record.update({norm_keys[0]: d_norm, norm_keys[1]: g_norm})
-                    log(record)
-                    if monitor.collapse_due(record):
-                        handle_event("collapse", record["reasons"])
-                    elif record["healthy"]:  # the rollback target: the last check that passed
-                        save_checkpoint(healthy_path, state())
+                    collapsed, reasons = False, ["rank 0's health monitor flagged a collapse"]
+                    if main:  # rank 0's monitor decides for every rank
+                        record = monitor.check(G_show(), step, real_logits, fake_logits, device)
+                        record.update({norm_keys[0]: d_norm, norm_keys[1]: g_norm})
+                        log(record)
+                        collapsed, reasons = monitor.collapse_due(record), record["reasons"]
+                        if not collapsed and record["healthy"]:  # the rollback target: the last check that passed
+                            save(healthy_path, state)
+                    if dist.any(collapsed)[0]:
+                        handle_event("collapse", reasons)
             except Rollback:
                 sums = {}
                 window_steps, window_start = 0, time.perf_counter()
@@ -888,7 +970,8 @@ def train(
 
             if log_now:
                 elapsed = time.perf_counter() - window_start
-                record = {k: float(v) / window_steps for k, v in sums.items()}
+                # the statistics of the whole global batch: each rank's averaged over the ranks
+                record = dict(zip(sums, dist.mean([float(v) / window_steps for v in sums.values()])))
                 log(
                     {
                         "step": step,
@@ -913,8 +996,8 @@ def train(
                 not t.sample_every and epoch_end
             ):
                 write_grid()
-                plot_losses(metrics_path, run_dir / "losses.png")
-            if step % t.checkpoint_every == 0 or epoch_end:
+                plot()
+            if main and (step % t.checkpoint_every == 0 or epoch_end):
                 saved = state()
                 save_checkpoint(ckpt_dir / "last.pt", saved)
                 if t.keep_checkpoints:  # plus the K newest step snapshots, the older ones pruned
@@ -926,34 +1009,35 @@ def train(
                 log({"event": "eval", "step": step, "metric": evaluator.metric, "value": value})
                 if value < best:
                     best = value
-                    save_checkpoint(
-                        ckpt_dir / "best.pt", {**state(), "best": {evaluator.metric: value}}
-                    )
-                plot_losses(metrics_path, run_dir / "losses.png")
+                    save(ckpt_dir / "best.pt", lambda v=value: {**state(), "best": {evaluator.metric: v}})
+                plot()
     finally:
         if bar is not None:
             bar.close()
         stop.uninstall()
 
-    save_checkpoint(ckpt_dir / "last.pt", state())
+    save(ckpt_dir / "last.pt", state)
     write_grid()
-    plot_losses(metrics_path, run_dir / "losses.png")
-    if stop.requested:
-        log({"event": "interrupted", "step": step, "signal": stop.signal_name})
+    plot()
+    if interrupted:
+        signal_name = stop.signal_name or "a signal to another process"
+        log({"event": "interrupted", "step": step, "signal": signal_name})
         raise TrainingStopped(
-            f"stopped by {stop.signal_name} at step {step}/{total_steps}; checkpoint saved. "
+            f"stopped by {signal_name} at step {step}/{total_steps}; checkpoint saved. "
             f"Resume with: ganforge train --resume {run_dir}",
             run_dir,
-            130 if stop.signal_name == "SIGINT" else 143,
+            143 if stop.signal_name == "SIGTERM" else 130,
         )
-    save_checkpoint(ckpt_dir / "final.pt", state())
+    save(ckpt_dir / "final.pt", state)
+    if dist.enabled:  # the processes must have stayed in lockstep: say so, with the number
+        log({"event": "ranks", "processes": dist.world, "max_param_difference": dist.max_difference(G, D)})
     log({"event": "end", "step": step, "nimg": nimg, "seconds": time.perf_counter() - t_start,
          "train_seconds": None if clock_base is None else clock_base + time.perf_counter() - clock_start,
          **({"stopped_by": "train.time_limit"} if out_of_time else {})})  # fmt: skip
     if out_of_time:
-        print(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {step}/{total_steps}.",
+        say(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {step}/{total_steps}.",
               file=sys.stderr)  # fmt: skip
-    print(
+    say(
         f"ganforge: done. Samples: {run_dir / 'samples.png'}  Checkpoint: {ckpt_dir / 'final.pt'}",
         file=sys.stderr,
     )

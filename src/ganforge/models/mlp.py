@@ -29,13 +29,13 @@ class Maxout(nn.Module):
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, z_dim: int, dim: int, width: int, layers: int = 4):
+    def __init__(self, z_dim: int, dim: int, width: int, layers: int = 4, batchnorm: bool = True):
         super().__init__()
         self.z_dim = z_dim
         blocks: list[nn.Module] = []
         cin = z_dim
         for _ in range(layers):
-            blocks += [nn.Linear(cin, width), nn.BatchNorm1d(width), nn.ReLU()]
+            blocks += [nn.Linear(cin, width), nn.BatchNorm1d(width) if batchnorm else nn.Identity(), nn.ReLU()]
             cin = width
         blocks.append(nn.Linear(cin, dim))  # unbounded output: points are not images in [-1, 1]
         self.net = nn.Sequential(*blocks)
@@ -58,3 +58,11 @@ class MLPDiscriminator(Discriminator):
 def mlp(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
         num_classes: int = 0, mbstd: bool = False):  # fmt: skip
     return MLPGenerator(z_dim, channels, g_channels), MLPDiscriminator(channels, d_channels, mbstd=mbstd)
+
+
+@register_model("mlp-plain", 0, "the MLP pair without batch norm in G: no statistics shared within a batch, so a "
+                "data-parallel run matches a single process exactly", conditional=False)  # fmt: skip
+def mlp_plain(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
+              num_classes: int = 0, mbstd: bool = False):  # fmt: skip
+    G = MLPGenerator(z_dim, channels, g_channels, batchnorm=False)
+    return G, MLPDiscriminator(channels, d_channels, mbstd=mbstd)

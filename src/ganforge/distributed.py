@@ -1,0 +1,126 @@
+"""Data-parallel training over torch.distributed: one process per device (torchrun), each on its own
+shard of every global batch, gradients averaged across processes by all-reduce before each optimizer
+step, rank 0 alone writing files.
+
+This is DistributedDataParallel's arithmetic (the mean over ranks of per-rank mean gradients is the
+gradient of the global batch), done the way StyleGAN2-ADA's training loop does it: one bucketed
+all-reduce of a module's gradients per update instead of the DDP wrapper's backward hooks. A GAN
+step differentiates through D without updating it (the G step) and the simultaneous update uses
+`torch.autograd.grad`, neither of which DDP's hooks see or allow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+import torch.nn as nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job: rank `rank` of `world` (world 1: not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """This rank's contiguous slice of a global batch [B, ...] (B divisible by world)."""
+        if x is None or not self.enabled:
+            return x
+        per = x.shape[0] // self.world
+        return x[self.rank * per : (self.rank + 1) * per]
+
+    def sync_grads(self, params: Iterable[nn.Parameter]) -> None:
+        """Average the gradients of `params` over all ranks, in one all-reduce."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not self.enabled or not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        tdist.all_reduce(flat)
+        flat /= self.world
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag, true if it is true on any rank: every rank then takes the same branch."""
+        if not self.enabled:
+            return [bool(f) for f in flags]
+        t = torch.tensor([float(bool(f)) for f in flags], device=self._device())
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0, device=self._device())
+        return box[0]
+
+    def mean(self, values: list[float]) -> list[float]:
+        """Each value averaged over the ranks (for logged statistics of each rank's shard)."""
+        if not self.enabled or not values:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        tdist.all_reduce(t)
+        return (t / self.world).tolist()
+
+    def max_difference(self, *modules: nn.Module) -> float:
+        """The largest |parameter difference| between any rank and rank 0 (0.0: in lockstep)."""
+        if not self.enabled:
+            return 0.0
+        with torch.no_grad():
+            mine = _flatten_dense_tensors([p.detach().float() for m in modules for p in m.parameters()])
+            ref = mine.clone()
+            tdist.broadcast(ref, src=0)
+            diff = (mine - ref).abs().max().reshape(1).double()
+            tdist.all_reduce(diff, op=tdist.ReduceOp.MAX)
+        return float(diff)
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers in `module` on every rank (a common starting point)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tdist.broadcast(tensor.data, src=0)
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the job torchrun started (WORLD_SIZE > 1 in the environment), else a single process.
+    NCCL on CUDA devices, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend)
+    return Dist(rank, world, local_rank, backend)
+
+
+def shutdown() -> None:
+    """Leave the process group (after training in a torchrun job)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()

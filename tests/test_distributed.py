@@ -1,0 +1,105 @@
+"""Data-parallel training with 2 gloo processes on the CPU (`ganforge train --nproc 2`, i.e. torchrun):
+ranks stay in lockstep, a BN-free model matches one process with the same global batch, rank 0
+alone writes, resume works, and what cannot work is refused before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ganforge.checkpoint import load_checkpoint
+from ganforge.config import ConfigError, build_config
+from ganforge.distributed import Dist
+from ganforge.train import _check_distributed, train
+from tests.conftest import ROOT, tiny
+
+
+def ganforge_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ganforge", *args], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+
+
+def events(run, kind):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("event") == kind]
+
+
+POINTS = ["--data", "ring8", "--model", "mlp-plain", "--batch-size", "32", "--steps", "8", "--precision", "fp32",
+          "--no-progress", "--set", "model.z_dim=2", "model.g_channels=16", "model.d_channels=16",
+          "train.checkpoint_every=4", "monitor.every=null", "train.device=cpu"]  # fmt: skip
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    one = ganforge_cli("train", *POINTS, "--runs-dir", str(tmp_path), "--name", "one")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = ganforge_cli("train", "--nproc", "2", *POINTS, "--runs-dir", str(tmp_path), "--name", "two")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "global batch: 2 processes x 16, gloo" in two.stderr
+    a = load_checkpoint(tmp_path / "one" / "checkpoints" / "final.pt")
+    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "final.pt")
+    assert a["step"] == b["step"] == 8 and a["nimg"] == b["nimg"] == 8 * 32
+    for net in ("G", "D"):
+        for name, p in a[net].items():
+            assert torch.allclose(p, b[net][name], rtol=1e-4, atol=1e-5), (net, name, (p - b[net][name]).abs().max())
+    moved = max((a["G"][k] - load_checkpoint(tmp_path / "one" / "checkpoints" / "step_0000004.pt")["G"][k]).abs().max()
+                for k in a["G"])  # fmt: skip
+    assert moved > 1e-3  # the comparison is not between two untrained nets
+    assert events(tmp_path / "two", "ranks")[0]["max_param_difference"] == 0.0
+    start = events(tmp_path / "two", "start")[0]
+    assert (start["processes"], start["batch_per_process"], start["global_batch"]) == (2, 16, 32)
+
+
+def test_two_processes_in_lockstep_write_once_and_resume(tmp_path):
+    args = ["--data", "mnist-5k", "--batch-size", "8", "--steps", "6", "--no-progress", "--runs-dir", str(tmp_path),
+            "--name", "bn", "--set", "data.limit=64", "data.download=false", "model.g_channels=4", "model.d_channels=4",
+            "model.z_dim=8", "train.checkpoint_every=3", "train.log_every=2", "train.device=cpu"]  # fmt: skip
+    first = ganforge_cli("train", "--nproc", "2", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "bn"
+    assert [p.name for p in tmp_path.iterdir()] == ["bn"]  # one run folder, made by rank 0
+    assert first.stderr.count("ganforge: done.") == 1  # one process speaks
+    # parameters identical on every rank at the end (batch norm in G and D included)
+    assert [e["max_param_difference"] for e in events(run, "ranks")] == [0.0]
+    again = ganforge_cli("train", "--nproc", "2", "--resume", str(run), "--steps", "10", "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 10
+    # and again after the resumed session (the first session's end was logged after last.pt: trimmed)
+    assert [e["max_param_difference"] for e in events(run, "ranks")] == [0.0]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "event" not in json.loads(line)]  # fmt: skip
+    assert steps == [2, 4, 6, 8, 10]  # every log line once: only rank 0 writes
+    assert [e["processes"] for e in events(run, "resume")] == [2]
+
+
+def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path):
+    cfg = build_config(overrides=tiny(tmp_path))
+    _check_distributed(cfg, Dist())  # one process: nothing to refuse
+    two = Dist(rank=0, world=2)
+    odd = build_config(overrides={**tiny(tmp_path), "train": {**tiny(tmp_path)["train"], "batch_size": 7}})
+    with pytest.raises(ConfigError, match="split evenly over the 2 processes"):
+        _check_distributed(odd, two)
+    rollback = build_config(overrides={**tiny(tmp_path), "monitor": {"every": 2, "on_collapse": "rollback"}})
+    with pytest.raises(ConfigError, match="rollback is not supported with several processes"):
+        _check_distributed(rollback, two)
+    sync_bn = build_config(overrides={**tiny(tmp_path), "train": {**tiny(tmp_path)["train"], "sync_bn": True}})
+    with pytest.raises(ConfigError, match="sync_bn needs several processes on CUDA"):
+        train(sync_bn, progress=False)
+    assert not (tmp_path / "runs").exists()
+    bad = ganforge_cli("train", "--nproc", "2", "--batch-size", "7", "--data", "mnist-5k", "--steps", "2",
+                       "--runs-dir", str(tmp_path / "x"), "--set", "data.download=false")  # fmt: skip
+    assert bad.returncode != 0 and "split evenly" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_dist_helpers_on_one_process():
+    d = Dist()
+    x = torch.arange(6)
+    assert d.shard(x) is x and d.any(True, False) == [True, False] and d.mean([1.0, 2.0]) == [1.0, 2.0]
+    halves = [Dist(rank=r, world=2).shard(x).tolist() for r in (0, 1)]
+    assert halves == [[0, 1, 2], [3, 4, 5]]
