@@ -21,6 +21,8 @@ import torch.distributed as tdist
 import torch.nn as nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+VOTE_EVERY = 8  # steps between the ranks' votes on stopping (a signal, the clock, a NaN loss)
+
 
 @dataclass(frozen=True)
 class Dist:

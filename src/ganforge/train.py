@@ -37,7 +37,7 @@ from ganforge.checkpoint import (
 )
 from ganforge.config import Config, ConfigError, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset, to_float
-from ganforge.distributed import Dist, init_distributed, shutdown
+from ganforge.distributed import VOTE_EVERY, Dist, init_distributed, shutdown
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
 from ganforge.losses import LOSSES, LossPair, gaussian_kl, reconstruction_nll
 from ganforge.models import build_models, is_vae
@@ -866,22 +866,19 @@ def _train(
         epoch, i = divmod(b, batches_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(t.seed, epoch, n).to(device)
-        idx = order[i * batch : (i + 1) * batch]
+        idx = dist.shard(order[i * batch : (i + 1) * batch])  # this rank's part of the global batch
         real_img = to_float(images[idx])
         if real_img.dim() == 4:  # channels_last below fp32, to match the models
             real_img = real_img.contiguous(memory_format=precision.memory_format)
-        return dist.shard(real_img), dist.shard(labels[idx] if nc else None)  # this rank's part
+        return real_img, (labels[idx] if nc else None)
 
     G.train()
     D.train()
     t_start, out_of_time, interrupted = time.perf_counter(), False, False
+    unvoted_nan = False  # a rank's NaN loss since the ranks last voted (several processes)
     try:
         while step < total_steps:
-            # every rank stops at the same step: a signal or the clock on any of them stops all
-            interrupted, out_of_time = dist.any(
-                stop.requested, t.time_limit is not None and time.perf_counter() - t_start >= t.time_limit
-            )
-            if interrupted or out_of_time:
+            if interrupted or out_of_time:  # decided at the end of the last step, the same on every rank
                 out_of_time = out_of_time and not interrupted
                 break
             try:
@@ -934,7 +931,20 @@ def _train(
                 nimg += batch * t.n_critic
 
                 # divergence is caught the step it happens, before a checkpoint could store it
-                if dist.any(not all_finite(*stats.values()) or not weights_finite(G, D))[0]:
+                # a NaN loss, a signal, the clock: with several processes, the ranks vote every VOTE_EVERY
+                # steps and the last step (each vote waits for the slowest rank), so all stop at one step.
+                # The weights are the same on every rank: their check needs no vote.
+                seen = (not all_finite(*stats.values()), stop.requested,
+                        t.time_limit is not None and time.perf_counter() - t_start >= t.time_limit)  # fmt: skip
+                if dist.enabled:
+                    unvoted_nan = unvoted_nan or seen[0]
+                    bad_stats = interrupted = out_of_time = False
+                    if step % VOTE_EVERY == 0 or step == total_steps:
+                        bad_stats, interrupted, out_of_time = dist.any(unvoted_nan, *seen[1:])
+                        unvoted_nan = False
+                else:
+                    bad_stats, interrupted, out_of_time = seen
+                if bad_stats or not weights_finite(G, D):
                     bad = [key for key, v in stats.items() if not all_finite(v)]
                     names = ("encoder", "decoder") if vae else ("D", "G")
                     bad += [f"{name} weights" for name, mod in zip(names, (D, G)) if not weights_finite(mod)]
@@ -1004,7 +1014,7 @@ def _train(
                     save_checkpoint(ckpt_dir / f"step_{step:07d}.pt", saved)
                     for old in sorted(ckpt_dir.glob("step_*.pt"))[: -t.keep_checkpoints]:
                         old.unlink(missing_ok=True)
-            if evaluator is not None and step % t.eval_every == 0:
+            if main and evaluator is not None and step % t.eval_every == 0:  # rank 0 measures and keeps best.pt
                 value = evaluator(G_show())
                 log({"event": "eval", "step": step, "metric": evaluator.metric, "value": value})
                 if value < best:
