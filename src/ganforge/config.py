@@ -145,7 +145,7 @@ class TrainConfig:
     # fp32; bf16 autocast (fast on CPUs with AVX512-BF16/AMX and on recent GPUs); fp16 autocast with
     # loss scaling (CUDA only); auto = bf16 where the hardware has it, else fp16 on older GPUs, else
     # fp32 (measured on a 2-core CPU: bf16 1.4-2x the img/s of fp32, the same FID at equal steps).
-    # Below fp32 the models and batches also use the channels_last memory layout.
+    # Models and batches use the channels_last (NHWC) memory layout, except in fp32 on GPUs.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     # torch.compile G and D for the training steps (checkpoints, sampling and evaluation use the plain
     # modules). Costs compile time at start (and when a mode changes); see docs/benchmarks.md for when
