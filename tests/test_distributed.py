@@ -69,8 +69,9 @@ def test_two_processes_in_lockstep_write_once_and_resume(tmp_path):
     again = ganforge_cli("train", "--nproc", "2", "--resume", str(run), "--steps", "10", "--no-progress")
     assert again.returncode == 0, again.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 10
-    # and again after the resumed session (the first session's end was logged after last.pt: trimmed)
-    assert [e["max_param_difference"] for e in events(run, "ranks")] == [0.0]
+    # and again after the resumed session (the first session's record survives the resume)
+    assert [e["max_param_difference"] for e in events(run, "ranks")] == [0.0, 0.0]
+    assert [e["step"] for e in events(run, "end")] == [6, 10]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "event" not in json.loads(line)]  # fmt: skip
     assert steps == [2, 4, 6, 8, 10]  # every log line once: only rank 0 writes

@@ -1030,12 +1030,20 @@ def _train(
             bar.close()
         stop.uninstall()
 
+    signal_name = stop.signal_name or "a signal to another process"
+    if interrupted:
+        log({"event": "interrupted", "step": step, "signal": signal_name})
+    else:
+        if dist.enabled:  # the processes must have stayed in lockstep: say so, with the number
+            log({"event": "ranks", "processes": dist.world, "max_param_difference": dist.max_difference(G, D)})
+        log({"event": "end", "step": step, "nimg": nimg, "seconds": time.perf_counter() - t_start,
+             "train_seconds": None if clock_base is None else clock_base + time.perf_counter() - clock_start,
+             **({"stopped_by": "train.time_limit"} if out_of_time else {})})  # fmt: skip
+    # the last checkpoints after those lines: a resume cuts the log back to its checkpoint, and keeps them
     save(ckpt_dir / "last.pt", state)
     write_grid()
     plot()
     if interrupted:
-        signal_name = stop.signal_name or "a signal to another process"
-        log({"event": "interrupted", "step": step, "signal": signal_name})
         raise TrainingStopped(
             f"stopped by {signal_name} at step {step}/{total_steps}; checkpoint saved. "
             f"Resume with: ganforge train --resume {run_dir}",
@@ -1043,11 +1051,6 @@ def _train(
             143 if stop.signal_name == "SIGTERM" else 130,
         )
     save(ckpt_dir / "final.pt", state)
-    if dist.enabled:  # the processes must have stayed in lockstep: say so, with the number
-        log({"event": "ranks", "processes": dist.world, "max_param_difference": dist.max_difference(G, D)})
-    log({"event": "end", "step": step, "nimg": nimg, "seconds": time.perf_counter() - t_start,
-         "train_seconds": None if clock_base is None else clock_base + time.perf_counter() - clock_start,
-         **({"stopped_by": "train.time_limit"} if out_of_time else {})})  # fmt: skip
     if out_of_time:
         say(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {step}/{total_steps}.",
               file=sys.stderr)  # fmt: skip
