@@ -78,7 +78,7 @@ def test_two_processes_in_lockstep_write_once_and_resume(tmp_path):
     assert [e["processes"] for e in events(run, "resume")] == [2]
 
 
-def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path):
+def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path, monkeypatch):
     cfg = build_config(overrides=tiny(tmp_path))
     _check_distributed(cfg, Dist())  # one process: nothing to refuse
     two = Dist(rank=0, world=2)
@@ -86,7 +86,9 @@ def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="split evenly over the 2 processes"):
         _check_distributed(odd, two)
     rollback = build_config(overrides={**tiny(tmp_path), "monitor": {"every": 2, "on_collapse": "rollback"}})
-    with pytest.raises(ConfigError, match="rollback is not supported with several processes"):
+    _check_distributed(rollback, two)  # one machine: every rank can reload rank 0's healthy.pt
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # 2 processes on 2 machines
+    with pytest.raises(ConfigError, match="not across machines"):
         _check_distributed(rollback, two)
     sync_bn = build_config(overrides={**tiny(tmp_path), "train": {**tiny(tmp_path)["train"], "sync_bn": True}})
     with pytest.raises(ConfigError, match="sync_bn needs several processes on CUDA"):
@@ -104,3 +106,20 @@ def test_dist_helpers_on_one_process():
     assert d.shard(x) is x and d.any(True, False) == [True, False] and d.mean([1.0, 2.0]) == [1.0, 2.0]
     halves = [Dist(rank=r, world=2).shard(x).tolist() for r in (0, 1)]
     assert halves == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_two_processes_roll_back_together_and_stop_together(tmp_path):
+    """A learning rate that makes D's weights NaN: every rank sees the divergence at the same step,
+    rolls back to rank 0's healthy.pt with lowered rates, and all stop together at the limit."""
+    args = ["--data", "mnist-5k", "--batch-size", "8", "--steps", "40", "--no-progress", "--runs-dir", str(tmp_path),
+            "--name", "rb", "--precision", "fp32", "--set", "data.limit=64", "data.download=false",
+            "model.g_channels=4", "model.d_channels=4", "model.z_dim=8", "train.device=cpu", "optim.d_lr=1e30",
+            "monitor.every=2", "monitor.warmup=0", "monitor.on_collapse=rollback", "monitor.max_rollbacks=2",
+            "monitor.lr_factor=0.5"]  # fmt: skip
+    done = ganforge_cli("train", "--nproc", "2", *args)
+    assert done.returncode != 0
+    assert "already rolled back 2 times" in done.stderr  # stopped at the limit, not hung
+    run = tmp_path / "rb"
+    rollbacks = events(run, "rollback")
+    assert [r["rollbacks"] for r in rollbacks] == [1, 2]  # logged once each: by rank 0
+    assert rollbacks[1]["d_lr"] == pytest.approx(1e30 * 0.25)

@@ -496,9 +496,11 @@ def _check_distributed(cfg: Config, dist: Dist) -> None:
     if t.batch_size % dist.world:
         raise ConfigError(f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
                           f"{dist.world} processes; use a multiple of {dist.world}.")  # fmt: skip
-    if cfg.monitor.every and cfg.monitor.on_collapse == "rollback":
-        raise ConfigError("monitor.on_collapse=rollback is not supported with several processes yet; use warn or "
-                          "stop (a stopped run resumes with --resume).")  # fmt: skip
+    multi_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)) != dist.world
+    if cfg.monitor.every and cfg.monitor.on_collapse == "rollback" and multi_node:
+        # every rank reloads rank 0's checkpoints/healthy.pt, which only this node's file system holds
+        raise ConfigError("monitor.on_collapse=rollback works with several processes on one machine, not across "
+                          "machines yet; use warn or stop (a stopped run resumes with --resume).")  # fmt: skip
 
 
 def train(
