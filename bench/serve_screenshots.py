@@ -44,8 +44,7 @@ def main() -> int:
 
         page.goto(base + "/studies")
         page.fill("#name", "digits")
-        page.fill("#real", "20")
-        page.fill("#fake", "20")
+        page.fill("#per", "20")
         page.click("#create")
         page.wait_for_selector("#created:not(.hidden)")
         rater = browser.new_page(viewport={"width": 800, "height": 560})

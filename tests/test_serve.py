@@ -87,6 +87,7 @@ def test_pages_and_static_files_are_served(client):
         ("/api/runs/0/grid.png?class=10", 422, "out of range"),
         ("/api/runs/1/grid.png?class=3", 422, "unconditional"),
         ("/api/runs/0/grid.png?truncation=0", 422, "truncation"),
+        ("/api/runs/0/grid.png?truncation=0.000000001", 422, "truncation"),  # would stall a redraw loop
         ("/api/runs/0/grid.png?checkpoint=../../../etc/passwd", 404, "no checkpoint"),
         ("/api/runs/0/grid.png?checkpoint=%2Fetc%2Fpasswd", 404, "no checkpoint"),
         ("/api/runs/0/interpolation.png?seed_a=1&seed_b=2&frames=1", 422, "frames"),
@@ -189,7 +190,10 @@ def test_rater_responses_never_reveal_the_answer_key(client, tmp_path):
         ({"name": "x", "runs": ["0", "0"]}, 400, "only once"),
         ({"name": "x", "runs": ["0"], "real_per_rater": 0}, 422, "real_per_rater"),
         ({"name": "x", "runs": ["0"], "fake_per_rater": 501}, 422, "fake_per_rater"),
-        ({"name": "x", "runs": ["0"], "real_per_rater": 300}, 422, "fewer than"),  # mnist-5k test: 500
+        ({"name": "x", "runs": ["0"], "real_per_rater": 300, "fake_per_rater": 300}, 422, "fewer than"),  # mnist-5k test: 500
+        ({"name": "x", "runs": ["0"], "real_per_rater": 10, "fake_per_rater": 50}, 422, "must be equal"),
+        ({"name": "x", "runs": ["0"], "truncation": 1e-9}, 422, "truncation"),
+        ({"name": "x", "runs": ["0"], "seed": 0}, 422, "seed"),  # the pools' seeds are secret
         ({"name": "<script>", "runs": ["0"]}, 422, "printable"),
         ({"name": "x", "runs": ["0"], "admin_key": "mine"}, 422, "admin_key"),
     ],
@@ -214,6 +218,8 @@ def test_invalid_rater_input_is_refused(client):
         (client.post("/api/raters/AAAAAAAAAAAAAAAA/votes", json={"image": rater["next"], "answer": "real"}), 404),
         (client.post(votes, content=b"{not json", headers={"content-type": "application/json"}), 422),
         (client.post(votes, json={"image": rater["next"], "answer": "real", "x": "y" * 20000}), 413),
+        (client.post(votes, content=(b"x" * 1000 for _ in range(40)),  # chunked: no Content-Length
+                     headers={"content-type": "application/json"}), 413),
     ]
     for response, status in cases:
         assert response.status_code == status, response.text
@@ -281,3 +287,23 @@ def test_serve_command_binds_loopback_and_warns_otherwise(runs, tmp_path, monkey
     assert main(["serve", str(runs[0]), "--db", db, "--host", "0.0.0.0", "--port", "9000"]) == 0
     assert calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 9000
     assert "warning: binding 0.0.0.0" in capsys.readouterr().err
+
+
+def test_results_after_the_first_vote_and_safe_exports(client, runs, tmp_path):
+    made = new_study(client, real=2, fake=2, runs=("0",))
+    rater = client.post(f"/api/studies/{made['id']}/raters", json={"name": "=HYPERLINK(1)"}).json()
+    client.post(f"/api/raters/{rater['rater']}/votes", json={"image": rater["next"], "answer": "fake"})
+    report = client.get(f"/api/studies/{made['id']}/results?key={made['admin_key']}")
+    assert report.status_code == 200, report.text  # one kind still unanswered: null, not a NaN error
+    s = report.json()["runs"]["cond"]
+    assert s["answers"] == 1 and None in (s["false_real_rate"], s["false_fake_rate"])
+    csv_text = client.get(f"/api/studies/{made['id']}/votes.csv?key={made['admin_key']}").text
+    assert "\n'=HYPERLINK(1)," in csv_text  # a spreadsheet shows the name, it does not run it
+    # the pools' seeds are secret: the Generate page's seed 0 (or any small seed) does not show the fakes
+    con = sqlite3.connect(tmp_path / "studies.db")
+    fakes = {bytes(np.asarray(Image.open(io.BytesIO(row[0]))).tobytes()) for row in con.execute(
+        "SELECT png FROM images WHERE study_id = ? AND truth = 'fake'", (made["id"],))}  # fmt: skip
+    gen = client.app.state.runs[0].generator(None, "cpu")
+    for seed in range(3):
+        shown = gen.sample(len(fakes), seed=seed)
+        assert not fakes & {bytes(img[0].numpy().tobytes()) for img in shown}

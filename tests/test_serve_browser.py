@@ -81,8 +81,7 @@ def test_generate_study_and_results_in_chromium(browser, artifacts, tmp_path):
         # Studies: create one over both runs, 3 real + 3 generated images per rater and run
         page.goto(base + "/studies")
         page.fill("#name", "browser study")
-        page.fill("#real", "3")
-        page.fill("#fake", "3")
+        page.fill("#per", "3")
         page.check("#run-1")
         page.click("#create")
         page.wait_for_selector("#created:not(.hidden)")

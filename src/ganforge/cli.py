@@ -103,7 +103,6 @@ def _train_parser(sub: Any) -> None:
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     """`--nproc N`: run this same command under torchrun, N processes."""
     import os
-    import subprocess
 
     if args.nproc < 1:
         print(f"ganforge: error: --nproc must be at least 1, got {args.nproc}.", file=sys.stderr)
@@ -122,8 +121,11 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.device in (None, "cpu", "auto") and "OMP_NUM_THREADS" not in env:
         # CPU processes share the cores: give each its share instead of letting all of them take all
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.nproc))
-    print(f"ganforge: starting {args.nproc} processes: {' '.join(cmd[2:])}", file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    print(f"ganforge: starting {args.nproc} processes: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    # this process becomes torchrun: Ctrl-C and SIGTERM reach its agent, which stops the workers with
+    # SIGTERM (each saves a checkpoint), and its exit status is the command's
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # not reached
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,7 +12,8 @@ step differentiates through D without updating it (the G step) and the simultane
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,15 @@ class Dist:
         t = torch.tensor([float(bool(f)) for f in flags], device=self._device())
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. a dataset download into a shared cache), the others after."""
+        if self.enabled and not self.main:
+            tdist.barrier()
+        yield
+        if self.enabled and self.main:
+            tdist.barrier()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""

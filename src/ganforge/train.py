@@ -496,6 +496,10 @@ def _check_distributed(cfg: Config, dist: Dist) -> None:
     if t.batch_size % dist.world:
         raise ConfigError(f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
                           f"{dist.world} processes; use a multiple of {dist.world}.")  # fmt: skip
+    if (t.batch_size // dist.world) % cfg.model.pack:
+        raise ConfigError(f"model.pack={cfg.model.pack}: each process's share of the batch ({t.batch_size // dist.world}) "
+                          f"must be a multiple of it; use a batch size that is a multiple of "
+                          f"{dist.world * cfg.model.pack}.")  # fmt: skip
     multi_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)) != dist.world
     if cfg.monitor.every and cfg.monitor.on_collapse == "rollback" and multi_node:
         # every rank reloads rank 0's checkpoints/healthy.pt, which only this node's file system holds
@@ -568,7 +572,8 @@ def _train(
             )
         dist = init_distributed(pick_device(cfg.train.device))
         _check_distributed(cfg, dist)
-        ds = _load_data(cfg)
+        with dist.main_first():  # a download happens once, by rank 0
+            ds = _load_data(cfg)
         if len(ds) != ckpt["dataset"]["n"]:
             raise ConfigError(
                 f"cannot resume '{run_dir}': it was trained on {ckpt['dataset']['n']} images of "
@@ -578,7 +583,8 @@ def _train(
         cfg = cfg or Config()
         dist = init_distributed(pick_device(cfg.train.device))  # the device check fails before a run folder
         _check_distributed(cfg, dist)
-        cfg, ds = prepare(cfg)
+        with dist.main_first():  # a download happens once, by rank 0
+            cfg, ds = prepare(cfg)
         run_dir = dist.broadcast(_new_run_dir(cfg) if dist.main else None)  # rank 0 names it for all
     main = dist.main  # only rank 0 writes files and prints
 
@@ -618,8 +624,6 @@ def _train(
     precision = Precision(resolve_precision(t.precision, device), device)
     if t.update == "simultaneous" and precision.scaler is not None:
         raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")
-    if t.sync_bn:
-        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     G = G.to(device, memory_format=precision.memory_format)
     D = D.to(device, memory_format=precision.memory_format)
     if dist.enabled:
@@ -627,6 +631,8 @@ def _train(
         dist.broadcast_module(D)
         precision.sync = dist.sync_grads
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
+    if t.sync_bn:  # after G_ema's copy: rank 0 alone runs G_ema (grids, BN recalibration), so plain BN there
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     # the modules the training steps call: compiled (sharing G's and D's parameters) with train.compile
     G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
     opt_G = torch.optim.Adam(
@@ -954,7 +960,8 @@ def _train(
                     bad = [key for key, v in stats.items() if not all_finite(v)]
                     names = ("encoder", "decoder") if vae else ("D", "G")
                     bad += [f"{name} weights" for name, mod in zip(names, (D, G)) if not weights_finite(mod)]
-                    handle_event("divergence", [f"{', '.join(bad)} became NaN/Inf"])
+                    handle_event("divergence", [f"{', '.join(bad)} became NaN/Inf" if bad
+                                                else "a loss became NaN/Inf in another process"])  # fmt: skip
 
                 if check_now:
                     collapsed, reasons = False, ["rank 0's health monitor flagged a collapse"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -74,8 +74,9 @@ def run_scores(votes: Iterable[Vote], seed: int = 0) -> dict[str, dict[str, Any]
             "error_rate": float(wrong.mean()),
             "ci95": [low, high],
             "ci_method": f"percentile bootstrap over {unit}, {BOOTSTRAP_SAMPLES} resamples",
-            "false_real_rate": float(wrong[fake].mean()) if fake.any() else float("nan"),
-            "false_fake_rate": float(wrong[~fake].mean()) if (~fake).any() else float("nan"),
+            # None (JSON null) until the run has answers on images of that kind
+            "false_real_rate": float(wrong[fake].mean()) if fake.any() else None,
+            "false_fake_rate": float(wrong[~fake].mean()) if (~fake).any() else None,
             "answers": len(vs),
             "fake_answers": int(fake.sum()),
             "real_answers": int((~fake).sum()),
@@ -103,8 +104,8 @@ def most_fooling(votes: Iterable[Vote], k: int = 8) -> list[dict[str, Any]]:
 def format_results(report: dict[str, Any]) -> str:
     """A study report (from the serve store) as a plain-text table with its protocol."""
 
-    def pct(x: float) -> str:
-        return "-" if x != x else f"{100 * x:.1f}%"
+    def pct(x: Optional[float]) -> str:
+        return "-" if x is None or x != x else f"{100 * x:.1f}%"
 
     lines = [f"study {report['study']} '{report['name']}': {report['votes']} answers, {report['raters_joined']} raters",
              report["metric"], "",

@@ -4,6 +4,7 @@ shipped in this package (no CDN, works offline)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -32,6 +33,7 @@ MAX_BODY = 16 * 1024  # bytes; every request this app accepts is a small JSON ob
 MAX_GRID = 256
 MAX_FRAMES = 16
 MAX_SEED = 2**31 - 1
+MIN_TRUNCATION = 0.05
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'",
@@ -106,8 +108,7 @@ class StudyIn(BaseModel):
     runs: list[str] = Field(min_length=1, max_length=8)
     real_per_rater: int = Field(50, ge=1, le=500)
     fake_per_rater: int = Field(50, ge=1, le=500)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    truncation: Optional[float] = Field(None, gt=0, le=4)
+    truncation: Optional[float] = Field(None, ge=MIN_TRUNCATION, le=4)
 
 
 class RaterIn(BaseModel):
@@ -123,28 +124,38 @@ class VoteIn(BaseModel):
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, whether or not they announce their length."""
+    """Refuse request bodies over `limit` bytes with 413, whether or not they announce their length.
+    The (small) body is read here first and handed on to the app."""
 
     def __init__(self, app, limit: int = MAX_BODY):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        too_large = _json_error(413, f"request body too large (limit {self.limit} bytes)")
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _json_error(413, f"request body too large (limit {self.limit} bytes)")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+            return await too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise StudyError(f"request body too large (limit {self.limit} bytes)", 413)
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await too_large(scope, receive, send)
+        sent = False
 
-        await self.app(scope, limited, send)
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: the disconnect, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def _json_error(status: int, message: str) -> JSONResponse:
@@ -161,8 +172,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 def _png_response(images: torch.Tensor, nrow: Optional[int], filename: str, download: bool, seed: int) -> Response:
     headers = {"X-Seed": str(seed), "Cache-Control": "no-store", **SECURITY_HEADERS}
-    if download:
-        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if download:  # header values are Latin-1: keep the name to safe ASCII
+        headers["Content-Disposition"] = f'attachment; filename="{re.sub(r"[^A-Za-z0-9._-]", "_", filename)}"'
     return Response(encode_png(make_grid(images, nrow)), media_type="image/png", headers=headers)
 
 
@@ -275,7 +286,7 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
         seed: Optional[int] = Query(None, ge=0, le=MAX_SEED),
         n: int = Query(16, ge=1, le=MAX_GRID),
         cls: Optional[int] = Query(None, ge=0, alias="class"),
-        truncation: Optional[float] = Query(None, gt=0, le=4),
+        truncation: Optional[float] = Query(None, ge=MIN_TRUNCATION, le=4),
         download: bool = False,
     ):
         r = get_run(run)
@@ -294,7 +305,7 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
         frames: int = Query(8, ge=2, le=MAX_FRAMES),
         checkpoint: Optional[str] = Query(None, max_length=64),
         cls: Optional[int] = Query(None, ge=0, alias="class"),
-        truncation: Optional[float] = Query(None, gt=0, le=4),
+        truncation: Optional[float] = Query(None, ge=MIN_TRUNCATION, le=4),
         download: bool = False,
     ):
         r = get_run(run)
@@ -308,18 +319,25 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
     @app.post("/api/studies", status_code=201)
     def create_study(body: StudyIn):
         chosen = [get_run(k) for k in body.runs]
+        if body.real_per_rater != body.fake_per_rater:
+            raise StudyError("real_per_rater and fake_per_rater must be equal: HYPE-infinity is the error rate on a "
+                             "balanced mix (with more of one kind, always answering that kind would score above 50%)",
+                             422)  # fmt: skip
         members = []
         pool_fake = 2 * body.fake_per_rater + 2  # raters draw different subsets; +2 for the tutorial
         pool_real = 2 * body.real_per_rater + 2
+        # secret seeds, kept on the server: with a guessable one, the Generate page would show the fakes
+        seeds = [secrets.randbelow(MAX_SEED) for _ in range(2 * len(chosen))]
         for i, r in enumerate(chosen):
             with lock:
                 gen = r.generator(None, device)
-                fake = gen.sample(pool_fake, seed=body.seed * 1000 + i, truncation=body.truncation)
-            real, where = _real_pool(r, pool_real, body.seed)
+                fake = gen.sample(pool_fake, seed=seeds[2 * i], truncation=body.truncation)
+            real, where = _real_pool(r, pool_real, seeds[2 * i + 1])
             protocol = {"checkpoint": r.default, "step": r.step, "generator": "G_ema where kept",
-                        "truncation": body.truncation, **where}  # fmt: skip
+                        "truncation": body.truncation, "fake_seed": seeds[2 * i], "real_seed": seeds[2 * i + 1],
+                        **where}  # fmt: skip
             members.append(StudyRun(r.name, fake, real, protocol))
-        made = store.create_study(body.name, members, body.real_per_rater, body.fake_per_rater, body.seed)
+        made = store.create_study(body.name, members, body.real_per_rater, body.fake_per_rater)
         return {**made, "rate_url": f"/rate/{made['id']}", "results_url": f"/results/{made['id']}?key={made['admin_key']}"}
 
     @app.get("/api/studies")

@@ -122,9 +122,7 @@ class StudyStore:
 
     # -- the evaluator -------------------------------------------------------------------------
 
-    def create_study(
-        self, name: str, runs: list[StudyRun], real_per_rater: int, fake_per_rater: int, seed: int = 0
-    ) -> dict[str, str]:
+    def create_study(self, name: str, runs: list[StudyRun], real_per_rater: int, fake_per_rater: int) -> dict[str, str]:
         """Store every image of the study under a fresh opaque id; returns the study id and the
         evaluator's key (which the results need)."""
         name = check_name(name, "study name")
@@ -143,7 +141,7 @@ class StudyStore:
                         f"{TUTORIAL_PER_KIND} for the tutorial; lower the count per rater"
                     )
         study, key = _token(8), _token(18)
-        protocol = {"seed": seed, "tutorial_per_kind": TUTORIAL_PER_KIND, "runs": {r.name: r.protocol for r in runs}}
+        protocol = {"tutorial_per_kind": TUTORIAL_PER_KIND, "runs": {r.name: r.protocol for r in runs}}
         rows = []
         for i, r in enumerate(runs):
             for truth, pool in (("fake", r.fake), ("real", r.real)):
@@ -232,7 +230,8 @@ class StudyStore:
         writer = csv.writer(buffer)
         writer.writerow(["rater", "run", "image", "truth", "answer", "correct", "ms", "time"])
         for v in self.votes(study):
-            writer.writerow([v["rater"], v["run"], v["image"], v["truth"], v["answer"],
+            rater = "'" + v["rater"] if v["rater"][:1] in "=+-@\t\r" else v["rater"]  # no spreadsheet formulas
+            writer.writerow([rater, v["run"], v["image"], v["truth"], v["answer"],
                              int(v["truth"] == v["answer"]), v["ms"], f"{v['time']:.3f}"])  # fmt: skip
         return buffer.getvalue()
 

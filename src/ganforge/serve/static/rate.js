@@ -56,7 +56,7 @@ async function init() {
   $("real").addEventListener("click", () => vote("real"));
   $("fake").addEventListener("click", () => vote("fake"));
   document.addEventListener("keydown", e => {
-    if ($("judge").classList.contains("hidden") || e.target.tagName === "INPUT") return;
+    if (e.repeat || $("judge").classList.contains("hidden") || e.target.tagName === "INPUT") return;  // a held key is one answer
     if (e.key === "r" || e.key === "R") vote("real");
     if (e.key === "f" || e.key === "F") vote("fake");
   });

@@ -22,7 +22,7 @@ async function refresh() {
 async function create() {
   $("error").textContent = "";
   const runs = [...document.querySelectorAll("#runs input:checked")].map(i => i.value);
-  const body = { name: $("name").value, runs, real_per_rater: +$("real").value, fake_per_rater: +$("fake").value, seed: +$("seed").value };
+  const body = { name: $("name").value, runs, real_per_rater: +$("per").value, fake_per_rater: +$("per").value };
   $("create").disabled = true; $("create").textContent = "Creating…";
   try {
     const made = await api("/api/studies", { method: "POST", body: JSON.stringify(body) });
