@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ganforge.checkpoint import load_checkpoint
 
 TINY = ["--no-progress", "--device", "cpu", "--set", "model.g_channels=4", "model.d_channels=4", "model.z_dim=8",
@@ -116,3 +118,22 @@ def test_trim_log_cuts_back_to_the_checkpoint_and_drops_torn_lines(tmp_path):
     assert trim_log(log, None) == 1  # an old checkpoint without the length: only the torn line goes
     assert log.read_text().splitlines()[-1] == '{"step": 2}'
     assert trim_log(log, None) == 0
+
+
+def test_an_interrupt_wrapped_by_a_library_still_quits_with_130(monkeypatch, capsys):
+    """A second Ctrl-C during an import (e.g. matplotlib's) reaches the CLI as another exception
+    caused by KeyboardInterrupt: still "aborted", status 130, no traceback."""
+    from ganforge import cli
+
+    def interrupted_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__") from e
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", interrupted_import)
+    assert cli.main(["presets"]) == 130
+    assert "aborted" in capsys.readouterr().err
+    monkeypatch.setitem(cli.COMMANDS, "presets", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other errors are not swallowed
+        cli.main(["presets"])

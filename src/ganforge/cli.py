@@ -670,6 +670,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("ganforge: aborted.", file=sys.stderr)
         return 130
+    except Exception as e:  # a second Ctrl-C inside a library (e.g. an import) may arrive wrapped
+        if not _caused_by_interrupt(e):
+            raise
+        print("ganforge: aborted.", file=sys.stderr)
+        return 130
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 if __name__ == "__main__":
