@@ -101,9 +101,9 @@ class Precision:
     def __init__(self, name: str, device: torch.device):
         self.name, self.device_type = name, device.type
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
-        # channels_last (NHWC) convolutions: faster on CPUs in every precision (fp32 measured +8 % on the
-        # seed's dcgan28, +7-21 % on dcgan28-classic/dcgan32, docs/benchmarks.md) and for GPU tensor
-        # cores in bf16/fp16; plain NCHW for fp32 on GPUs
+        # channels_last (NHWC) convolutions: faster on CPUs in every precision (fp32: +24 % vs plain on
+        # dcgan28-classic and dcgan32, neutral on the seed's dcgan28; docs/benchmarks.md) and for GPU
+        # tensor cores in bf16/fp16; plain NCHW for fp32 on GPUs
         self.memory_format = (torch.contiguous_format if name == "fp32" and device.type == "cuda"
                               else torch.channels_last)  # fmt: skip
         # several processes: averages the gradients of a list of parameters over them (Dist.sync_grads)
