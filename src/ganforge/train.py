@@ -599,6 +599,7 @@ def _train(
     def plot() -> None:
         if main:
             plot_losses(metrics_path, run_dir / "losses.png")
+
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
@@ -872,6 +873,14 @@ def _train(
     window_steps, window_start = 0, time.perf_counter()
     order_epoch, order = -1, None
 
+    def draw_z() -> torch.Tensor:
+        """This rank's latents [batch / processes, z_dim], drawn for the whole global batch."""
+        return dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
+
+    def draw_c() -> Optional[torch.Tensor]:
+        """This rank's class labels for the fakes of a conditional model, drawn like draw_z."""
+        return dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
+
     def real_batch(b: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The b-th real batch of the run (and its labels for a conditional model)."""
         nonlocal order_epoch, order
@@ -899,13 +908,12 @@ def _train(
                 real_logits = fake_logits = None
                 if vae:  # encoder in D's place, decoder in G's
                     real_img, c_real = real_batch(step)
-                    eps = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
+                    eps = draw_z()  # the reparameterisation noise
                     stats = vae_step(G_run, D_run, opt_G, opt_D, real_img, eps, cfg.loss.likelihood,
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                 elif t.update == "simultaneous":
                     real_img, c_real = real_batch(step)
-                    z_d = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
-                    c_fake = dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
+                    z_d, c_fake = draw_z(), draw_c()
                     d_loss, g_loss, real_logits, fake_logits = simultaneous_step(
                         G_run, D_run, opt_G, opt_D, loss, real_img, z_d, penalty(step), augment, c_real, c_fake,
                         precision)  # fmt: skip
@@ -914,8 +922,7 @@ def _train(
                     for k in range(t.n_critic):
                         b = step * t.n_critic + k  # global index of this real batch (and of this D update)
                         real_img, c_real = real_batch(b)
-                        z_d = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
-                        c_fake = dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
+                        z_d, c_fake = draw_z(), draw_c()
                         if t.reuse_fakes and k == t.n_critic - 1:
                             with precision.autocast():
                                 fakes = G_run(z_d, c_fake)
@@ -926,8 +933,7 @@ def _train(
                     if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
                         g_loss = g_step(G_run, D_run, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
                     else:
-                        z_g = dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
-                        c_g = dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
+                        z_g, c_g = draw_z(), draw_c()
                         g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision)
                     del fakes
                 # D's (or the encoder's) gradients of this step: the G step computes none for D

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ganforge.checkpoint import CheckpointError, find_checkpoint
+from ganforge.models import is_vae
 from ganforge.sample import TrainedGenerator, encode_png, load, make_grid
 from ganforge.serve.store import StudyError, StudyRun, StudyStore, check_token
 
@@ -70,7 +71,7 @@ class ServedRun:
         return {
             "id": self.key, "name": self.name, "checkpoints": list(self.checkpoints), "default_checkpoint": self.default,
             "step": self.step, "dataset": data["name"], "resolution": data["resolution"], "channels": data["channels"],
-            "model": model["name"], "family": "vae" if self.config["loss"]["name"] == "elbo" else "gan",
+            "model": model["name"], "family": "vae" if is_vae(model["name"]) else "gan",
             "num_classes": model["num_classes"] if model.get("conditional") else None,
         }  # fmt: skip
 

@@ -196,21 +196,26 @@ class StudyStore:
     def votes(self, study: str) -> list[dict[str, Any]]:
         with self._connect() as con:
             self._study(con, study)
-            rows = con.execute(
-                "SELECT r.name, r.id, i.run, i.id, i.truth, v.answer, v.ms, v.created FROM votes v"
-                " JOIN raters r ON v.rater_id = r.id JOIN images i ON v.image_id = i.id"
-                " WHERE r.study_id = ? ORDER BY v.created",
-                (study,),
-            ).fetchall()
+            return self._votes(con, study)
+
+    @staticmethod
+    def _votes(con: sqlite3.Connection, study: str) -> list[dict[str, Any]]:
+        rows = con.execute(
+            "SELECT r.name, r.id, i.run, i.id, i.truth, v.answer, v.ms, v.created FROM votes v"
+            " JOIN raters r ON v.rater_id = r.id JOIN images i ON v.image_id = i.id"
+            " WHERE r.study_id = ? ORDER BY v.created",
+            (study,),
+        ).fetchall()
         keys = ("rater", "rater_id", "run", "image", "truth", "answer", "ms", "time")
         return [dict(zip(keys, r)) for r in rows]
 
     def results(self, study: str) -> dict[str, Any]:
         """HYPE-infinity per run, with its protocol, from every vote so far."""
-        with self._connect() as con:
+        with self._connect() as con:  # one connection: the study, its raters and votes as of one moment
             row = self._study(con, study)
             raters = con.execute("SELECT COUNT(*) FROM raters WHERE study_id = ?", (study,)).fetchone()[0]
-        votes = [Vote(v["rater_id"], v["run"], v["image"], v["truth"], v["answer"]) for v in self.votes(study)]
+            voted = self._votes(con, study)
+        votes = [Vote(v["rater_id"], v["run"], v["image"], v["truth"], v["answer"]) for v in voted]
         protocol = json.loads(row[6])
         scores = run_scores(votes)
         return {
