@@ -42,18 +42,19 @@ def test_export_refuses_what_it_cannot_read(tmp_path, isolated_env):
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 1
 
 
-@pytest.mark.parametrize("conditional", [False, True])
-def test_onnx_export_matches_pytorch(conditional, tmp_path, isolated_env, capsys):
+@pytest.mark.parametrize("conditional,codes", [(False, 0), (True, 0), (False, 8)])
+def test_onnx_export_matches_pytorch(conditional, codes, tmp_path, isolated_env, capsys):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'ganforge[onnx]')")
     pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'ganforge[onnx]')")
     overrides = tiny(tmp_path, ema_beta=0.9)
-    overrides["model"]["conditional"] = conditional
+    overrides["model"].update(conditional=conditional, latent_codes=codes)  # codes: LatentCodes' erf/floor/gather
     run = train(build_config(overrides=overrides), progress=False)
     assert main(["export", str(run), "--format", "onnx"]) == 0
     out = run / "generator.onnx"
     assert "onnxruntime" in capsys.readouterr().out
     gen = load(run)
     z = torch.randn(5, gen.z_dim, generator=torch.Generator().manual_seed(3))  # another batch size than traced
+    z[:, 0] = torch.tensor([-2.0, -0.3, 0.1, 0.9, 2.5])  # latent codes: several different codes
     c = torch.tensor([0, 3, 7, 9, 3])
     with torch.no_grad():
         expected = gen.G(z, c if conditional else None).numpy()

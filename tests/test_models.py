@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ganforge.models import MODELS, build_models, model_for_resolution
+from ganforge.config import ConfigError, build_config
+from ganforge.models import CODE_DIM, MODELS, build_models, model_for_resolution
 from ganforge.models.dcgan import FastDropout
 
 IMAGE_MODELS = [name for name, spec in MODELS.items() if spec.resolution > 0 and spec.family == "gan"]  # VAEs: test_vae.py
@@ -105,6 +106,35 @@ def test_mlp_maps_z_to_points():
     assert D(x).shape == (6,)
     maxout = D.features[0]
     assert maxout.linear.out_features == 8 * 5  # 5 maxout pieces
+
+
+def test_latent_codes_split_z_into_an_even_code_and_independent_unit_noise():
+    torch.manual_seed(0)
+    G, _ = build_models("mlp", z_dim=3, channels=2, g_channels=16, d_channels=8, dropout=0.0, latent_codes=10)
+    seen = []
+    G.G.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    z = torch.randn(50_000, 3)
+    assert G(z).shape == (50_000, 2)
+    (inner,) = seen
+    assert inner.shape == (50_000, 3 + CODE_DIM)
+    codes, k = torch.unique(inner[:, 3:], dim=0, return_inverse=True)
+    assert codes.shape[0] == 10 and torch.equal(codes.sort(0).values, G.codes.sort(0).values)
+    share = torch.bincount(k, minlength=10).float() / len(k)
+    assert (share - 0.1).abs().max() < 0.01  # each code as likely as the others
+    assert torch.equal(inner[:, 1:3], z[:, 1:])  # the other coordinates pass through
+    z0 = inner[:, 0]
+    assert abs(z0.mean()) < 0.02 and abs(z0.var() - 1) < 0.02 and z0.abs().max() <= 3**0.5 + 1e-5
+    for j in range(10):  # the fresh coordinate does not tell the code: the same spread within each code
+        assert abs(z0[k == j].mean()) < 0.05 and abs(z0[k == j].var() - 1) < 0.06
+    # the code is a function of z alone: equal z, equal points; and it is kept in G's state
+    assert torch.equal(G(z[:8]), G(z[:8].clone())) and "codes" in G.state_dict()
+
+
+def test_latent_codes_are_refused_where_they_mean_nothing():
+    with pytest.raises(ConfigError, match="1 code is the plain latent"):
+        build_config(overrides={"model": {"latent_codes": 1}})
+    with pytest.raises(ConfigError, match="latent codes are for GANs"):
+        build_config(overrides={"model": {"latent_codes": 8}, "loss": {"name": "elbo"}})
 
 
 @pytest.mark.parametrize("name", [n for n in IMAGE_MODELS if MODELS[n].conditional])

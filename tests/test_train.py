@@ -11,7 +11,7 @@ import torch
 import ganforge
 from ganforge.checkpoint import load_checkpoint
 from ganforge.config import ConfigError, build_config
-from ganforge.train import train
+from ganforge.train import lr_scale, train
 
 from .conftest import tiny
 
@@ -258,3 +258,21 @@ def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_pat
         build_config(overrides=tiny(tmp_path, update="simultaneous", n_critic=2))
     run = train(build_config(overrides=tiny(tmp_path, update="simultaneous")), progress=False)
     assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 6
+
+
+def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp_path, isolated_env):
+    assert [lr_scale(s, 8, "linear", 0.5) for s in range(8)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert lr_scale(0, 8, "linear", 0.0) == 1 and lr_scale(7, 8, "linear", 0.0) == 1 / 8
+    assert lr_scale(7, 8, "none", 0.0) == 1
+    overrides = tiny(tmp_path, steps=8, checkpoint_every=3, keep_checkpoints=8)
+    overrides["optim"] = {"lr_decay": "linear", "decay_start": 0.5}
+    run = train(build_config(overrides=overrides), progress=False)
+    straight = load_checkpoint(run / "checkpoints" / "final.pt")
+    for opt in ("opt_G", "opt_D"):  # the last step (index 7) ran at a quarter of the rate
+        group = straight[opt]["param_groups"][0]
+        assert group["base_lr"] == pytest.approx(2e-4) and group["lr"] == pytest.approx(0.25 * 2e-4)
+    # redo steps 3..8 from the step-3 checkpoint: the schedule is a function of the step, so the same run
+    train(resume=run, resume_from="step_0000003.pt", progress=False)
+    _assert_same_state(straight, load_checkpoint(run / "checkpoints" / "final.pt"))
+    with pytest.raises(ConfigError, match="optim.decay_start"):
+        build_config(overrides={"optim": {"lr_decay": "linear", "decay_start": 1.0}})

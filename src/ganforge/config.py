@@ -74,6 +74,12 @@ class ModelConfig:
     conditional: bool = False
     # Number of classes of a conditional model (None: unconditional, or set from the data by resolve()).
     num_classes: Optional[int] = None
+    # A disconnected latent space: z's first coordinate picks one of this many fixed random codes that G
+    # also reads (0 = off, the usual connected Gaussian). A continuous G of a connected latent must put
+    # samples between separated modes (Khayatkhoei et al. 2018); with K codes it need not (a categorical
+    # code as in InfoGAN, Chen et al. 2016, without its mutual-information term). Set K above the number
+    # of modes expected; sampling and every command are unchanged (z ~ N(0, I) still).
+    latent_codes: int = 0
 
 
 @dataclass
@@ -110,6 +116,11 @@ class OptimConfig:
     d_lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # Learning-rate schedule. linear: both rates fall linearly to 0 at the run's last step, starting
+    # at the fraction decay_start of the run (0 = from the first step, as SNGAN's and BigGAN's CIFAR-10
+    # recipes do); a step-based run's end is fixed, so a time-limited run decays by steps as well.
+    lr_decay: Literal["none", "linear"] = "none"
+    decay_start: float = 0.0
 
 
 @dataclass
@@ -457,6 +468,8 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg.optim, key)
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"optim.{key}: must be in [0, 1), got {value}.")
+    if not 0.0 <= cfg.optim.decay_start < 1.0:
+        raise ConfigError(f"optim.decay_start: must be in [0, 1) (a fraction of the run), got {cfg.optim.decay_start}.")
     positive("train.batch_size", cfg.train.batch_size)
     positive("train.n_critic", cfg.train.n_critic)
     if cfg.train.update == "simultaneous" and cfg.train.n_critic != 1:
@@ -476,6 +489,11 @@ def validate(cfg: Config) -> None:
             f"model.conditional: {cfg.model.name} has no class-conditional variant; use one of {', '.join(choices)}."
         )
     positive("model.num_classes", cfg.model.num_classes)
+    positive("model.latent_codes", cfg.model.latent_codes, allow_zero=True)
+    if cfg.model.latent_codes == 1:
+        raise ConfigError("model.latent_codes: 1 code is the plain latent; use 0 (off) or at least 2.")
+    if cfg.model.latent_codes and cfg.loss.name == ELBO:
+        raise ConfigError("model.latent_codes: the VAE's latent is its encoder's Gaussian; latent codes are for GANs.")
     mon = cfg.monitor
     positive("monitor.every", mon.every)
     positive("monitor.n", mon.n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -63,16 +64,49 @@ def build_models(
     pack: int = 1,
     num_classes: int = 0,
     mbstd: bool = False,
+    latent_codes: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
-    """G and D of model `name`; class-conditional when num_classes > 0 (G(z, c), D(x, c))."""
+    """G and D of model `name`; class-conditional when num_classes > 0 (G(z, c), D(x, c)); with
+    latent_codes K > 1, G reads a disconnected latent (LatentCodes) and still takes z [N, z_dim]."""
     kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim,
                   num_classes=num_classes, mbstd=mbstd)  # fmt: skip
     G, D = MODELS[name].build(channels=channels, **kwargs)
+    if latent_codes > 1:
+        G = LatentCodes(MODELS[name].build(channels=channels, **{**kwargs, "z_dim": z_dim + CODE_DIM})[0],
+                        z_dim, latent_codes)  # fmt: skip
     if pack > 1:  # D reads `pack` images stacked along channels
         D = PackedD(MODELS[name].build(channels=channels * pack, **kwargs)[1], pack)
     if spectral_norm:
         apply_spectral_norm(D)
     return G, D
+
+
+CODE_DIM = 16  # length of LatentCodes' code vectors
+
+
+class LatentCodes(nn.Module):
+    """A disconnected latent space in front of a generator `G` that reads z_dim + CODE_DIM numbers.
+
+    z [N, z_dim] ~ N(0, I) as everywhere; u = Phi(z_0) picks code k = floor(u K) of K fixed random
+    vectors (N(0, I) of CODE_DIM, seeded, a buffer kept in checkpoints), and z_0 is replaced by
+    frac(u K), uniform on [0, 1) and independent of k, scaled to mean 0 and variance 1 (no inverse CDF:
+    the map exports to ONNX). G then reads (z_0', z_1.., code_k).
+    The map is a function of z alone, so sampling, truncation, exports and every command treat G as any
+    other; G can send each code to its own mode with nothing in between, which a continuous G of a
+    connected Gaussian latent cannot (Khayatkhoei et al. 2018, "Disconnected manifold learning").
+    """
+
+    def __init__(self, G: nn.Module, z_dim: int, k: int):
+        super().__init__()
+        self.G, self.z_dim, self.k = G, z_dim, k
+        self.register_buffer("codes", torch.randn(k, CODE_DIM, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        u = 0.5 * (1 + torch.erf(z[:, :1].float() / math.sqrt(2))) * self.k  # Phi(z_0) K: [N, 1] in [0, K]
+        k = u.floor().clamp(0, self.k - 1)
+        z0 = (u - k - 0.5) * math.sqrt(12)  # uniform, mean 0, variance 1, independent of k
+        code = self.codes[k.long().squeeze(1)]  # [N, CODE_DIM]
+        return self.G(torch.cat([z0.to(z.dtype), z[:, 1:], code.to(z.dtype)], dim=1), c)
 
 
 class PackedD(nn.Module):
