@@ -7,7 +7,8 @@ final generator (G_ema when the config keeps one) and score them with
 `ganforge.metrics.modes.mixture_metrics` (a sample is high quality within 3 std of a centre; a mode is
 covered when it has one; reverse KL of the high-quality mode histogram to uniform). Configurations:
   gan     PacGAN's plain GAN: the MLP pair (G 4x400 BN ReLU, D 3x200 maxout-5), z 2, Adam 1e-4, batch 100;
-  preset  the dataset's ganforge preset (configs/grid25.yaml or ring8.yaml).
+  preset  the dataset's ganforge preset (configs/grid25.yaml or ring8.yaml: a disconnected latent of 100
+          codes, 2 critic steps, G EMA, linear lr decay over the second half).
 Both train for the same number of steps. Prints a markdown table (mean ± std over seeds, and the
 worst seed) and writes bench/results/mixtures.json.
 """

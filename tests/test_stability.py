@@ -33,7 +33,8 @@ def test_short_grid25_training_covers_many_more_modes(tmp_path):
         "train": {"steps": 600, "sample_every": 600, "device": "cpu"},
         "run": {"runs_dir": str(tmp_path), "name": "g"}})  # fmt: skip
     torch.manual_seed(cfg.train.seed)  # the generator at step 0, built as train() builds it
-    G0, _ = build_models("mlp", 2, 2, cfg.model.g_channels, cfg.model.d_channels, 0.0)
+    G0, _ = build_models("mlp", 2, 2, cfg.model.g_channels, cfg.model.d_channels, 0.0,
+                         latent_codes=cfg.model.latent_codes)  # fmt: skip
     with torch.no_grad():
         before = mixture_metrics(G0.eval()(torch.randn(2500, 2)).numpy(), "grid25")
     run = train(cfg, progress=False)

@@ -71,7 +71,8 @@ def save_scatter(
     ax.scatter(p[:, 0], p[:, 1], s=2, c="tab:blue", label=label)
     ax.set_aspect("equal")
     ax.set_title(title or f"{len(p)} samples")
-    ax.legend(loc="upper right", markerscale=4)
+    # below the axes: inside, it hid a corner mode of grid25
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, markerscale=4, frameon=False)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
