@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ganforge.data import to_float
 from ganforge.losses import LOSSES
 from ganforge.models import MODELS, build_models
-from ganforge.train import Precision, d_step, g_step
+from ganforge.train import Precision, d_step, g_step, make_adam
 
 WIDTH = {"dcgan28": 64, "dcgan28-classic": 32, "dcgan32": 64, "dcgan64": 64, "resnet32": 128}
 
@@ -81,8 +81,9 @@ def one(model: str, batch: int, precision: str, reps: int, compiled: bool = Fals
 
     # ganforge's step
     amp = Precision(precision, dev)
-    G, D, opt_G, opt_D = nets()
+    G, D, _, _ = nets()
     G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
+    opt_G, opt_D = make_adam(G, 2e-4, (0.5, 0.999), dev), make_adam(D, 2e-4, (0.5, 0.999), dev)  # as train() does
     loss = LOSSES["non-saturating"]
     gen = torch.Generator().manual_seed(0)
     state = {"i": 0}

@@ -98,15 +98,16 @@ def ganforge_worker(batch: int, iters: int, threads: int, precision: str, update
 
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import Precision, d_step, g_step, simultaneous_step
+    from ganforge.train import Precision, d_step, g_step, make_adam, simultaneous_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     G, D = build_models("dcgan28", 100, 1, 64, 64, 0.3)  # --preset seed-mnist's nets
     amp = Precision(precision, torch.device("cpu"))
     G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
-    opt_G = torch.optim.Adam(G.parameters(), 1e-4)  # the seed's (Keras default) Adam
-    opt_D = torch.optim.Adam(D.parameters(), 1e-4)
+    cpu = torch.device("cpu")
+    opt_G = make_adam(G, 1e-4, (0.9, 0.999), cpu)  # the seed's (Keras default) Adam, as train() builds it
+    opt_D = make_adam(D, 1e-4, (0.9, 0.999), cpu)
     loss = LOSSES["non-saturating"]
     real = (torch.rand(batch, 1, 28, 28) * 2 - 1).contiguous(memory_format=amp.memory_format)
 

@@ -139,6 +139,13 @@ class Precision:
 FP32 = Precision("fp32", torch.device("cpu"))
 
 
+def make_adam(module: nn.Module, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """The training steps' Adam: fused (one kernel for all parameters) on CPUs and GPUs. The default
+    per-tensor loop was 7 % of a grid25 step in a profile on a 2-core CPU; 800 grid25 steps took
+    18.0-19.0 s fused against 18.4-22.2 s with the loop (two alternating repetitions, 2026-11-27)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=betas, fused=device.type in ("cpu", "cuda"))
+
+
 def lr_scale(step: int, total_steps: int, schedule: str, start: float) -> float:
     """The learning-rate multiplier at `step` (0-based) of `total_steps` (optim.lr_decay, decay_start)."""
     if schedule == "none":
@@ -647,12 +654,8 @@ def _train(
         G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     # the modules the training steps call: compiled (sharing G's and D's parameters) with train.compile
     G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
-    opt_G = torch.optim.Adam(
-        G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
-    )
-    opt_D = torch.optim.Adam(
-        D.parameters(), lr=cfg.optim.d_lr, betas=(cfg.optim.beta1, cfg.optim.beta2)
-    )
+    opt_G = make_adam(G, cfg.optim.g_lr, (cfg.optim.beta1, cfg.optim.beta2), device)
+    opt_D = make_adam(D, cfg.optim.d_lr, (cfg.optim.beta1, cfg.optim.beta2), device)
     for opt in (opt_G, opt_D):  # the rates the schedule scales (a rollback lowers these)
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]

@@ -33,9 +33,12 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        shape = (x.shape[0], x.shape[1], 1, 1) if self.channelwise else x.shape
-        keep = torch.empty(shape, device=x.device, dtype=x.dtype).uniform_().ge_(self.p)
-        return x * keep * (1.0 / (1.0 - self.p))
+        if self.channelwise:
+            mask = torch.empty(x.shape[0], x.shape[1], 1, 1, device=x.device, dtype=x.dtype)
+        else:  # x's own memory layout (channels_last): a mixed-layout multiply was measured 2-3x slower
+            mask = torch.empty_like(x)
+        mask.uniform_().ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 0 or 1/(1-p), in place: one multiply of x
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}, channelwise={self.channelwise}"
@@ -62,18 +65,18 @@ class Generator28(nn.Module):
         self.fc = nn.Sequential(
             nn.Linear(z_dim, 7 * 7 * 4 * base, bias=False),
             nn.BatchNorm1d(7 * 7 * 4 * base),
-            nn.LeakyReLU(slope),
+            nn.LeakyReLU(slope, inplace=True),
         )
         # Keras 'same' padding: k=5, s=1 -> p=2; k=5, s=2 -> p=2 + output_padding=1 (doubles H, W).
         self.net = nn.Sequential(
             nn.ConvTranspose2d(4 * base, 2 * base, 5, 1, 2, bias=False),  # [N, 2b, 7, 7]
             nn.BatchNorm2d(2 * base),
-            nn.LeakyReLU(slope),
+            nn.LeakyReLU(slope, inplace=True),
             nn.ConvTranspose2d(
                 2 * base, base, 5, 2, 2, output_padding=1, bias=False
             ),  # [N, b, 14, 14]
             nn.BatchNorm2d(base),
-            nn.LeakyReLU(slope),
+            nn.LeakyReLU(slope, inplace=True),
             nn.ConvTranspose2d(
                 base, channels, 5, 2, 2, output_padding=1, bias=False
             ),  # [N, C, 28, 28]
@@ -95,10 +98,10 @@ class Discriminator28(Discriminator):
     ):  # fmt: skip
         features = nn.Sequential(
             nn.Conv2d(channels, base, 5, 2, 2),  # [N, b, 14, 14]
-            nn.LeakyReLU(slope),
+            nn.LeakyReLU(slope, inplace=True),
             FastDropout(dropout),
             nn.Conv2d(base, 2 * base, 5, 2, 2),  # [N, 2b, 7, 7]
-            nn.LeakyReLU(slope),
+            nn.LeakyReLU(slope, inplace=True),
             FastDropout(dropout),
         )
         # a raw logit; no sigmoid (the loss works on logits)
