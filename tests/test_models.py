@@ -130,6 +130,18 @@ def test_latent_codes_split_z_into_an_even_code_and_independent_unit_noise():
     assert torch.equal(G(z[:8]), G(z[:8].clone())) and "codes" in G.state_dict()
 
 
+def test_same_code_pairs_share_the_code_and_keep_unit_noise():
+    G, _ = build_models("mlp", z_dim=2, channels=2, g_channels=16, d_channels=8, dropout=0.0, latent_codes=10)
+    seen = []
+    G.G.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    z, fresh = torch.randn(20_000, 2), torch.randn(20_000, 2)
+    pair = G.same_code(z, fresh)
+    G(z), G(pair)
+    assert torch.equal(seen[0][:, 2:], seen[1][:, 2:])  # the same code row by row
+    assert torch.equal(pair[:, 1:], fresh[:, 1:])
+    assert abs(pair[:, 0].mean()) < 0.03 and abs(pair[:, 0].var() - 1) < 0.03  # still N(0, 1) overall
+
+
 def test_latent_codes_are_refused_where_they_mean_nothing():
     with pytest.raises(ConfigError, match="1 code is the plain latent"):
         build_config(overrides={"model": {"latent_codes": 1}})

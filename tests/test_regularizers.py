@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from ganforge.ema import update_ema
 from ganforge.models import apply_spectral_norm, build_models
-from ganforge.regularizers import gradient_penalty, r1_penalty
+from ganforge.regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 
 
 class Linear(torch.nn.Module):
@@ -89,3 +90,13 @@ def test_recalibrate_bn_sets_statistics_of_the_generators_own_activations():
     z = torch.cat([torch.randn(64, 8, generator=gen) for _ in range(4)])
     pre_bn = G.net[0](z.view(-1, 8, 1, 1))  # [256, 4b, 7, 7]: what the first BN sees
     assert torch.allclose(bn.running_mean, pre_bn.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_mode_seeking_loss_by_hand_and_its_gradient_spreads_the_outputs():
+    z1, z2 = torch.zeros(4, 3), torch.full((4, 3), 2.0)  # mean |z1 - z2| = 2
+    f1 = torch.zeros(4, 1, 2, 2)
+    f2 = torch.full((4, 1, 2, 2), 0.5, requires_grad=True)  # mean |f1 - f2| = 0.5: ratio 0.25
+    loss = mode_seeking_loss(f1, f2, z1, z2)
+    assert loss.item() == pytest.approx(1 / (0.25 + 1e-5))
+    loss.backward()
+    assert (f2.grad < 0).all()  # descending the loss moves G(z2) away from G(z1)

@@ -276,3 +276,32 @@ def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp
     _assert_same_state(straight, load_checkpoint(run / "checkpoints" / "final.pt"))
     with pytest.raises(ConfigError, match="optim.decay_start"):
         build_config(overrides={"optim": {"lr_decay": "linear", "decay_start": 1.0}})
+
+
+def test_mode_seeking_term_enters_the_g_step_and_is_refused_where_it_cannot(tmp_path, isolated_env, monkeypatch):
+    import importlib
+
+    train_mod = importlib.import_module("ganforge.train")
+    seen = []
+    real_g_step = train_mod.g_step
+
+    def spy(G, D, opt_G, loss, z, *args, **kwargs):
+        seen.append((kwargs["mode_seeking"], kwargs["z_pair"]))
+        return real_g_step(G, D, opt_G, loss, z, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "g_step", spy)
+    finals = {}
+    for weight in (0.0, 1.0):
+        overrides = tiny(tmp_path / str(weight), steps=3)
+        overrides["model"]["latent_codes"] = 4
+        overrides["reg"] = {"mode_seeking": weight}
+        run = train(build_config(overrides=overrides), progress=False)
+        finals[weight] = load_checkpoint(run / "checkpoints" / "final.pt")["G"]
+    off, on = seen[:3], seen[3:]
+    assert all(w == 0.0 and pair is None for w, pair in off)
+    assert all(w == 1.0 and pair.shape == (8, 8) for w, pair in on)
+    assert any(not torch.equal(finals[0.0][k], finals[1.0][k]) for k in finals[0.0])  # the term changed G
+    with pytest.raises(ConfigError, match="reg.mode_seeking"):
+        build_config(overrides={"reg": {"mode_seeking": 1.0}, "train": {"update": "simultaneous"}})
+    with pytest.raises(ConfigError, match="reg.mode_seeking"):
+        build_config(overrides={"reg": {"mode_seeking": 1.0}, "loss": {"name": "elbo"}})

@@ -104,6 +104,10 @@ class RegConfig:
     r1_gamma: float = 0.0
     # Apply R1 every this many D updates, its weight scaled up by the interval (lazy, StyleGAN2).
     r1_interval: int = 16
+    # Mode-seeking term in G's loss (MSGAN, Mao et al. 2019), this weight times 1 / (|G(z1) - G(z2)| /
+    # |z1 - z2|) for pairs of latents of the same class (conditional G) or latent code (model.latent_codes):
+    # G is rewarded for making different images from different noise; 0 turns it off.
+    mode_seeking: float = 0.0
     # DiffAugment policy (Zhao et al. 2020) for small datasets: a comma-separated subset of
     # color,translation,cutout applied to everything D sees; "" turns it off.
     diffaugment: str = ""
@@ -514,6 +518,10 @@ def validate(cfg: Config) -> None:
     positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
     positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
     positive("reg.r1_interval", cfg.reg.r1_interval)
+    positive("reg.mode_seeking", cfg.reg.mode_seeking, allow_zero=True)
+    if cfg.reg.mode_seeking and cfg.train.update == "simultaneous":
+        raise ConfigError("reg.mode_seeking: the mode-seeking term is added in the G step of the alternating "
+                          "update; use train.update=alternating or set reg.mode_seeking=0.")  # fmt: skip
     from ganforge.augment import POLICIES
 
     bad = [p for p in cfg.reg.diffaugment.split(",") if p.strip() and p.strip() not in POLICIES]
@@ -570,6 +578,7 @@ def _validate_family(cfg: Config, family: str) -> None:
         "reg.gp_weight": cfg.reg.gp_weight != 0,
         "reg.r1_gamma": cfg.reg.r1_gamma != 0,
         "reg.diffaugment": bool(cfg.reg.diffaugment),
+        "reg.mode_seeking": cfg.reg.mode_seeking != 0,
         "model.spectral_norm": cfg.model.spectral_norm,
         "model.pack": cfg.model.pack != 1,
         "model.mbstd": cfg.model.mbstd,

@@ -3,6 +3,8 @@
 gradient_penalty: WGAN-GP (Gulrajani et al. 2017), (||grad D(x_hat)|| - 1)^2 on random interpolates.
 r1_penalty: R1 (Mescheder et al. 2018), ||grad D(x)||^2 on real images; applied lazily every
 r1_interval steps with the weight scaled by the interval (Karras et al. 2020, StyleGAN2 sec. B).
+mode_seeking_loss: MSGAN's term for G (Mao et al. 2019), the inverse of how far apart two latents' outputs
+are relative to the latents.
 """
 
 from __future__ import annotations
@@ -35,3 +37,12 @@ def gradient_penalty(
     eps = torch.rand(shape, generator=generator).to(real_img.device)
     x_hat = eps * real_img.detach() + (1.0 - eps) * fake_img.detach()
     return (_input_grad_norm_sq(D, x_hat).add(1e-12).sqrt() - 1.0).pow(2)
+
+
+def mode_seeking_loss(
+    fake1: torch.Tensor, fake2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """1 / (mean |fake1 - fake2| / mean |z1 - z2| + eps): small when G(z1) and G(z2) differ as much as
+    their latents do (MSGAN's official form, Mao et al. 2019, eq. 3 and their code). A scalar."""
+    ratio = (fake1.float() - fake2.float()).abs().mean() / (z1 - z2).abs().mean()
+    return 1.0 / (ratio + eps)

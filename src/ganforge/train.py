@@ -40,9 +40,9 @@ from ganforge.data import ImageDataset, load_dataset, to_float
 from ganforge.distributed import VOTE_EVERY, Dist, init_distributed, shutdown
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
 from ganforge.losses import LOSSES, LossPair, gaussian_kl, reconstruction_nll
-from ganforge.models import MODELS, build_models, is_vae
+from ganforge.models import MODELS, LatentCodes, build_models, is_vae
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
-from ganforge.regularizers import gradient_penalty, r1_penalty
+from ganforge.regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 from ganforge.sample import save_grid, save_scatter
 
 
@@ -215,18 +215,24 @@ def g_step(
     c: Optional[torch.Tensor] = None,
     precision: Precision = FP32,
     fake_img: Optional[torch.Tensor] = None,
+    mode_seeking: float = 0.0,
+    z_pair: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One G update through a fresh D forward (D already updated), with D's parameters frozen, so no
     gradient is computed for them. `fake_img`: the D step's G(z, c) with its graph, reused (one G
-    forward per step); else G(z, c) is made here. Returns g_loss."""
+    forward per step); else G(z, c) is made here. With `mode_seeking` > 0, G(z_pair, c) is made too
+    and the mode-seeking term of (z, z_pair) is added with that weight (reg.mode_seeking). Returns
+    g_loss (without that term)."""
     D.requires_grad_(False)
     with precision.autocast():
         if fake_img is None:
             fake_img = G(z, c)
         fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
+        paired = G(z_pair, c) if mode_seeking and z_pair is not None else None
     g_loss = loss.g_loss(fake_logits)
+    total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
     opt_G.zero_grad(set_to_none=True)
-    precision.step(g_loss, opt_G)
+    precision.step(total, opt_G)
     D.requires_grad_(True)
     return g_loss.detach()
 
@@ -902,6 +908,14 @@ def _train(
         """This rank's class labels for the fakes of a conditional model, drawn like draw_z."""
         return dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
 
+    def pair_of(z: torch.Tensor) -> Optional[torch.Tensor]:
+        """reg.mode_seeking's second latents: fresh noise with z's latent code (the class is shared by
+        passing the same labels); None when the term is off."""
+        if not cfg.reg.mode_seeking:
+            return None
+        fresh = draw_z()
+        return G.same_code(z, fresh) if isinstance(G, LatentCodes) else fresh
+
     def real_batch(b: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The b-th real batch of the run (and its labels for a conditional model)."""
         nonlocal order_epoch, order
@@ -957,10 +971,11 @@ def _train(
                             fake_img=fakes,
                         )  # fmt: skip
                     if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
-                        g_loss = g_step(G_run, D_run, opt_G, loss, z_d, augment, c_fake, precision, fake_img=fakes)
+                        z_g, c_g = z_d, c_fake
                     else:
                         z_g, c_g = draw_z(), draw_c()
-                        g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision)
+                    g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision, fake_img=fakes,
+                                    mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g))  # fmt: skip
                     del fakes
                 # D's (or the encoder's) gradients of this step: the G step computes none for D
                 d_norm = grad_norm(D) if log_now or check_now else None
