@@ -43,3 +43,15 @@ def test_interpolation_runs_from_seed_a_to_seed_b_on_the_great_circle():
     assert cos > 0.99  # and the middle frame lies halfway between the two
     with pytest.raises(ValueError, match="2 frames"):
         g.interpolate(1, 2, frames=1)
+
+
+def test_truncation_leaves_the_latent_code_coordinate_alone(tmp_path, isolated_env):
+    from ganforge import build_config, load, train
+    from tests.conftest import tiny
+
+    overrides = tiny(tmp_path, steps=2)
+    overrides["model"]["latent_codes"] = 8
+    gen = load(train(build_config(overrides=overrides), progress=False))
+    z = gen.latents(20_000, seed=0, truncation=0.5)
+    assert z[:, 1:].abs().max() <= 0.5  # the noise is truncated...
+    assert abs(z[:, 0].std() - 1) < 0.03 and z[:, 0].abs().max() > 2  # ...the code picker is not: every code stays

@@ -217,3 +217,18 @@ def test_repeated_rollbacks_compound_and_stop_at_the_limit(tmp_path, isolated_en
     assert [r["to_step"] for r in rbs] == [0, 0]  # no check ever passed: back to the initial state
     assert [r["d_lr"] for r in rbs] == pytest.approx([1e-4, 5e-5])  # D's rate halves each time
     assert [r["g_lr"] for r in rbs] == pytest.approx([2e-4, 2e-4])  # rollback_lr=d leaves G's alone
+
+
+def test_rollback_with_lr_decay_lowers_the_base_rate_and_resumes_the_schedule(tmp_path, isolated_env, monkeypatch):
+    _inject_nan_at(monkeypatch, 13)
+    overrides = tiny(tmp_path, steps=20)
+    overrides["optim"] = {"lr_decay": "linear"}  # from the first step: the rate at step s is base * (20 - s) / 20
+    overrides["monitor"] = {"every": 5, "n": 16, "on_collapse": "rollback", "lr_factor": 0.5,
+                            "diversity_threshold": 0.0, "entropy_threshold": 0.0}  # fmt: skip
+    run = train(build_config(overrides=overrides), progress=False)
+    (rb,) = _events(run, "rollback")
+    assert rb["to_step"] == 10
+    assert rb["g_lr"] == pytest.approx(2e-4 * 0.5 * (20 - 10) / 20)  # the rate the restored step runs at
+    final = load_checkpoint(run / "checkpoints" / "final.pt")
+    group = final["opt_G"]["param_groups"][0]
+    assert group["base_lr"] == pytest.approx(1e-4) and group["lr"] == pytest.approx(1e-4 * 1 / 20)

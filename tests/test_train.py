@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ganforge
-from ganforge.checkpoint import load_checkpoint
+from ganforge.checkpoint import load_checkpoint, save_checkpoint
 from ganforge.config import ConfigError, build_config
 from ganforge.train import lr_scale, train
 
@@ -276,6 +276,24 @@ def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp
     _assert_same_state(straight, load_checkpoint(run / "checkpoints" / "final.pt"))
     with pytest.raises(ConfigError, match="optim.decay_start"):
         build_config(overrides={"optim": {"lr_decay": "linear", "decay_start": 1.0}})
+    with pytest.raises(ConfigError, match="only applies with a schedule"):
+        build_config(overrides={"optim": {"decay_start": 0.5}})
+
+
+def test_resume_of_a_checkpoint_with_an_older_adam_uses_this_runs_fused_kernel(tmp_path, isolated_env):
+    run = train(build_config(overrides=tiny(tmp_path, steps=3)), progress=False)
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    for opt in ("opt_G", "opt_D"):  # as written before fused Adam and the lr schedule
+        for group in state[opt]["param_groups"]:
+            group["fused"] = None
+            del group["base_lr"]
+    save_checkpoint(path, state)
+    train(resume=run, overrides={"train": {"steps": 5}}, progress=False)
+    final = load_checkpoint(run / "checkpoints" / "final.pt")
+    for opt in ("opt_G", "opt_D"):
+        group = final[opt]["param_groups"][0]
+        assert group["fused"] is True and group["base_lr"] == pytest.approx(2e-4)
 
 
 def test_mode_seeking_term_enters_the_g_step_and_is_refused_where_it_cannot(tmp_path, isolated_env, monkeypatch):

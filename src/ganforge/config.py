@@ -78,7 +78,8 @@ class ModelConfig:
     # also reads (0 = off, the usual connected Gaussian). A continuous G of a connected latent must put
     # samples between separated modes (Khayatkhoei et al. 2018); with K codes it need not (a categorical
     # code as in InfoGAN, Chen et al. 2016, without its mutual-information term). Set K above the number
-    # of modes expected; sampling and every command are unchanged (z ~ N(0, I) still).
+    # of modes expected; z ~ N(0, I) still, so sampling and every command work as before (truncation
+    # leaves the code-picking coordinate untruncated).
     latent_codes: int = 0
 
 
@@ -122,7 +123,8 @@ class OptimConfig:
     beta2: float = 0.999
     # Learning-rate schedule. linear: both rates fall linearly to 0 at the run's last step, starting
     # at the fraction decay_start of the run (0 = from the first step, as SNGAN's and BigGAN's CIFAR-10
-    # recipes do); a step-based run's end is fixed, so a time-limited run decays by steps as well.
+    # recipes do); the schedule follows train.steps (or epochs), so a time-limited run decays by steps as
+    # well, and a resume that changes the run's length moves the schedule to the new length.
     lr_decay: Literal["none", "linear"] = "none"
     decay_start: float = 0.0
 
@@ -472,6 +474,8 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg.optim, key)
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"optim.{key}: must be in [0, 1), got {value}.")
+    if cfg.optim.decay_start and cfg.optim.lr_decay == "none":
+        raise ConfigError("optim.decay_start: it only applies with a schedule; set optim.lr_decay=linear or drop it.")
     if not 0.0 <= cfg.optim.decay_start < 1.0:
         raise ConfigError(f"optim.decay_start: must be in [0, 1) (a fraction of the run), got {cfg.optim.decay_start}.")
     positive("train.batch_size", cfg.train.batch_size)

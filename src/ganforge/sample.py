@@ -117,7 +117,8 @@ class TrainedGenerator:
     def latents(self, n: int, seed: Optional[int] = None, truncation: Optional[float] = None) -> torch.Tensor:
         """Latents [n, z_dim] ~ N(0, I), drawn on the CPU. With `truncation` t, BigGAN's truncation
         trick (Brock et al. 2019, sec. 3.1): every entry with |z| > t is redrawn until none is left,
-        trading variety for fidelity (smaller t: more typical, less varied images)."""
+        trading variety for fidelity (smaller t: more typical, less varied images). With latent codes
+        (model.latent_codes) the first coordinate, which picks the code, is left untruncated."""
         if truncation is not None and not truncation > 0:
             raise ValueError(f"truncation must be a positive threshold (e.g. 0.5 to 2), got {truncation}.")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -128,7 +129,10 @@ class TrainedGenerator:
         t = torch.tensor(float(truncation), dtype=torch.float64)
         low = torch.special.ndtr(-t)
         u = torch.rand(n, self.z_dim, generator=gen, dtype=torch.float64)
-        return torch.special.ndtri(low + u * (1 - 2 * low)).clamp(-t, t).float()
+        z = torch.special.ndtri(low + u * (1 - 2 * low)).clamp(-t, t).float()
+        if self.config["model"].get("latent_codes", 0) > 1:  # z's first coordinate picks the latent code:
+            z[:, 0] = torch.special.ndtri(u[:, 0]).float()  # untruncated, or the outer codes (modes) vanish
+        return z
 
     @torch.no_grad()
     def generate(

@@ -590,9 +590,14 @@ def _train(
                         "only train.steps, train.epochs, train.time_limit, the cadences, train.device, "
                         "train.precision and train.compile may change."
                     )
+            old_length = (cfg.train.steps, cfg.train.epochs)
             cfg = from_dict(
                 {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}}
             )
+            if cfg.optim.lr_decay != "none" and (cfg.train.steps, cfg.train.epochs) != old_length:
+                print(f"ganforge: note: optim.lr_decay={cfg.optim.lr_decay} follows the new length of the run, "
+                      "so the learning rates jump to that schedule's value at the resumed step.",
+                      file=sys.stderr)  # fmt: skip
         dist = init_distributed(pick_device(cfg.train.device))
         _check_distributed(cfg, dist)
         with dist.main_first():  # a download happens once, by rank 0
@@ -684,9 +689,11 @@ def _train(
             G_ema.load_state_dict(saved["G_ema"])
         opt_G.load_state_dict(saved["opt_G"])
         opt_D.load_state_dict(saved["opt_D"])
-        for opt in (opt_G, opt_D):  # checkpoints from before the schedule existed
+        for opt in (opt_G, opt_D):
             for group in opt.param_groups:
-                group.setdefault("base_lr", group["lr"])
+                group.setdefault("base_lr", group["lr"])  # checkpoints from before the schedule existed
+                group["fused"] = opt.defaults["fused"]  # this run's Adam kernel, not the saved one (an older
+                # checkpoint's non-fused groups in a fused optimizer would trip fp16's GradScaler)
         step, nimg, rollbacks = saved["step"], saved["nimg"], saved.get("rollbacks", 0)
         if precision.scaler is not None and "scaler" in saved:
             precision.scaler.load_state_dict(saved["scaler"])
@@ -838,7 +845,10 @@ def _train(
             for opt, old, lower in zip((opt_G, opt_D), lrs, lowered):
                 for group, (lr, base) in zip(opt.param_groups, old):  # compounding over repeated rollbacks
                     factor = mon.lr_factor if lower else 1.0
-                    group["lr"], group["base_lr"] = lr * factor, base * factor
+                    group["base_lr"] = base * factor
+                    group["lr"] = (group["base_lr"] * lr_scale(step, total_steps, cfg.optim.lr_decay,
+                                                               cfg.optim.decay_start)  # at the restored step
+                                   if cfg.optim.lr_decay != "none" else lr * factor)  # fmt: skip
             record = {"event": "rollback", "from_step": from_step, "to_step": step, "rollbacks": rollbacks,
                       "g_lr": opt_G.param_groups[0]["lr"], "d_lr": opt_D.param_groups[0]["lr"]}  # fmt: skip
             log(record)

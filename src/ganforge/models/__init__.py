@@ -91,8 +91,9 @@ class LatentCodes(nn.Module):
     vectors (N(0, I) of CODE_DIM, seeded, a buffer kept in checkpoints), and z_0 is replaced by
     frac(u K), uniform on [0, 1) and independent of k, scaled to mean 0 and variance 1 (no inverse CDF:
     the map exports to ONNX). G then reads (z_0', z_1.., code_k).
-    The map is a function of z alone, so sampling, truncation, exports and every command treat G as any
-    other; G can send each code to its own mode with nothing in between, which a continuous G of a
+    The map is a function of z alone, so sampling, exports and every command treat G as any other
+    (truncation leaves z_0 alone, see TrainedGenerator.latents; an interpolation passes through the codes
+    between its ends); G can send each code to its own mode with nothing in between, which a continuous G of a
     connected Gaussian latent cannot (Khayatkhoei et al. 2018, "Disconnected manifold learning").
     """
 
