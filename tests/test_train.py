@@ -271,6 +271,9 @@ def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp
     for opt in ("opt_G", "opt_D"):  # the last step (index 7) ran at a quarter of the rate
         group = straight[opt]["param_groups"][0]
         assert group["base_lr"] == pytest.approx(2e-4) and group["lr"] == pytest.approx(0.25 * 2e-4)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["g_lr"] for r in rows if "g_lr" in r}  # every log_every=2 steps
+    assert logged == pytest.approx({2: 2e-4, 4: 2e-4, 6: 0.75 * 2e-4, 8: 0.25 * 2e-4})  # steps 1, 3, 5, 7 ran
     # redo steps 3..8 from the step-3 checkpoint: the schedule is a function of the step, so the same run
     train(resume=run, resume_from="step_0000003.pt", progress=False)
     _assert_same_state(straight, load_checkpoint(run / "checkpoints" / "final.pt"))

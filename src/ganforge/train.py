@@ -1061,6 +1061,9 @@ def _train(
                         norm_keys[0]: d_norm,
                         norm_keys[1]: g_norm,
                         "img_per_s": window_steps * batch / max(elapsed, 1e-9),
+                        # the rates of the last step (after lr decay and rollbacks)
+                        "g_lr": opt_G.param_groups[0]["lr"],
+                        "d_lr": opt_D.param_groups[0]["lr"],
                         "time": time.time(),
                     }
                 )
