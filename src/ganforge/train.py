@@ -820,6 +820,13 @@ def _train(
     class Rollback(Exception):
         pass
 
+    def set_rates() -> None:
+        """Each learning rate = its base rate (the config's, lowered by rollbacks) x the schedule at `step`."""
+        scale = lr_scale(step, total_steps, cfg.optim.lr_decay, cfg.optim.decay_start)
+        for opt in (opt_G, opt_D):
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+
     def handle_event(kind: str, reasons: list[str]) -> None:
         """Log a collapse/divergence event and apply monitor.on_collapse. Raises Rollback after
         restoring the last healthy state, or TrainingStopped."""
@@ -837,18 +844,15 @@ def _train(
             return
         if policy == "rollback":
             from_step, count = step, rollbacks + 1
-            lrs = [[(g["lr"], g["base_lr"]) for g in opt.param_groups] for opt in (opt_G, opt_D)]  # before the restore
+            bases = [[g["base_lr"] for g in opt.param_groups] for opt in (opt_G, opt_D)]  # before the restore
             restore(load_checkpoint(healthy_path))
             ema_stale = True
             rollbacks = count  # the restored state's own count is older
             lowered = (True, True) if mon.rollback_lr == "both" else (False, True)
-            for opt, old, lower in zip((opt_G, opt_D), lrs, lowered):
-                for group, (lr, base) in zip(opt.param_groups, old):  # compounding over repeated rollbacks
-                    factor = mon.lr_factor if lower else 1.0
-                    group["base_lr"] = base * factor
-                    group["lr"] = (group["base_lr"] * lr_scale(step, total_steps, cfg.optim.lr_decay,
-                                                               cfg.optim.decay_start)  # at the restored step
-                                   if cfg.optim.lr_decay != "none" else lr * factor)  # fmt: skip
+            for opt, old, lower in zip((opt_G, opt_D), bases, lowered):
+                for group, base in zip(opt.param_groups, old):  # compounding over repeated rollbacks
+                    group["base_lr"] = base * mon.lr_factor if lower else base
+            set_rates()  # the restored step's rates, logged below
             record = {"event": "rollback", "from_step": from_step, "to_step": step, "rollbacks": rollbacks,
                       "g_lr": opt_G.param_groups[0]["lr"], "d_lr": opt_D.param_groups[0]["lr"]}  # fmt: skip
             log(record)
@@ -948,11 +952,7 @@ def _train(
                 out_of_time = out_of_time and not interrupted
                 break
             try:
-                if cfg.optim.lr_decay != "none":
-                    scale = lr_scale(step, total_steps, cfg.optim.lr_decay, cfg.optim.decay_start)
-                    for opt in (opt_G, opt_D):
-                        for group in opt.param_groups:
-                            group["lr"] = group["base_lr"] * scale
+                set_rates()
                 log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
                 check_now = monitor is not None and (step + 1) % mon.every == 0
                 real_logits = fake_logits = None

@@ -102,17 +102,21 @@ class LatentCodes(nn.Module):
         self.G, self.z_dim, self.k = G, z_dim, k
         self.register_buffer("codes", torch.randn(k, CODE_DIM, generator=torch.Generator().manual_seed(0)))
 
+    def _bucket(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Phi(z_0) K, the code index k = its floor), both float [N, 1]: the one place codes are picked."""
+        u = 0.5 * (1 + torch.erf(z[:, :1].float() / math.sqrt(2))) * self.k  # in [0, K]
+        return u, u.floor().clamp(0, self.k - 1)
+
     def same_code(self, z: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         """Latents like `fresh` [N, z_dim] (N(0, I)), each with the code of the same row of `z`: the
         first coordinate moves into z's bucket, still N(0, 1) given the code (pairs for reg.mode_seeking)."""
-        u_z = torch.special.ndtr(z[:, 0].float()) * self.k
-        u_fresh = torch.special.ndtr(fresh[:, 0].float())  # uniform on (0, 1)
-        first = torch.special.ndtri(((u_z.floor().clamp(0, self.k - 1) + u_fresh) / self.k).clamp(1e-7, 1 - 1e-7))
-        return torch.cat([first.to(fresh.dtype)[:, None], fresh[:, 1:]], dim=1)
+        _, k = self._bucket(z)
+        u_fresh = torch.special.ndtr(fresh[:, :1].float())  # uniform on (0, 1)
+        first = torch.special.ndtri(((k + u_fresh) / self.k).clamp(1e-7, 1 - 1e-7))
+        return torch.cat([first.to(fresh.dtype), fresh[:, 1:]], dim=1)
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        u = 0.5 * (1 + torch.erf(z[:, :1].float() / math.sqrt(2))) * self.k  # Phi(z_0) K: [N, 1] in [0, K]
-        k = u.floor().clamp(0, self.k - 1)
+        u, k = self._bucket(z)
         z0 = (u - k - 0.5) * math.sqrt(12)  # uniform, mean 0, variance 1, independent of k
         code = self.codes[k.long().squeeze(1)]  # [N, CODE_DIM]
         return self.G(torch.cat([z0.to(z.dtype), z[:, 1:], code.to(z.dtype)], dim=1), c)
