@@ -113,8 +113,9 @@ def ganforge_worker(batch: int, iters: int, threads: int, precision: str, update
 
     def step() -> None:
         z = torch.randn(batch, 100)
-        if update == "simultaneous":
-            simultaneous_step(G, D, opt_G, opt_D, loss, real, z, precision=amp)
+        if update.startswith("simultaneous"):  # "simultaneous-two-tape": without the shared backward
+            shared = None if update == "simultaneous" else False
+            simultaneous_step(G, D, opt_G, opt_D, loss, real, z, precision=amp, shared_backward=shared)
             return
         with amp.autocast():
             fakes = G(z)
@@ -152,7 +153,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--updates", nargs="+", default=["alternating", "simultaneous"],
-                        help="ganforge's train.update values to time")
+                        help="ganforge's train.update values to time (also simultaneous-two-tape: "
+                             "the simultaneous update without its shared backward through D)")
     parser.add_argument("--out", default="bench/results/vs_keras.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: PRECISION,UPDATE for a ganforge block
     args = parser.parse_args()

@@ -260,6 +260,38 @@ def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_pat
     assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 6
 
 
+@pytest.mark.parametrize("loss_name", ["non-saturating", "minimax", "wgan", "hinge"])
+def test_simultaneous_shared_backward_matches_two_tapes(loss_name):
+    """One backward through a per-sample D, G's input gradient rescaled per sample, gives both nets
+    the gradients of the two-tape form (same dropout masks: same seed); hinge has zero D slopes
+    beyond the margin, so G's input gradient takes its own backward, with the same result."""
+    import copy
+
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models, per_sample
+    from ganforge.train import simultaneous_step
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28", 8, 1, 4, 4, 0.3)  # the seed's D: dropout, no batch norm
+    assert per_sample(D) and not per_sample(build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)[1])
+    assert not per_sample(build_models("dcgan28", 8, 1, 4, 4, 0.3, pack=2)[1])
+    loss = LOSSES[loss_name]
+    with torch.no_grad():  # spread D's logits so hinge has fakes on both sides of its margin
+        D.head[1].weight.mul_(2000.0)
+    z, real = torch.randn(6, 8), torch.rand(6, 1, 28, 28) * 2 - 1
+    grads = []
+    for shared in (False, True):
+        G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+        sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731  (keep the weights, read .grad)
+        torch.manual_seed(1)
+        _, _, _, fake_logits = simultaneous_step(G2, D2, sgd(G2), sgd(D2), loss, real, z, shared_backward=shared)
+        grads.append([p.grad for p in [*D2.parameters(), *G2.parameters()]])
+    if loss_name == "hinge":
+        assert (fake_logits < -1).any() and (fake_logits > -1).any()
+    for ref, got in zip(*grads):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
 def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp_path, isolated_env):
     assert [lr_scale(s, 8, "linear", 0.5) for s in range(8)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
     assert lr_scale(0, 8, "linear", 0.0) == 1 and lr_scale(7, 8, "linear", 0.0) == 1 / 8

@@ -23,6 +23,9 @@ class LossPair:
     g_loss: Callable[[torch.Tensor], torch.Tensor]  # fake_logits -> scalar
     description: str
     probabilistic: bool = True  # sigmoid(logit) is a probability of "real" (False for critics)
+    # dL_D/dlogit is never 0 for a fake, so G's gradient at D's input can be rescaled from D's own
+    # (train.simultaneous_step's shared backward): not for hinge (0 beyond the margin) or LSGAN
+    d_grad_nonzero: bool = False
 
 
 LOSSES: dict[str, LossPair] = {}
@@ -67,11 +70,13 @@ def g_loss_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES["non-saturating"] = LossPair(
-    d_loss_bce, g_loss_non_saturating, "Goodfellow et al. 2014, -log D(G(z))"
+    d_loss_bce, g_loss_non_saturating, "Goodfellow et al. 2014, -log D(G(z))", d_grad_nonzero=True
 )
-LOSSES["minimax"] = LossPair(d_loss_bce, g_loss_minimax, "Goodfellow et al. 2014, log(1 - D(G(z)))")
+LOSSES["minimax"] = LossPair(
+    d_loss_bce, g_loss_minimax, "Goodfellow et al. 2014, log(1 - D(G(z)))", d_grad_nonzero=True
+)
 LOSSES["wgan"] = LossPair(
-    d_loss_wgan, g_loss_wgan, "Arjovsky et al. 2017 (use with gp_weight or SN)", False
+    d_loss_wgan, g_loss_wgan, "Arjovsky et al. 2017 (use with gp_weight or SN)", False, True
 )
 LOSSES["hinge"] = LossPair(d_loss_hinge, g_loss_wgan, "Lim & Ye 2017; Miyato et al. 2018", False)
 LOSSES["least-squares"] = LossPair(

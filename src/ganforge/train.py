@@ -40,7 +40,7 @@ from ganforge.data import ImageDataset, load_dataset, to_float
 from ganforge.distributed import VOTE_EVERY, Dist, init_distributed, shutdown
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
 from ganforge.losses import LOSSES, LossPair, gaussian_kl, reconstruction_nll
-from ganforge.models import MODELS, LatentCodes, build_models, is_vae
+from ganforge.models import MODELS, LatentCodes, build_models, is_vae, per_sample
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
 from ganforge.regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 from ganforge.sample import save_grid, save_scatter
@@ -250,22 +250,46 @@ def simultaneous_step(
     c_real: Optional[torch.Tensor] = None,
     c_fake: Optional[torch.Tensor] = None,
     precision: Precision = FP32,
+    shared_backward: Optional[bool] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Keras tutorial's update (train.update=simultaneous): one G forward and one D forward on
     the fakes serve both nets; D's gradients come from its loss, G's from its loss through the same
-    (not yet updated) D; then both step. Returns (d_loss, g_loss, real_logits, fake_logits), detached."""
+    (not yet updated) D; then both step. Returns (d_loss, g_loss, real_logits, fake_logits), detached.
+
+    Shared backward (`shared_backward`; None: whenever it applies): when D scores each sample on its
+    own (`per_sample`) and D's loss has a nonzero slope at every fake logit f_i (non-saturating,
+    minimax, wgan), one backward through D gives both D's parameter gradients and the gradient at
+    D's fake inputs, dL_D/dx_i = dL_D/df_i * df_i/dx_i; G's is the same times the per-sample ratio
+    (dL_G/df_i) / (dL_D/df_i) (-exp(-f_i) for the non-saturating pair). This saves the second
+    backward through D that the two-tape form makes on the fakes; the result is the same up to
+    rounding (tested). Where a slope is 0, G's input gradient takes its own backward through D."""
+    if shared_backward is None:
+        shared_backward = loss.d_grad_nonzero and per_sample(D)
     with precision.autocast():
         fake_img = G(z, c_fake)  # [N, C, H, W], with G's graph
         real_in, fake_in = (augment(real_img), augment(fake_img)) if augment is not None else (real_img, fake_img)
+        d_fake_in = fake_in.detach().requires_grad_() if shared_backward else fake_in  # D's graph only
         real_logits = D(real_in, c_real).float()
-        fake_logits = D(fake_in, c_fake).float()
+        fake_logits = D(d_fake_in, c_fake).float()
     d_loss, g_loss = loss.d_loss(real_logits, fake_logits), loss.g_loss(fake_logits)
     total_d = d_loss if penalty is None else d_loss + penalty(real_in, fake_in.detach().float(), c_real)
     d_params = [p for p in D.parameters() if p.requires_grad]
     g_params = [p for p in G.parameters() if p.requires_grad]
-    # each loss differentiated only for its own net's parameters (two tapes, as in the tutorial)
-    d_grads = torch.autograd.grad(total_d, d_params, retain_graph=True)
-    g_grads = torch.autograd.grad(g_loss, g_params)
+    if not shared_backward:
+        # each loss differentiated only for its own net's parameters (two tapes, as in the tutorial)
+        d_grads = torch.autograd.grad(total_d, d_params, retain_graph=True)
+        g_grads = torch.autograd.grad(g_loss, g_params)
+    else:
+        # both losses' slopes at each fake logit: cheap, the losses' own graph only
+        d_slope, g_slope = (torch.autograd.grad(x, fake_logits, retain_graph=True)[0] for x in (d_loss, g_loss))
+        if bool((d_slope != 0).all()):
+            *d_grads, at_input = torch.autograd.grad(total_d, [*d_params, d_fake_in])
+            ratio = (g_slope / d_slope).view(-1, *([1] * (at_input.dim() - 1)))  # [N, 1, 1, 1]
+            at_input = (at_input.float() * ratio).to(fake_in.dtype)
+        else:  # a slope is 0 (hinge's margin, an underflow): G's input gradient by its own backward
+            at_input = torch.autograd.grad(g_loss, d_fake_in, retain_graph=True)[0]
+            d_grads = torch.autograd.grad(total_d, d_params)
+        g_grads = torch.autograd.grad(fake_in, g_params, at_input)
     for p, g in [*zip(d_params, d_grads), *zip(g_params, g_grads)]:
         p.grad = g
     precision._sync(opt_D, opt_G)

@@ -138,6 +138,16 @@ class PackedD(nn.Module):
         return self.D(x.reshape(n // self.pack, self.pack * x.shape[1], *x.shape[2:]))
 
 
+def per_sample(D: nn.Module) -> bool:
+    """True when each of D's outputs depends on its own input alone in training mode: no batch
+    statistics (batch norm), packing or minibatch stddev couples the samples of a batch."""
+    from ganforge.models.layers import MinibatchStd
+
+    return not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm | PackedD | MinibatchStd) for m in D.modules()
+    )
+
+
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018) on every conv and linear layer of `module`."""
     from torch.nn.utils.parametrizations import spectral_norm
