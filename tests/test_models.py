@@ -59,6 +59,19 @@ def test_fast_dropout_matches_dropout_statistics():
     per_map = y2.view(200, 8, -1)
     assert (per_map.min(-1).values == per_map.max(-1).values).all()  # whole maps dropped
     assert torch.equal(drop.eval()(x), x)
+    # the mask follows x's memory layout (channels_last), is independent across elements and
+    # positions, and the gradient is the same mask
+    xl = torch.ones(64, 16, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    yl = FastDropout(0.5).train()(xl)
+    kept = (yl != 0).float()
+    assert yl.is_contiguous(memory_format=torch.channels_last)
+    for dim in (0, 1, 2, 3):  # no position or channel always kept / dropped
+        assert (kept.transpose(0, dim).flatten(1).mean(1) - 0.5).abs().max() < 0.05
+    assert abs(torch.corrcoef(torch.stack([kept[:, :, :, :-1].flatten(), kept[:, :, :, 1:].flatten()]))[0, 1]) < 0.03
+    yl.sum().backward()
+    assert torch.equal(xl.grad, yl.detach())  # d(x * mask)/dx = mask, and x = 1
+    odd = torch.ones(5, 3, 7).transpose(1, 2)  # neither contiguous nor channels_last; odd length
+    assert FastDropout(0.3).train()(odd).shape == odd.shape
 
 
 def test_model_for_resolution():
@@ -205,3 +218,53 @@ def test_mbstd_lets_d_see_a_collapsed_batch():
     collapsed = x[:1].repeat(8, 1, 1, 1)
     D.eval()
     assert not torch.allclose(D(x)[:1], D(collapsed)[:1])
+
+
+@pytest.mark.parametrize("name", ["dcgan28", "resnet32"])
+def test_generators_give_the_same_images_in_channels_last(name):
+    """layout_of converts the reshaped dense output once for a channels_last G; the maths is unchanged."""
+    from ganforge.models.layers import layout_of
+
+    torch.manual_seed(0)
+    G, _ = build_models(name, 8, 1, 8, 8, 0.0)
+    z = torch.randn(4, 8)
+    G.eval()
+    plain = G(z)
+    G.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(G(z), plain, rtol=1e-4, atol=1e-5)
+    x = torch.randn(2, 3, 4, 4)
+    assert layout_of(x, torch.empty(5, 3, 3, 3).to(memory_format=torch.channels_last)).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert layout_of(x, torch.empty(5, 3, 3, 3)) is x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(64, 1, 5, 2, 2, 1, False), (32, 1, 4, 2, 1, 0, True), (16, 3, 4, 2, 1, 0, False)])
+def test_fold_conv_transpose_matches_conv_transpose(shape, channels_last):
+    """The matmul + col2im path of a one-channel ConvT gives nn.ConvTranspose2d's output and
+    gradients (and the usual kernel runs for more channels and in eval mode)."""
+    from ganforge.models.layers import FoldConvTranspose2d
+
+    cin, cout, k, s, p, op, bias = shape
+    torch.manual_seed(0)
+    fold = FoldConvTranspose2d(cin, cout, k, s, p, output_padding=op, bias=bias)
+    ref = torch.nn.ConvTranspose2d(cin, cout, k, s, p, output_padding=op, bias=bias)
+    ref.load_state_dict(fold.state_dict())
+    x = torch.randn(3, cin, 7, 7)
+    if channels_last:
+        fold, ref = fold.to(memory_format=torch.channels_last), ref.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for m in (fold, ref):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        outs.append(y)
+        grads.append([xi.grad, *[q.grad for q in m.parameters()]])
+    assert outs[0].shape == outs[1].shape == (3, cout, 7 * s + op + k - s - 2 * p, 7 * s + op + k - s - 2 * p)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    fold.eval()
+    torch.testing.assert_close(fold(x), ref(x), rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ganforge.models import register_model
-from ganforge.models.layers import CondSequential, Discriminator, batch_norm
+from ganforge.models.layers import CondSequential, Discriminator, batch_norm, layout_of
 
 
 class GBlock(nn.Module):
@@ -77,6 +77,7 @@ class ResNetGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.fc(z).view(-1, self.base, self.start, self.start)  # [N, b, s, s]
+        h = layout_of(h, self.out[2].weight)
         return self.out(self.blocks(h, c))  # [N, C, s * 2^ups, s * 2^ups]
 
 
