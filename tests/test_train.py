@@ -276,9 +276,13 @@ def test_simultaneous_shared_backward_matches_two_tapes(loss_name):
     assert per_sample(D) and not per_sample(build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)[1])
     assert not per_sample(build_models("dcgan28", 8, 1, 4, 4, 0.3, pack=2)[1])
     loss = LOSSES[loss_name]
-    with torch.no_grad():  # spread D's logits so hinge has fakes on both sides of its margin
-        D.head[1].weight.mul_(2000.0)
     z, real = torch.randn(6, 8), torch.rand(6, 1, 28, 28) * 2 - 1
+    with torch.no_grad():  # spread D's logits around -1, so hinge has fakes on both sides of its margin
+        D.head[1].weight.mul_(2000.0)
+        torch.manual_seed(1)  # the draws of the steps below: the same dropout masks
+        fake = G(z)
+        D(real)
+        D.head[1].bias.sub_(D(fake).median() + 1.0)
     grads = []
     for shared in (False, True):
         G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
