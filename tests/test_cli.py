@@ -135,3 +135,22 @@ def test_data_command(tmp_path, offline_env):
 def test_help_explains():
     r = run("train", "--help")
     assert r.returncode == 0 and "--resume" in r.stdout and "examples:" in r.stdout
+
+
+def test_quick_start_uses_the_fast_preset_only_without_data_model_or_preset(offline_env):
+    """`ganforge train` alone is the quick start (preset mnist-fast: class-conditional, lr 2e-3);
+    naming a dataset, a model or a preset gives the plain defaults or that preset."""
+    from ganforge.cli import QUICK_START, quick_start_preset
+
+    assert quick_start_preset({}) == QUICK_START == "mnist-fast"
+    assert quick_start_preset({"data": {"name": "auto"}, "train": {"steps": 10}}) == QUICK_START
+    assert quick_start_preset({"data": {"name": "mnist-5k"}}) is None
+    assert quick_start_preset({"model": {"name": "dcgan28"}}) is None
+    r = run("train", "--dry-run", "--no-progress", env_extra=offline_env)
+    assert r.returncode == 0, r.stderr
+    assert "quick start: preset mnist-fast" in r.stderr
+    cfg = yaml.safe_load(r.stdout.split("\n", 1)[1])
+    assert cfg["preset"] == "mnist-fast" and cfg["model"]["conditional"] and cfg["optim"]["g_lr"] == 2e-3
+    r = run("train", "--dry-run", "--no-progress", "--data", "mnist-5k", env_extra=offline_env)
+    cfg = yaml.safe_load(r.stdout.split("\n", 1)[1])
+    assert r.returncode == 0 and "quick start" not in r.stderr and not cfg["model"]["conditional"]

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 EXAMPLES = """examples:
-  ganforge train                                   digits on MNIST (or the embedded mnist-5k offline)
+  ganforge train                                   digits on MNIST (or the embedded mnist-5k offline):
+                                                   the quick start, preset mnist-fast
   ganforge train --preset seed-cifar --data cifar10 --data-root ~/data/cifar10
   ganforge train --data folder:~/pictures/cats --resolution 64 --epochs 20
   ganforge train --set train.batch_size=128 optim.g_lr=1e-4 --dry-run
@@ -164,6 +165,16 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+QUICK_START = "mnist-fast"
+
+
+def quick_start_preset(overrides: dict[str, Any]) -> Optional[str]:
+    """`ganforge train` with neither a preset, a dataset (other than auto) nor a model: the quick
+    start, the fastest measured route to good digits (docs/benchmarks.md, time to good digits)."""
+    data = overrides.get("data", {}).get("name")
+    return QUICK_START if data in (None, "auto") and "name" not in overrides.get("model", {}) else None
+
+
 def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int:
     import os
 
@@ -183,7 +194,10 @@ def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int
         train(resume=args.resume, overrides=overrides, progress=not args.no_progress,
               resume_from=args.resume_from)  # fmt: skip
         return 0
-    cfg = build_config(args.preset, overrides)
+    preset = args.preset or quick_start_preset(overrides)
+    if preset and not args.preset:
+        print(f"ganforge: quick start: preset {preset} (digits; `ganforge presets` lists the others)", file=sys.stderr)
+    cfg = build_config(preset, overrides)
     from ganforge.train import pick_device
 
     pick_device(cfg.train.device)  # an unavailable device fails before any data is loaded or folder made
