@@ -315,7 +315,14 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
 
 def _parse_scalar(text: str) -> Any:
     """`--set` values are YAML scalars: 64 -> int, 2e-4 -> float, true -> bool, null -> None."""
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"--set value {text!r} is not a YAML scalar ({problem}); write a number, true/false, "
+            "null or plain text, quoting the whole item in the shell if it has spaces."
+        ) from None
     if isinstance(value, str):
         # YAML reads "2e-4" as a string (it wants "2.0e-4"); accept the usual float spellings.
         try:
