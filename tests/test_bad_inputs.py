@@ -273,7 +273,7 @@ VALUES = st.one_of(st.integers(-10, 10**6), st.floats(allow_nan=True, allow_infi
                    st.booleans(), st.none())  # fmt: skip
 
 
-@pytest.mark.parametrize("text", ["'abc", "!0", "a\x1fb", "[1, 2", "{a: 1"])
+@pytest.mark.parametrize("text", ["'abc", "!0", "a\x1fb", "[1, 2", "{a: 1", "!!int x", "!!float abc", "!!timestamp x"])
 def test_override_value_that_is_not_yaml_is_a_config_error(text):
     with pytest.raises(ConfigError, match="is not a YAML scalar"):
         parse_overrides([f"train.seed={text}"])

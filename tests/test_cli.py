@@ -146,6 +146,10 @@ def test_quick_start_uses_the_fast_preset_only_without_data_model_or_preset(offl
     assert quick_start_preset({"data": {"name": "auto"}, "train": {"steps": 10}}) == QUICK_START
     assert quick_start_preset({"data": {"name": "mnist-5k"}}) is None
     assert quick_start_preset({"model": {"name": "dcgan28"}}) is None
+    assert quick_start_preset({"data": {"resolution": 32}}) is None  # auto picks dcgan32 then
+    assert quick_start_preset({"loss": {"name": "elbo"}}) is None  # a VAE, not the preset's GAN
+    assert quick_start_preset({"loss": {"name": "hinge"}}) == QUICK_START
+    assert quick_start_preset({"data": "mnist"}) is None  # malformed: left to validation's message
     r = run("train", "--dry-run", "--no-progress", env_extra=offline_env)
     assert r.returncode == 0, r.stderr
     assert "quick start: preset mnist-fast" in r.stderr

@@ -72,6 +72,12 @@ def test_fast_dropout_matches_dropout_statistics():
     assert torch.equal(xl.grad, yl.detach())  # d(x * mask)/dx = mask, and x = 1
     odd = torch.ones(5, 3, 7).transpose(1, 2)  # neither contiguous nor channels_last; odd length
     assert FastDropout(0.3).train()(odd).shape == odd.shape
+    for p in (0.99999, 0.999995, 1 - 2**-20):  # the scale is 1 / the quantised keep probability
+        y = FastDropout(p).train()(torch.ones(1000, 1000))
+        assert y.max() <= 65536 and (y != 0).float().mean() < 5e-5
+    # under torch.compile it draws with torch.rand (dynamo cannot trace random_(from, to))
+    compiled = torch.compile(FastDropout(0.3).train(), backend="eager", fullgraph=True)
+    assert abs((compiled(torch.ones(100, 100)) == 0).float().mean().item() - 0.3) < 0.03
 
 
 def test_model_for_resolution():

@@ -296,6 +296,39 @@ def test_simultaneous_shared_backward_matches_two_tapes(loss_name):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("logit", [-5.0, -40.0, -92.0])
+def test_simultaneous_shared_backward_is_exact_when_d_rejects_the_fakes(logit, precision):
+    """Fake logits far below 0 (D sure they are fake) make D's own slope tiny and G's large: the
+    step then takes G's gradient by its own backward (no overflow, no underflow to 0)."""
+    import copy
+
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models
+    from ganforge.train import Precision, simultaneous_step
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28", 8, 1, 4, 4, 0.0)
+    with torch.no_grad():
+        D.head[1].bias.fill_(logit)  # every logit near `logit` (the rest of D adds ~1e-3)
+    z, real = torch.randn(4, 8), torch.rand(4, 1, 28, 28) * 2 - 1
+    amp = Precision(precision, torch.device("cpu"))
+    grads = []
+    for shared in (False, True):
+        G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+        sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731
+        simultaneous_step(G2, D2, sgd(G2), sgd(D2), LOSSES["non-saturating"], real, z, precision=amp,
+                          shared_backward=shared)  # fmt: skip
+        grads.append([p.grad for p in G2.parameters()])
+    for ref, got in zip(*grads):
+        assert torch.isfinite(got).all()
+        if precision == "bf16":  # bf16 rounds element by element: compare whole tensors
+            assert torch.linalg.vector_norm(got - ref) <= 0.03 * torch.linalg.vector_norm(ref)
+        else:
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().max() > 0 for g in grads[1])  # G still learns
+
+
 def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp_path, isolated_env):
     assert [lr_scale(s, 8, "linear", 0.5) for s in range(8)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
     assert lr_scale(0, 8, "linear", 0.0) == 1 and lr_scale(7, 8, "linear", 0.0) == 1 / 8

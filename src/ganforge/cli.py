@@ -169,10 +169,14 @@ QUICK_START = "mnist-fast"
 
 
 def quick_start_preset(overrides: dict[str, Any]) -> Optional[str]:
-    """`ganforge train` with neither a preset, a dataset (other than auto) nor a model: the quick
-    start, the fastest measured route to good digits (docs/benchmarks.md, time to good digits)."""
-    data = overrides.get("data", {}).get("name")
-    return QUICK_START if data in (None, "auto") and "name" not in overrides.get("model", {}) else None
+    """`ganforge train` that names no preset, dataset (other than auto), model, resolution or VAE
+    loss: the quick start, the fastest measured route to good digits (docs/benchmarks.md, time to
+    good digits). Anything that preset would contradict leaves the plain defaults in charge."""
+    data, model, loss = (overrides.get(k, {}) for k in ("data", "model", "loss"))
+    if not all(isinstance(section, dict) for section in (data, model, loss)):
+        return None  # e.g. --set data=mnist: validation explains it
+    plain = data.get("name") not in (None, "auto") or "resolution" in data or "name" in model or loss.get("name") == "elbo"
+    return None if plain else QUICK_START
 
 
 def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int:
@@ -195,7 +199,7 @@ def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int
               resume_from=args.resume_from)  # fmt: skip
         return 0
     preset = args.preset or quick_start_preset(overrides)
-    if preset and not args.preset:
+    if preset and not args.preset and os.environ.get("RANK", "0") == "0":  # once, not per process
         print(f"ganforge: quick start: preset {preset} (digits; `ganforge presets` lists the others)", file=sys.stderr)
     cfg = build_config(preset, overrides)
     from ganforge.train import pick_device

@@ -317,8 +317,8 @@ def _parse_scalar(text: str) -> Any:
     """`--set` values are YAML scalars: 64 -> int, 2e-4 -> float, true -> bool, null -> None."""
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:  # also bad explicit tags: !!int x
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(
             f"--set value {text!r} is not a YAML scalar ({problem}); write a number, true/false, "
             "null or plain text, quoting the whole item in the shell if it has spaces."

@@ -262,7 +262,8 @@ def simultaneous_step(
     D's fake inputs, dL_D/dx_i = dL_D/df_i * df_i/dx_i; G's is the same times the per-sample ratio
     (dL_G/df_i) / (dL_D/df_i) (-exp(-f_i) for the non-saturating pair). This saves the second
     backward through D that the two-tape form makes on the fakes; the result is the same up to
-    rounding (tested). Where a slope is 0, G's input gradient takes its own backward through D."""
+    rounding (tested). Where D's slope is 0 or tiny next to G's, G's input gradient takes its own
+    backward through D."""
     if shared_backward is None:
         shared_backward = loss.d_grad_nonzero and per_sample(D)
     with precision.autocast():
@@ -282,11 +283,14 @@ def simultaneous_step(
     else:
         # both losses' slopes at each fake logit: cheap, the losses' own graph only
         d_slope, g_slope = (torch.autograd.grad(x, fake_logits, retain_graph=True)[0] for x in (d_loss, g_loss))
-        if bool((d_slope != 0).all()):
+        # the fast path only while D's slope is not tiny (|ratio| <= 2^20; for the non-saturating
+        # pair: every fake logit above about -13.9): a D that rejects a fake outright makes D's own
+        # input gradient underflow (bf16 kernels flush it long before fp32 would) while G's is large
+        if bool((g_slope.abs() <= d_slope.abs() * 2.0**20).all()):
             *d_grads, at_input = torch.autograd.grad(total_d, [*d_params, d_fake_in])
             ratio = (g_slope / d_slope).view(-1, *([1] * (at_input.dim() - 1)))  # [N, 1, 1, 1]
             at_input = (at_input.float() * ratio).to(fake_in.dtype)
-        else:  # a slope is 0 (hinge's margin, an underflow): G's input gradient by its own backward
+        else:  # a slope is 0 or tiny (hinge's margin, a rejected fake): G's input gradient by its own backward
             at_input = torch.autograd.grad(g_loss, d_fake_in, retain_graph=True)[0]
             d_grads = torch.autograd.grad(total_d, d_params)
         g_grads = torch.autograd.grad(fake_in, g_params, at_input)
