@@ -75,13 +75,11 @@ def one(model: str, batch: int, precision: str, reps: int, compiled: bool = Fals
     images = torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8)
 
     def nets():
-        G, D = build_models(model, 100, channels, WIDTH[model], WIDTH[model], 0.3)
-        return G, D, torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999)), torch.optim.Adam(
-            D.parameters(), 2e-4, betas=(0.5, 0.999))  # fmt: skip
+        return build_models(model, 100, channels, WIDTH[model], WIDTH[model], 0.3)
 
     # ganforge's step
     amp = Precision(precision, dev)
-    G, D, _, _ = nets()
+    G, D = nets()
     G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
     opt_G, opt_D = make_adam(G, 2e-4, (0.5, 0.999), dev), make_adam(D, 2e-4, (0.5, 0.999), dev)  # as train() does
     loss = LOSSES["non-saturating"]
@@ -115,7 +113,9 @@ def one(model: str, batch: int, precision: str, reps: int, compiled: bool = Fals
     t_data = timed(batch_of_reals, reps, 20)
 
     # plain eager fp32, the same nets (their own copies), timed in alternation with ours
-    G2, D2, opt_G2, opt_D2 = nets()
+    G2, D2 = nets()
+    opt_G2 = torch.optim.Adam(G2.parameters(), 2e-4, betas=(0.5, 0.999))  # the plain loop's default Adam
+    opt_D2 = torch.optim.Adam(D2.parameters(), 2e-4, betas=(0.5, 0.999))
 
     def plain() -> None:
         real = to_float(images[:batch])
