@@ -8,7 +8,8 @@ final generator (G_ema when the config keeps one) and score them with
 covered when it has one; reverse KL of the high-quality mode histogram to uniform). Configurations:
   gan     PacGAN's plain GAN: the MLP pair (G 4x400 BN ReLU, D 3x200 maxout-5), z 2, Adam 1e-4, batch 100;
   preset  the dataset's ganforge preset (configs/grid25.yaml or ring8.yaml: a disconnected latent of 100
-          codes, 2 critic steps, G EMA, linear lr decay over the second half).
+          codes, 3 (grid25) or 2 (ring8) critic steps, G EMA, linear lr decay over the second half).
+`--set key=value ...` changes the preset config (e.g. `--set model.code_weights=learned`).
 Both train for the same number of steps. Prints a markdown table (mean ± std over seeds, and the
 worst seed) and writes bench/results/mixtures.json.
 """
@@ -23,10 +24,12 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ganforge import build_config, load, train
+from ganforge.config import parse_overrides
 from ganforge.metrics.modes import mixture_metrics
 
 PAPER = {  # PacGAN Table 1 (mean over 10 trials): modes, % high quality, reverse KL
@@ -42,7 +45,15 @@ GAN = {  # the plain GAN of PacGAN's experiments, on our MLP pair
 }
 
 
-def run_one(data: str, config: str, seed: int, steps: int, runs_dir: str) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """`base` with `extra`'s values laid over it, section by section."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def run_one(data: str, config: str, seed: int, steps: int, runs_dir: str, extra: Optional[dict] = None) -> dict:
     common = {"data": {"name": data}, "run": {"runs_dir": runs_dir, "name": f"{data}-{config}-{seed}"},
               "train": {"seed": seed, "steps": steps, "checkpoint_every": steps, "log_every": 500,
                         "sample_every": steps, "n_samples": 2500, "device": "cpu"}}  # fmt: skip
@@ -51,7 +62,7 @@ def run_one(data: str, config: str, seed: int, steps: int, runs_dir: str) -> dic
                 "train": {**GAN["train"], **common["train"]}}  # fmt: skip
         cfg = build_config(overrides=base)
     else:
-        cfg = build_config(preset=data, overrides=common)
+        cfg = build_config(preset=data, overrides=merge(extra or {}, common))
     start = time.perf_counter()
     run_dir = train(cfg, progress=False)
     seconds = time.perf_counter() - start
@@ -91,12 +102,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel, each with --threads torch threads (default 1 job)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the preset config, as for `ganforge train --set`")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        todo = [(data, config, seed, args.steps or build_config(preset=data).train.steps, tmp)
+        extra = parse_overrides(args.set)
+        todo = [(data, config, seed, args.steps or build_config(preset=data, overrides=extra).train.steps, tmp, extra)
                 for data in args.data for config in args.configs for seed in args.seeds]  # fmt: skip
         if args.jobs > 1:
             from concurrent.futures import ProcessPoolExecutor
@@ -119,7 +133,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")  # fmt: skip
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "table": table, "date": str(date.today()),
+    Path(args.out).write_text(json.dumps({"rows": rows, "table": table, "date": str(date.today()), "set": args.set,
                                           "threads": torch.get_num_threads()}, indent=1))  # fmt: skip
 
 

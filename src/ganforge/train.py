@@ -754,6 +754,10 @@ def _train(
                   "were dropped (those steps are redone)", file=sys.stderr)  # fmt: skip
 
     ema_stale = True  # G_ema's BN statistics do not match its weights (after an update or a restore)
+    # how many latents G_ema's BN statistics are averaged over. 2D points need them precise (grid25's clusters
+    # have std 0.05 on a span of 8: from 2,048 latents one seed's G_ema gave 73.7 % high-quality samples with
+    # one draw and 94.6 % with another, from 100,000 latents 99.6 %), and a point G costs next to nothing to run
+    recalibration = dict(batches=40, batch_size=2500) if MODELS[m.name].resolution == 0 else dict(batch_size=max(batch, 64))
 
     def G_show() -> nn.Module:
         """The generator to sample from: G_ema (its BN statistics recomputed once per change) when
@@ -762,7 +766,7 @@ def _train(
         if G_ema is None:
             return G
         if ema_stale:
-            recalibrate_bn(G_ema, m.z_dim, device, nc, batch_size=max(batch, 64), seed=t.seed + 5)
+            recalibrate_bn(G_ema, m.z_dim, device, nc, seed=t.seed + 5, **recalibration)
             ema_stale = False
         return G_ema
 
