@@ -6,7 +6,8 @@
         --runs "dcgan=stacked-mnist:model.pack=1,model.mbstd=false,train.ema_beta=null" stacked-mnist
 
 A run is PRESET or NAME=PRESET:key=value,... (overrides as for --set). Each trains with
-train.time_limit=SECONDS (the steps are set out of reach), then `ganforge.evaluate` scores it with the
+train.time_limit=SECONDS (the steps are set out of reach, unless the run sets train.steps: a learning-rate
+schedule follows the steps), then `ganforge.evaluate` scores it with the
 same protocol for all: the dataset's domain extractor (FID, KID, precision/recall, modes) against its
 test split, or PacGAN's protocol for stacked-mnist/ring8/grid25. Prints a markdown table, writes
 bench/results/equal_budget_<dataset>.json and a PNG with every run's sample grid side by side.
@@ -69,9 +70,9 @@ def main() -> None:
         runs_dir = args.keep or tmp
         for spec in args.runs:
             name, preset, overrides = parse_run(spec)
-            overrides.setdefault("train", {}).update(
-                time_limit=args.seconds, steps=10**9, epochs=None, device=args.device,
-                sample_every=10**9, checkpoint_every=10**9)  # fmt: skip
+            own = overrides.setdefault("train", {})
+            own.update(time_limit=args.seconds, steps=own.get("steps", 10**9), epochs=None, device=args.device,
+                       sample_every=10**9, checkpoint_every=10**9)  # fmt: skip
             overrides["run"] = {"runs_dir": runs_dir, "name": name}
             if args.data:
                 overrides.setdefault("data", {})["name"] = args.data

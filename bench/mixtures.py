@@ -9,7 +9,7 @@ covered when it has one; reverse KL of the high-quality mode histogram to unifor
   gan     PacGAN's plain GAN: the MLP pair (G 4x400 BN ReLU, D 3x200 maxout-5), z 2, Adam 1e-4, batch 100;
   preset  the dataset's ganforge preset (configs/grid25.yaml or ring8.yaml: a disconnected latent of 100
           codes, 3 (grid25) or 2 (ring8) critic steps, G EMA, linear lr decay over the second half).
-`--set key=value ...` changes the preset config (e.g. `--set model.code_weights=learned`).
+`--set key=value ...` changes the preset config (e.g. `--set train.n_critic=5 train.ema_beta=0.999`).
 Both train for the same number of steps. Prints a markdown table (mean ± std over seeds, and the
 worst seed) and writes bench/results/mixtures.json.
 """
