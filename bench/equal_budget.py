@@ -94,15 +94,15 @@ def main() -> None:
                   flush=True)  # fmt: skip
     dataset = rows[0]["protocol"].get("reference", {}).get("dataset") or rows[0]["dataset"]
     keys = [k for k in rows[0]["metrics"]]
-    lines = ["| run | steps | images seen | img/s | " + " | ".join(keys) + " |",
-             "|---|---|---|---|" + "---|" * len(keys)]  # fmt: skip
-    for r in rows:
-        lines.append(f"| {r['run']} | {r['steps']} | {r['nimg']} | {r['img_per_s']:.0f} | "
+    lines = ["| run | steps | train s | images seen | img/s | " + " | ".join(keys) + " |",
+             "|---|---|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+    for r in rows:  # train s: under the budget when the run's own train.steps ended it first
+        lines.append(f"| {r['run']} | {r['steps']} | {r['train_seconds']:.0f} | {r['nimg']} | {r['img_per_s']:.0f} | "
                      + " | ".join(f"{r['metrics'][k]:.4g}" for k in keys) + " |")  # fmt: skip
     p = rows[0]["protocol"]
     device = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
     header = (f"{date.today()}, {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-              f"{args.seconds:g} s of training per run, {p['n_generated']} samples, "
+              f"a budget of {args.seconds:g} s of training per run, {p['n_generated']} samples, "
               + (f"extractor {p['extractor']} vs {p['reference']['dataset']}:{p['reference']['split']} ({p['reference']['n']})"
                  if "reference" in p else p["benchmark"]))  # fmt: skip
     table = header + "\n\n" + "\n".join(lines)

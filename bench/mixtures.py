@@ -103,7 +103,8 @@ def main() -> None:
                         help="runs in parallel, each with --threads torch threads (default 1 job)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the preset config, as for `ganforge train --set`")  # fmt: skip
+                        help="overrides of the preset config, as for `ganforge train --set`; the benchmark's own "
+                             "keys win (data, run, train.seed/device/n_samples/log_every/checkpoint_every/sample_every)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
