@@ -22,19 +22,12 @@ import torch
 
 from ganforge import load
 from ganforge.checkpoint import load_checkpoint
-from ganforge.data import load_dataset, to_uint8
+from ganforge.data import load_dataset
 from ganforge.ema import recalibrate_bn
 from ganforge.metrics.features import extract, load_domain_extractor
 from ganforge.metrics.modes import kl_divergence, stacked_modes
 
 N = 26_000  # PacGAN's sample count
-
-
-@torch.no_grad()
-def images_of(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """G's images of latents z, in eval mode, as uint8."""
-    G.eval()
-    return to_uint8(torch.cat([G(z[i : i + 1000]).float() for i in range(0, len(z), 1000)]))
 
 
 def score(extractor: torch.nn.Module, images: torch.Tensor) -> dict:
@@ -63,18 +56,18 @@ def main() -> None:
         saved = load_checkpoint(Path(run) / "checkpoints" / "final.pt")
         z = gen.latents(N, seed=10_000)
 
-        G = gen.G
+        G = gen.G  # in eval mode; gen.generate(z) draws its images
         G.load_state_dict(saved["G"])
-        print(json.dumps({"run": run, "generator": "G", **score(extractor, images_of(G, z))}), flush=True)
+        print(json.dumps({"run": run, "generator": "G", **score(extractor, gen.generate(z))}), flush=True)
         if "G_ema" not in saved:
             continue
         G.load_state_dict(saved["G_ema"])
         print(json.dumps({"run": run, "generator": "G_ema, checkpoint's BN statistics",
-                          **score(extractor, images_of(G, z))}), flush=True)  # fmt: skip
+                          **score(extractor, gen.generate(z))}), flush=True)  # fmt: skip
         for batches, size in ((8, 256), (32, 1024)):
             recalibrate_bn(G, gen.z_dim, torch.device("cpu"), batches=batches, batch_size=size, seed=1)
             print(json.dumps({"run": run, "generator": f"G_ema, BN statistics of {batches} x {size} latents",
-                              **score(extractor, images_of(G, z))}), flush=True)  # fmt: skip
+                              **score(extractor, gen.generate(z))}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

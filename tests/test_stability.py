@@ -38,13 +38,14 @@ def test_short_grid25_training_covers_many_more_modes(tmp_path):
     with torch.no_grad():
         before = mixture_metrics(G0.eval()(torch.randn(2500, 2)).numpy(), "grid25")
     run = train(cfg, progress=False)
-    after = mixture_metrics(load(run).sample(2500, seed=1).numpy(), "grid25")
+    gen = load(run)
+    after = mixture_metrics(gen.sample(2500, seed=1).numpy(), "grid25")
     assert after["modes_covered"] >= before["modes_covered"] + 10, (before, after)
     assert (run / "samples.png").is_file()  # a scatter plot for point data
     # G_ema's BN statistics are the population's, not a small sample's: its outputs in eval mode match
     # those with the statistics of 20,000 latents at once (measured: 0.025 on average; statistics from
     # 8 batches of 256 latents, the image setting at this batch size, gave 0.111)
-    G_ema = load(run).G
+    G_ema = gen.G
     z = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         stored = G_ema.eval()(z)
