@@ -3,7 +3,7 @@
     python bench/equal_budget.py --seconds 600 --runs seed-mnist mnist-fast
     python bench/equal_budget.py --seconds 120 --device cuda --runs seed-cifar cifar10-sngan
     python bench/equal_budget.py --seconds 1500 --n 26000 \
-        --runs "dcgan=stacked-mnist:model.pack=1,model.mbstd=false,train.ema_beta=null" stacked-mnist
+        --runs "dcgan=stacked-mnist:reg.r1_gamma=0" stacked-mnist
 
 A run is PRESET or NAME=PRESET:key=value,... (overrides as for --set). Each trains with
 train.time_limit=SECONDS (the steps are set out of reach, unless the run sets train.steps: a learning-rate
