@@ -7,7 +7,9 @@ an N times larger global batch). Efficiency = img/s(N) / (N x img/s(1)).
 
 Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoints off during the
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
-1- and N-process runs alternate, REPS times. Needs the real data (GANFORGE_DATA). Writes
+1- and N-process runs alternate, REPS times. The N processes sum their gradients through shared memory
+(ganforge's default on one machine); `--gloo-too` adds, interleaved, N-process runs that use gloo's TCP
+all-reduce instead (GANFORGE_SHM_ALLREDUCE=0). Needs the real data (GANFORGE_DATA). Writes
 bench/results/scaling.json.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 DATA = {"dcgan28-classic": "mnist", "dcgan28": "mnist", "dcgan32": "cifar10", "resnet32": "cifar10"}
 
 
-def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path) -> float:
+def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, shm: bool = True) -> float:
     name = f"{model}-{nproc}-{time.time_ns()}"
     cmd = [sys.executable, "-m", "ganforge", "train", "--model", model, "--data", DATA[model], "--steps", str(steps),
            "--batch-size", str(batch * nproc), "--precision", precision, "--no-progress", "--runs-dir", str(root),
@@ -36,7 +38,7 @@ def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Pa
            f"train.checkpoint_every={10 * steps}", "train.device=cpu"]  # fmt: skip
     if nproc > 1:
         cmd[4:4] = ["--nproc", str(nproc)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process, as the issue asks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1" if shm else "0"}  # one thread each
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -53,6 +55,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
     parser.add_argument("--out", default="bench/results/scaling.json")
     args = parser.parse_args()
 
@@ -63,19 +66,28 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            one, many = [], []
+            one, many, gloo = [], [], []
             for _ in range(args.reps):
                 one.append(run(model, 1, args.batch, args.steps, args.precision, Path(tmp)))
                 many.append(run(model, args.nproc, args.batch, args.steps, args.precision, Path(tmp)))
+                if args.gloo_too:
+                    gloo.append(run(model, args.nproc, args.batch, args.steps, args.precision, Path(tmp), shm=False))
             ips1, ipsn = statistics.median(one), statistics.median(many)
             row = {"model": model, "data": DATA[model], "batch_per_process": args.batch, "precision": args.precision,
                    "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn, "runs_1": one, f"runs_{args.nproc}": many,
                    "efficiency": ipsn / (args.nproc * ips1)}  # fmt: skip
+            line = (f"{model}: 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
+                    f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
+            if gloo:
+                ipsg = statistics.median(gloo)
+                row.update({f"img_per_s_{args.nproc}_gloo": ipsg, f"runs_{args.nproc}_gloo": gloo,
+                            "efficiency_gloo": ipsg / (args.nproc * ips1)})  # fmt: skip
+                line += f"; with gloo's all-reduce {ipsg:.0f} img/s -> {100 * row['efficiency_gloo']:.1f}%"
             results.append(row)
-            print(f"{model}: 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
-                  f"efficiency {100 * row['efficiency']:.1f}%", flush=True)  # fmt: skip
+            print(line, flush=True)
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-           "torch": torch.__version__, "ganforge": __version__, "threads_per_process": 1, "backend": "gloo",
+           "torch": torch.__version__, "ganforge": __version__, "threads_per_process": 1,
+           "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else ""),
            "steps": args.steps, "reps": args.reps, "results": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -123,3 +123,39 @@ def test_two_processes_roll_back_together_and_stop_together(tmp_path):
     rollbacks = events(run, "rollback")
     assert [r["rollbacks"] for r in rollbacks] == [1, 2]  # logged once each: by rank 0
     assert rollbacks[1]["d_lr"] == pytest.approx(1e30 * 0.25)
+
+
+def _shm_worker(rank: int, store: str, out: str) -> None:  # one rank of the test below
+    import torch.distributed as tdist
+
+    from ganforge.distributed import SharedMemorySum
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    d = Dist(rank=rank, world=2, backend="gloo", one_machine=True)
+    sums, refs = [], []
+    for call in range(5):  # both halves of the buffer, twice over, then a third size
+        x = torch.randn(1000 + 500 * (call == 4), generator=torch.Generator().manual_seed(10 * call + rank))
+        ref = x.clone()
+        tdist.all_reduce(ref)
+        SharedMemorySum.get(d, x)(x)
+        sums.append(x), refs.append(ref)
+    torch.save({"sums": sums, "refs": refs, "buffers": len(SharedMemorySum._made)}, f"{out}.{rank}")
+    tdist.destroy_process_group()
+
+
+def test_shared_memory_sum_equals_gloo_all_reduce_on_every_rank(tmp_path):
+    """Two processes: SharedMemorySum gives gloo's all-reduce sum (to float rounding), the same bits on
+    both ranks, call after call (the double buffer alternates), one buffer per size; no file is left."""
+    import torch.multiprocessing as mp
+
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    mp.spawn(_shm_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"out.{r}") for r in (0, 1))
+    for a, b, ref in zip(r0["sums"], r1["sums"], r0["refs"]):
+        assert torch.equal(a, b)  # ranks in lockstep, bit for bit
+        torch.testing.assert_close(a, ref)
+    assert not torch.equal(r0["sums"][0], r0["sums"][2])  # each call summed its own inputs
+    assert r0["buffers"] == 2
+    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert not {f for f in after - before if f.startswith("ganforge-")}

@@ -7,11 +7,18 @@ gradient of the global batch), done the way StyleGAN2-ADA's training loop does i
 all-reduce of a module's gradients per update instead of the DDP wrapper's backward hooks. A GAN
 step differentiates through D without updating it (the G step) and the simultaneous update uses
 `torch.autograd.grad`, neither of which DDP's hooks see or allow.
+
+When every process runs on one machine's CPU, the gradients travel through a shared-memory file instead of
+gloo's TCP loopback (`SharedMemorySum`; the scheme of DeepSpeed's and gloo's own intra-node CPU all-reduce,
+which this torch build's gloo lacks); gloo still provides the rendezvous and the barrier.
+GANFORGE_SHM_ALLREDUCE=0 in the environment turns it off.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,10 +40,16 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     backend: str = ""
+    one_machine: bool = False  # every rank on this machine (LOCAL_WORLD_SIZE == WORLD_SIZE)
 
     @property
     def enabled(self) -> bool:
         return self.world > 1
+
+    @property
+    def shared_memory(self) -> bool:
+        """CPU gradients are summed through shared memory (SharedMemorySum), not gloo's TCP all-reduce."""
+        return self.one_machine and self.backend == "gloo" and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0"
 
     @property
     def main(self) -> bool:
@@ -55,7 +68,10 @@ class Dist:
         if not self.enabled or not grads:
             return
         flat = _flatten_dense_tensors(grads)
-        tdist.all_reduce(flat)
+        if self.shared_memory and flat.device.type == "cpu":
+            SharedMemorySum.get(self, flat)(flat)
+        else:
+            tdist.all_reduce(flat)
         flat /= self.world
         for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(synced)
@@ -117,6 +133,49 @@ class Dist:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
 
+class SharedMemorySum:
+    """In-place sum of a CPU tensor over the ranks of one machine, through a shared-memory file.
+
+    Each rank copies its tensor into its row of a [2, world, numel] buffer that every rank maps, a
+    one-number gloo all-reduce serves as the barrier (all rows written), and each rank sums the rows in the
+    same order, so every rank gets bit-identical results. The two halves alternate between calls: a rank
+    writes half h again only after the next call's barrier, which every rank passes only after reading h.
+    The file is unlinked as soon as every rank has mapped it (before the first sum), so a crash later leaves nothing behind.
+    One buffer per (numel, dtype); made on first use, collectively (every rank calls sync_grads alike).
+    """
+
+    _made: dict[tuple[int, int, int, torch.dtype], SharedMemorySum] = {}  # (rank, world, numel, dtype)
+
+    def __init__(self, dist: Dist, numel: int, dtype: torch.dtype):
+        self.rank, self.half = dist.rank, 0
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        path = dist.broadcast(os.path.join(folder, f"ganforge-{uuid.uuid4().hex}") if dist.main else None)
+        size = 2 * dist.world * numel
+        if dist.main:
+            with open(path, "wb") as f:
+                f.truncate(size * torch.empty((), dtype=dtype).element_size())
+        tdist.barrier()
+        self.buffer = torch.from_file(path, shared=True, size=size, dtype=dtype).view(2, dist.world, numel)
+        tdist.barrier()
+        if dist.main:
+            os.unlink(path)
+        self.flag = torch.zeros(1)
+
+    @classmethod
+    def get(cls, dist: Dist, like: torch.Tensor) -> SharedMemorySum:
+        key = (dist.rank, dist.world, like.numel(), like.dtype)
+        if key not in cls._made:
+            cls._made[key] = cls(dist, like.numel(), like.dtype)
+        return cls._made[key]
+
+    def __call__(self, flat: torch.Tensor) -> None:
+        rows = self.buffer[self.half]
+        self.half ^= 1
+        rows[self.rank].copy_(flat)
+        tdist.all_reduce(self.flag)  # the barrier: every rank's row is written
+        torch.sum(rows, dim=0, out=flat)
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the job torchrun started (WORLD_SIZE > 1 in the environment), else a single process.
     NCCL on CUDA devices, gloo on the CPU."""
@@ -129,10 +188,12 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(local_rank)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
-    return Dist(rank, world, local_rank, backend)
+    one_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) == world
+    return Dist(rank, world, local_rank, backend, one_machine)
 
 
 def shutdown() -> None:
     """Leave the process group (after training in a torchrun job)."""
+    SharedMemorySum._made.clear()
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()

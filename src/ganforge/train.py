@@ -908,7 +908,8 @@ def _train(
         f"ganforge: training {m.name} on {ds.name} ({n} {'points' if ds.is_points else 'images'} "
         f"{tuple(ds.images.shape[1:])}) on {device}{'' if precision.name == 'fp32' else f' ({precision.name})'}; "
         f"{total_steps} steps of {batch}"
-        + (f" (global batch: {dist.world} processes x {batch // dist.world}, {dist.backend})" if dist.enabled else "")
+        + (f" (global batch: {dist.world} processes x {batch // dist.world}, {dist.backend}"
+           f"{' + shared memory' if dist.shared_memory else ''})" if dist.enabled else "")
         + f" -> {run_dir}",
         file=sys.stderr,
     )
