@@ -1,0 +1,62 @@
+"""Gradient sum between 2 processes on this CPU: gloo's all-reduce vs ganforge's shared-memory sum.
+
+    python bench/allreduce.py                  # 760,000 floats, about the G gradients of the scaling runs
+    python bench/allreduce.py --numel 37000    # its D
+
+Two processes (gloo, one thread each) time, in turns, 50 calls of: `torch.distributed.all_reduce` (gloo's
+TCP loopback), `SharedMemorySum` (what `Dist.sync_grads` uses on one machine), and a one-number all-reduce
+(the barrier inside SharedMemorySum). Prints the median ms per call over --reps turns, from rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+
+def worker(rank: int, store: str, numel: int, reps: int, calls: int) -> None:
+    from ganforge.distributed import Dist, SharedMemorySum
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    d = Dist(rank=rank, world=2, backend="gloo", one_machine=True)
+    x, ping = torch.randn(numel), torch.zeros(1)
+    shm = SharedMemorySum.get(d, x)
+    arms = {"gloo all_reduce": lambda: tdist.all_reduce(x), "shared memory": lambda: shm(x),
+            "barrier alone": lambda: tdist.all_reduce(ping)}  # fmt: skip
+    ms: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(reps):
+        for name, call in arms.items():
+            tdist.barrier()
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            ms[name].append((time.perf_counter() - start) / calls * 1e3)
+    if rank == 0:
+        print(f"{numel:,} float32, 2 processes, 1 thread each, torch {torch.__version__}")
+        for name, v in ms.items():
+            print(f"  {name:16s} {statistics.median(v):6.3f} ms  (turns: {', '.join(f'{a:.3f}' for a in v)})")
+    tdist.destroy_process_group()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--numel", type=int, default=760_000, help="floats per sum (760,000: about G's gradients)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(os.path.join(tmp, "store"), args.numel, args.reps, args.calls), nprocs=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
