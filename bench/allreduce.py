@@ -28,13 +28,15 @@ def worker(rank: int, store: str, numel: int, reps: int, calls: int) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     d = Dist(rank=rank, world=2, backend="gloo", one_machine=True)
-    x, ping = torch.randn(numel), torch.zeros(1)
+    x0, ping = torch.randn(numel), torch.zeros(1)
+    x = x0.clone()
     shm = SharedMemorySum.get(d, x)
     arms = {"gloo all_reduce": lambda: tdist.all_reduce(x), "shared memory": lambda: shm(x),
             "barrier alone": lambda: tdist.all_reduce(ping)}  # fmt: skip
     ms: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(reps):
         for name, call in arms.items():
+            x.copy_(x0)  # both sums work in place: start each turn from the same finite values
             tdist.barrier()
             start = time.perf_counter()
             for _ in range(calls):

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ from ganforge.train import _check_distributed, train
 from tests.conftest import ROOT, tiny
 
 
-def ganforge_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+def ganforge_cli(*args: str, shm: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1",
+           "GANFORGE_SHM_ALLREDUCE": "1" if shm else "0"}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "ganforge", *args], capture_output=True, text=True, env=env,
                           timeout=600)  # fmt: skip
 
@@ -35,12 +37,13 @@ POINTS = ["--data", "ring8", "--model", "mlp-plain", "--batch-size", "32", "--st
           "train.checkpoint_every=4", "monitor.every=null", "train.device=cpu"]  # fmt: skip
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("shm", [True, False], ids=["shared-memory-sum", "gloo-all-reduce"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, shm):
     one = ganforge_cli("train", *POINTS, "--runs-dir", str(tmp_path), "--name", "one")
     assert one.returncode == 0, one.stderr[-2000:]
-    two = ganforge_cli("train", "--nproc", "2", *POINTS, "--runs-dir", str(tmp_path), "--name", "two")
+    two = ganforge_cli("train", "--nproc", "2", *POINTS, "--runs-dir", str(tmp_path), "--name", "two", shm=shm)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert "global batch: 2 processes x 16, gloo" in two.stderr
+    assert f"global batch: 2 processes x 16, gloo{' + shared memory' if shm else ')'}" in two.stderr
     a = load_checkpoint(tmp_path / "one" / "checkpoints" / "final.pt")
     b = load_checkpoint(tmp_path / "two" / "checkpoints" / "final.pt")
     assert a["step"] == b["step"] == 8 and a["nimg"] == b["nimg"] == 8 * 32
@@ -125,37 +128,53 @@ def test_two_processes_roll_back_together_and_stop_together(tmp_path):
     assert rollbacks[1]["d_lr"] == pytest.approx(1e30 * 0.25)
 
 
-def _shm_worker(rank: int, store: str, out: str) -> None:  # one rank of the test below
+def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one rank of the test below
+    import time
+
     import torch.distributed as tdist
 
     from ganforge.distributed import SharedMemorySum
 
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    d = Dist(rank=rank, world=2, backend="gloo", one_machine=True)
-    sums, refs = [], []
-    for call in range(5):  # both halves of the buffer, twice over, then a third size
-        x = torch.randn(1000 + 500 * (call == 4), generator=torch.Generator().manual_seed(10 * call + rank))
-        ref = x.clone()
-        tdist.all_reduce(ref)
-        SharedMemorySum.get(d, x)(x)
-        sums.append(x), refs.append(ref)
-    torch.save({"sums": sums, "refs": refs, "buffers": len(SharedMemorySum._made)}, f"{out}.{rank}")
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    d = Dist(rank=rank, world=world, backend="gloo", one_machine=True)
+    wrong = 0
+    for call in range(200):  # back to back, no other collective between calls: only the buffer keeps order
+        x = torch.full((1000,), float(1000 * call + rank))
+        shm = SharedMemorySum.get(d, x)
+        if (call + rank) % 3 == 0:
+            time.sleep(0.002)  # one rank lags now and then, so a rank that overwrote a half too soon would show
+        shm(x)
+        wrong += int(not torch.equal(x, torch.full((1000,), float(world * 1000 * call + sum(range(world))))))
+    y = torch.randn(1500, generator=torch.Generator().manual_seed(rank))  # a second size: its own buffer
+    ref = y.clone()
+    tdist.all_reduce(ref)
+    SharedMemorySum.get(d, y)(y)
+    torch.save({"wrong": wrong, "y": y, "ref": ref, "buffers": len(SharedMemorySum._made)}, f"{out}.{rank}")
     tdist.destroy_process_group()
 
 
-def test_shared_memory_sum_equals_gloo_all_reduce_on_every_rank(tmp_path):
-    """Two processes: SharedMemorySum gives gloo's all-reduce sum (to float rounding), the same bits on
-    both ranks, call after call (the double buffer alternates), one buffer per size; no file is left."""
+@pytest.mark.parametrize("world", [2, 3])
+def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, world):
+    """World 2 and 3: 200 back-to-back sums of exactly representable inputs are exact on every rank (a
+    half of the double buffer reused too early would give wrong sums), a random sum matches gloo's
+    all-reduce with the same bits on every rank, one buffer per size, and no file is left."""
     import torch.multiprocessing as mp
 
-    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    mp.spawn(_shm_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"out.{r}") for r in (0, 1))
-    for a, b, ref in zip(r0["sums"], r1["sums"], r0["refs"]):
-        assert torch.equal(a, b)  # ranks in lockstep, bit for bit
-        torch.testing.assert_close(a, ref)
-    assert not torch.equal(r0["sums"][0], r0["sums"][2])  # each call summed its own inputs
-    assert r0["buffers"] == 2
-    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    assert not {f for f in after - before if f.startswith("ganforge-")}
+    shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    before = set(os.listdir(shm_dir)) if shm_dir else set()
+    ctx = mp.start_processes(_shm_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "out")),
+                             nprocs=world, join=False, start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the shared-memory sum did not finish in 120 s (a deadlock?)")
+    outs = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
+    assert [o["wrong"] for o in outs] == [0] * world
+    for o in outs:
+        assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 2
+        torch.testing.assert_close(o["y"], o["ref"])
+    if shm_dir:
+        assert not {f for f in set(os.listdir(shm_dir)) - before if f.startswith("ganforge-")}

@@ -17,6 +17,7 @@ GANFORGE_SHM_ALLREDUCE=0 in the environment turns it off.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -40,7 +41,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     backend: str = ""
-    one_machine: bool = False  # every rank on this machine (LOCAL_WORLD_SIZE == WORLD_SIZE)
+    one_machine: bool = False  # every rank on this machine and GANFORGE_SHM_ALLREDUCE is not 0: see SharedMemorySum
 
     @property
     def enabled(self) -> bool:
@@ -49,7 +50,7 @@ class Dist:
     @property
     def shared_memory(self) -> bool:
         """CPU gradients are summed through shared memory (SharedMemorySum), not gloo's TCP all-reduce."""
-        return self.one_machine and self.backend == "gloo" and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0"
+        return self.one_machine and self.backend == "gloo" and os.name == "posix"
 
     @property
     def main(self) -> bool:
@@ -68,8 +69,9 @@ class Dist:
         if not self.enabled or not grads:
             return
         flat = _flatten_dense_tensors(grads)
-        if self.shared_memory and flat.device.type == "cpu":
-            SharedMemorySum.get(self, flat)(flat)
+        shm = SharedMemorySum.get(self, flat) if self.shared_memory and flat.device.type == "cpu" else None
+        if shm is not None:
+            shm(flat)
         else:
             tdist.all_reduce(flat)
         flat /= self.world
@@ -144,28 +146,49 @@ class SharedMemorySum:
     One buffer per (numel, dtype); made on first use, collectively (every rank calls sync_grads alike).
     """
 
-    _made: dict[tuple[int, int, int, torch.dtype], SharedMemorySum] = {}  # (rank, world, numel, dtype)
+    _made: dict[tuple[int, int, int, torch.dtype], SharedMemorySum | None] = {}  # (rank, world, numel, dtype)
 
-    def __init__(self, dist: Dist, numel: int, dtype: torch.dtype):
+    def __init__(self, dist: Dist, numel: int, dtype: torch.dtype, path: str):
         self.rank, self.half = dist.rank, 0
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-        path = dist.broadcast(os.path.join(folder, f"ganforge-{uuid.uuid4().hex}") if dist.main else None)
         size = 2 * dist.world * numel
-        if dist.main:
-            with open(path, "wb") as f:
-                f.truncate(size * torch.empty((), dtype=dtype).element_size())
-        tdist.barrier()
         self.buffer = torch.from_file(path, shared=True, size=size, dtype=dtype).view(2, dist.world, numel)
-        tdist.barrier()
-        if dist.main:
-            os.unlink(path)
         self.flag = torch.zeros(1)
 
+    @staticmethod
+    def _create(dist: Dist, numel: int, dtype: torch.dtype) -> str | None:
+        """Rank 0 makes the file with its space reserved (a full /dev/shm fails here, not later with a bus
+        error); every rank gets its path, or None if that failed."""
+        path = None
+        if dist.main:
+            folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+            path = os.path.join(folder, f"ganforge-{uuid.uuid4().hex}")
+            try:
+                nbytes = 2 * dist.world * numel * torch.empty((), dtype=dtype).element_size()
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                try:  # posix_fallocate reserves the pages; macOS lacks it (a sparse file there)
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(fd, 0, nbytes)
+                    else:
+                        os.ftruncate(fd, nbytes)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                print(f"ganforge: no shared-memory gradient sum ({e}); using gloo's all-reduce.", file=sys.stderr)
+                if os.path.exists(path):
+                    os.unlink(path)
+                path = None
+        return dist.broadcast(path)
+
     @classmethod
-    def get(cls, dist: Dist, like: torch.Tensor) -> SharedMemorySum:
+    def get(cls, dist: Dist, like: torch.Tensor) -> SharedMemorySum | None:
+        """The buffer for tensors like `like` (made collectively on first use), or None: use gloo."""
         key = (dist.rank, dist.world, like.numel(), like.dtype)
         if key not in cls._made:
-            cls._made[key] = cls(dist, like.numel(), like.dtype)
+            path = cls._create(dist, like.numel(), like.dtype)
+            cls._made[key] = None if path is None else cls(dist, like.numel(), like.dtype, path)
+            tdist.barrier()  # every rank has mapped the file
+            if dist.main and path is not None:
+                os.unlink(path)
         return cls._made[key]
 
     def __call__(self, flat: torch.Tensor) -> None:
@@ -188,7 +211,8 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(local_rank)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
-    one_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) == world
+    one_machine = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world  # as train.py reads it
+                   and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0")
     return Dist(rank, world, local_rank, backend, one_machine)
 
 
