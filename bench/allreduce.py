@@ -27,7 +27,7 @@ def worker(rank: int, store: str, numel: int, reps: int, calls: int) -> None:
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    d = Dist(rank=rank, world=2, backend="gloo", one_machine=True)
+    d = Dist(rank=rank, world=2, backend="gloo", shm_allowed=True)
     x0, ping = torch.randn(numel), torch.zeros(1)
     x = x0.clone()
     shm = SharedMemorySum.get(d, x)

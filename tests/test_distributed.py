@@ -137,7 +137,7 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    d = Dist(rank=rank, world=world, backend="gloo", one_machine=True)
+    d = Dist(rank=rank, world=world, backend="gloo", shm_allowed=True)
     wrong = 0
     for call in range(200):  # back to back, no other collective between calls: only the buffer keeps order
         x = torch.full((1000,), float(1000 * call + rank))

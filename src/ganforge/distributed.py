@@ -41,7 +41,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     backend: str = ""
-    one_machine: bool = False  # every rank on this machine and GANFORGE_SHM_ALLREDUCE is not 0: see SharedMemorySum
+    shm_allowed: bool = False  # every rank on this machine and GANFORGE_SHM_ALLREDUCE is not 0: see SharedMemorySum
 
     @property
     def enabled(self) -> bool:
@@ -50,7 +50,7 @@ class Dist:
     @property
     def shared_memory(self) -> bool:
         """CPU gradients are summed through shared memory (SharedMemorySum), not gloo's TCP all-reduce."""
-        return self.one_machine and self.backend == "gloo" and os.name == "posix"
+        return self.shm_allowed and self.backend == "gloo" and os.name == "posix"
 
     @property
     def main(self) -> bool:
@@ -211,9 +211,9 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(local_rank)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
-    one_machine = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world  # as train.py reads it
+    shm_allowed = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world  # as train.py reads it
                    and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0")
-    return Dist(rank, world, local_rank, backend, one_machine)
+    return Dist(rank, world, local_rank, backend, shm_allowed)
 
 
 def shutdown() -> None:
