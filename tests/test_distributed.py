@@ -12,10 +12,11 @@ import time
 
 import pytest
 import torch
+import torch.distributed as tdist
 
 from ganforge.checkpoint import load_checkpoint
 from ganforge.config import ConfigError, build_config
-from ganforge.distributed import Dist
+from ganforge.distributed import Dist, init_distributed
 from ganforge.train import _check_distributed, train
 from tests.conftest import ROOT, tiny
 
@@ -81,7 +82,21 @@ def test_two_processes_in_lockstep_write_once_and_resume(tmp_path):
     assert [e["processes"] for e in events(run, "resume")] == [2]
 
 
-def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path, monkeypatch):
+@pytest.mark.parametrize("local, switch, one_machine, shm", [(None, None, True, True), ("2", "0", True, False),
+                                                          ("1", None, False, False)])
+def test_init_distributed_reads_where_the_ranks_run(monkeypatch, local, switch, one_machine, shm):
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)  # as if torchrun's group were joined
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": local,
+                       "GANFORGE_SHM_ALLREDUCE": switch}.items():  # fmt: skip
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    d = init_distributed(torch.device("cpu"))
+    assert (d.rank, d.world, d.backend, d.one_machine, d.shm_allowed) == (1, 2, "gloo", one_machine, shm)
+
+
+def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path):
     cfg = build_config(overrides=tiny(tmp_path))
     _check_distributed(cfg, Dist())  # one process: nothing to refuse
     two = Dist(rank=0, world=2)
@@ -90,9 +105,8 @@ def test_what_several_processes_cannot_do_is_refused_before_any_work(tmp_path, m
         _check_distributed(odd, two)
     rollback = build_config(overrides={**tiny(tmp_path), "monitor": {"every": 2, "on_collapse": "rollback"}})
     _check_distributed(rollback, two)  # one machine: every rank can reload rank 0's healthy.pt
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # 2 processes on 2 machines
     with pytest.raises(ConfigError, match="not across machines"):
-        _check_distributed(rollback, two)
+        _check_distributed(rollback, Dist(rank=0, world=2, one_machine=False))
     sync_bn = build_config(overrides={**tiny(tmp_path), "train": {**tiny(tmp_path)["train"], "sync_bn": True}})
     with pytest.raises(ConfigError, match="sync_bn needs several processes on CUDA"):
         train(sync_bn, progress=False)

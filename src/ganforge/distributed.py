@@ -41,7 +41,8 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     backend: str = ""
-    shm_allowed: bool = False  # every rank on this machine and GANFORGE_SHM_ALLREDUCE is not 0: see SharedMemorySum
+    one_machine: bool = True  # every rank runs on this machine (LOCAL_WORLD_SIZE == WORLD_SIZE)
+    shm_allowed: bool = False  # one_machine and GANFORGE_SHM_ALLREDUCE is not 0: see SharedMemorySum
 
     @property
     def enabled(self) -> bool:
@@ -211,9 +212,9 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(local_rank)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
-    shm_allowed = (int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world  # as train.py reads it
-                   and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0")
-    return Dist(rank, world, local_rank, backend, shm_allowed)
+    one_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
+    shm_allowed = one_machine and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0"
+    return Dist(rank, world, local_rank, backend, one_machine, shm_allowed)
 
 
 def shutdown() -> None:

@@ -551,8 +551,7 @@ def _check_distributed(cfg: Config, dist: Dist) -> None:
         raise ConfigError(f"model.pack={cfg.model.pack}: each process's share of the batch ({t.batch_size // dist.world}) "
                           f"must be a multiple of it; use a batch size that is a multiple of "
                           f"{dist.world * cfg.model.pack}.")  # fmt: skip
-    multi_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)) != dist.world
-    if cfg.monitor.every and cfg.monitor.on_collapse == "rollback" and multi_node:
+    if cfg.monitor.every and cfg.monitor.on_collapse == "rollback" and not dist.one_machine:
         # every rank reloads rank 0's checkpoints/healthy.pt, which only this node's file system holds
         raise ConfigError("monitor.on_collapse=rollback works with several processes on one machine, not across "
                           "machines yet; use warn or stop (a stopped run resumes with --resume).")  # fmt: skip
