@@ -7,7 +7,7 @@ an N times larger global batch). Efficiency = img/s(N) / (N x img/s(1)).
 
 Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoints off during the
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
-1- and N-process runs alternate, REPS times. The N processes sum their gradients through shared memory
+1- and N-process runs alternate, REPS times, each repetition starting with the next arm (no fixed order). The N processes sum their gradients through shared memory
 (ganforge's default on one machine); `--gloo-too` adds, interleaved, N-process runs that use gloo's TCP
 all-reduce instead (GANFORGE_SHM_ALLREDUCE=0). Needs the real data (GANFORGE_DATA). Writes
 bench/results/scaling.json.
@@ -67,11 +67,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             one, many, gloo = [], [], []
-            for _ in range(args.reps):
-                one.append(run(model, 1, args.batch, args.steps, args.precision, Path(tmp)))
-                many.append(run(model, args.nproc, args.batch, args.steps, args.precision, Path(tmp)))
-                if args.gloo_too:
-                    gloo.append(run(model, args.nproc, args.batch, args.steps, args.precision, Path(tmp), shm=False))
+            arms = [(one, 1, True), (many, args.nproc, True)] + ([(gloo, args.nproc, False)] if args.gloo_too else [])
+            for rep in range(args.reps):
+                for i in range(len(arms)):  # each repetition starts with the next arm: no arm always runs first
+                    into, nproc, shm = arms[(rep + i) % len(arms)]
+                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), shm=shm))
             ips1, ipsn = statistics.median(one), statistics.median(many)
             row = {"model": model, "data": DATA[model], "batch_per_process": args.batch, "precision": args.precision,
                    "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn, "runs_1": one, f"runs_{args.nproc}": many,
