@@ -245,6 +245,27 @@ def test_generators_give_the_same_images_in_channels_last(name):
     assert layout_of(x, torch.empty(5, 3, 3, 3)) is x
 
 
+def test_seed_discriminator_gives_the_same_scores_and_gradients_in_channels_last():
+    """ToContiguous moves the seed D's last feature maps to NCHW before its LeakyReLU and dropout (fewer
+    mixed-layout kernels); scores, input and weight gradients match the NCHW D, and its parameter
+    names are those of checkpoints written before it (features.0, features.3, head.1)."""
+    torch.manual_seed(0)
+    _, D = build_models("dcgan28", 8, 1, 8, 8, 0.0)
+    assert [k for k in D.state_dict()] == ["features.0.weight", "features.0.bias", "features.3.weight",
+                                           "features.3.bias", "head.1.weight", "head.1.bias"]  # fmt: skip
+    x = torch.randn(4, 1, 28, 28)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        D.zero_grad(set_to_none=True)
+        D.to(memory_format=layout)
+        xi = x.contiguous(memory_format=layout).requires_grad_()
+        out = D(xi)
+        out.backward(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+        results.append([out, xi.grad, *[p.grad for p in D.parameters()]])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(64, 1, 5, 2, 2, 1, False), (32, 1, 4, 2, 1, 0, True), (16, 3, 4, 2, 1, 0, False)])
 def test_fold_conv_transpose_matches_conv_transpose(shape, channels_last):

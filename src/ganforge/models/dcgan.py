@@ -19,6 +19,7 @@ from ganforge.models.layers import (
     Discriminator,
     FoldConvTranspose2d,
     LabelToLatent,
+    ToContiguous,
     batch_norm,
     layout_of,
 )
@@ -125,6 +126,7 @@ class Discriminator28(Discriminator):
             nn.LeakyReLU(slope, inplace=True),
             FastDropout(dropout),
             nn.Conv2d(base, 2 * base, 5, 2, 2),  # [N, 2b, 7, 7]
+            ToContiguous(),  # the layout Flatten needs, before the elementwise layers (parameter names unchanged)
             nn.LeakyReLU(slope, inplace=True),
             FastDropout(dropout),
         )
