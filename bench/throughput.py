@@ -7,7 +7,9 @@ For each (model, batch size, precision) a fresh subprocess times one training it
 and a G update) of ganforge's loop (`d_step` + `g_step` reusing the fakes, non-saturating loss), in the same
 process, the same nets trained the usual plain-PyTorch way in eager fp32 (pytorch/examples' DCGAN
 loop: G's graph built during the D step, D run on the fakes twice, D's parameter gradients computed
-during the G step). Medians of REPS repetitions; the ratio is ganforge / plain. FLOPs of an iteration
+during the G step). Medians of REPS repetitions; the ratio is ganforge / plain. For bf16 (not compiled),
+ganforge's own fp32 step on its own copy of the nets is timed in the same alternation too: "vs ganforge
+fp32" is the precision's gain measured within one run (img/s of that fp32 step in brackets). FLOPs of an iteration
 are counted with torch.utils.flop_counter and set against the measured peak of a 2048^3 matmul in
 the same precision. Peak RSS is the subprocess's. Also: the share of a step spent fetching the batch
 (index slicing of the in-memory uint8 set + conversion). Writes bench/results/throughput.json.
@@ -67,53 +69,59 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def one(model: str, batch: int, precision: str, reps: int, compiled: bool = False) -> dict:
+def ganforge_step(model: str, batch: int, precision: str, images: torch.Tensor):
+    """One training iteration of ganforge's loop (as train.py runs it, train.reuse_fakes) on fresh nets
+    (seed 0): returns (step, nets, batch_of_reals); the step runs nets["G"] and nets["D"], which may be
+    swapped for compiled modules that share their parameters."""
     torch.manual_seed(0)
-    res = MODELS[model].resolution
-    channels = 1 if res == 28 else 3
     dev = torch.device("cpu")
-    images = torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8)
-
-    def nets():
-        return build_models(model, 100, channels, WIDTH[model], WIDTH[model], 0.3)
-
-    # ganforge's step
     amp = Precision(precision, dev)
-    G, D = nets()
+    G, D = build_models(model, 100, images.shape[1], WIDTH[model], WIDTH[model], 0.3)
     G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
     opt_G, opt_D = make_adam(G, 2e-4, (0.5, 0.999), dev), make_adam(D, 2e-4, (0.5, 0.999), dev)  # as train() does
     loss = LOSSES["non-saturating"]
     gen = torch.Generator().manual_seed(0)
     state = {"i": 0}
+    nets = {"G": G, "D": D}
 
     def batch_of_reals() -> torch.Tensor:
         state["i"] = (state["i"] + 1) % (len(images) // batch)
         idx = torch.arange(state["i"] * batch, (state["i"] + 1) * batch)
         return to_float(images[idx]).contiguous(memory_format=amp.memory_format)
 
-    def ours() -> None:  # as train.py does it (train.reuse_fakes, the default)
+    def step() -> None:
         real = batch_of_reals()
         z = torch.randn(batch, 100, generator=gen)
         with amp.autocast():
-            fakes = G(z)
-        d_step(G, D, opt_D, loss, real, z, precision=amp, fake_img=fakes)
-        g_step(G, D, opt_G, loss, z, precision=amp, fake_img=fakes)
+            fakes = nets["G"](z)
+        d_step(nets["G"], nets["D"], opt_D, loss, real, z, precision=amp, fake_img=fakes)
+        g_step(nets["G"], nets["D"], opt_G, loss, z, precision=amp, fake_img=fakes)
+
+    return step, nets, batch_of_reals
+
+
+def one(model: str, batch: int, precision: str, reps: int, compiled: bool = False) -> dict:
+    torch.manual_seed(0)
+    res = MODELS[model].resolution
+    channels = 1 if res == 28 else 3
+    images = torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8)
+    step, nets, batch_of_reals = ganforge_step(model, batch, precision, images)
 
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:  # counted on the eager modules
-        ours()
+        step()
     flops = counter.get_total_flops()
     if compiled:  # as train.compile does: the steps call compiled modules that share the parameters
-        G, D = torch.compile(G), torch.compile(D)
+        nets["G"], nets["D"] = torch.compile(nets["G"]), torch.compile(nets["D"])
     start = time.perf_counter()
-    ours()  # the first iterations: they include torch.compile's compile time when compiled
-    ours()
+    step()  # the first iterations: they include torch.compile's compile time when compiled
+    step()
     first = time.perf_counter() - start
     t_data = timed(batch_of_reals, reps, 20)
 
     # plain eager fp32, the same nets (their own copies), timed in alternation with ours
-    G2, D2 = nets()
+    G2, D2 = build_models(model, 100, channels, WIDTH[model], WIDTH[model], 0.3)
     opt_G2 = torch.optim.Adam(G2.parameters(), 2e-4, betas=(0.5, 0.999))  # the plain loop's default Adam
     opt_D2 = torch.optim.Adam(D2.parameters(), 2e-4, betas=(0.5, 0.999))
 
@@ -130,14 +138,24 @@ def one(model: str, batch: int, precision: str, reps: int, compiled: bool = Fals
         F.binary_cross_entropy_with_logits(D2(fake), ones).backward()
         opt_G2.step()
 
-    t_ours, t_plain = interleaved([ours, plain], reps, 5)
-    return {
+    fns = [step, plain]
+    if precision != "fp32" and not compiled:  # ganforge's own fp32 step too: the precision's gain, in the same run
+        own_fp32 = ganforge_step(model, batch, "fp32", images)[0]
+        own_fp32()
+        own_fp32()
+        fns.append(own_fp32)
+    times = interleaved(fns, reps, 5)
+    t_ours, t_plain = times[:2]
+    row = {
         "model": model, "resolution": res, "batch": batch, "precision": precision, "compiled": compiled,
         "first_iterations_s": first,
         "img_per_s": batch / t_ours, "plain_fp32_img_per_s": batch / t_plain, "ratio_vs_plain": t_plain / t_ours,
         "gflop_per_iter": flops / 1e9, "gflop_per_s": flops / t_ours / 1e9, "data_share": t_data / t_ours,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }  # fmt: skip
+    if len(times) == 3:
+        row.update(own_fp32_img_per_s=batch / times[2], ratio_vs_own_fp32=times[2] / t_ours)
+    return row
 
 
 def main() -> None:
@@ -171,12 +189,14 @@ def main() -> None:
     header = (f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}; matmul peak fp32 {peaks['fp32']:.0f}, "
               f"bf16 {peaks['bf16']:.0f} GFLOP/s (2048^3)")  # fmt: skip
-    lines = ["| model | batch | precision | img/s | plain eager fp32 img/s | ratio | GFLOP/s | % of matmul peak "
-             "| data share | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | batch | precision | img/s | plain eager fp32 img/s | ratio | vs ganforge fp32 | GFLOP/s "
+             "| % of matmul peak | data share | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         mode = r["precision"] + (f" + compile (first steps {r['first_iterations_s']:.0f} s)" if r["compiled"] else "")
         lines.append(f"| {r['model']} ({r['resolution']}²) | {r['batch']} | {mode} | {r['img_per_s']:.0f} "
-                     f"| {r['plain_fp32_img_per_s']:.0f} | {r['ratio_vs_plain']:.2f}× | {r['gflop_per_s']:.0f} "
+                     f"| {r['plain_fp32_img_per_s']:.0f} | {r['ratio_vs_plain']:.2f}× "
+                     + (f"| {r['ratio_vs_own_fp32']:.2f}× ({r['own_fp32_img_per_s']:.0f}) " if "ratio_vs_own_fp32" in r else "| ")
+                     + f"| {r['gflop_per_s']:.0f} "
                      f"| {r['pct_of_matmul_peak']:.0f} % | {100 * r['data_share']:.1f} % | {r['peak_rss_mb']:.0f} MB |")  # fmt: skip
     print(f"\n{header}\n\n" + "\n".join(lines))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
