@@ -259,6 +259,7 @@ def test_seed_discriminator_gives_the_same_scores_and_gradients_in_channels_last
         D.zero_grad(set_to_none=True)
         D.to(memory_format=layout)
         xi = x.contiguous(memory_format=layout).requires_grad_()
+        assert D.features(xi).is_contiguous()  # NCHW before the LeakyReLU, dropout and Flatten, whatever came in
         out = D(xi)
         out.backward(torch.tensor([1.0, -2.0, 0.5, 3.0]))
         results.append([out, xi.grad, *[p.grad for p in D.parameters()]])
