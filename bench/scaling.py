@@ -7,10 +7,12 @@ an N times larger global batch). Efficiency = img/s(N) / (N x img/s(1)).
 
 Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoints off during the
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
-1- and N-process runs alternate, REPS times, each repetition starting with the next arm (no fixed order). The N processes sum their gradients through shared memory
-(ganforge's default on one machine); `--gloo-too` adds, interleaved, N-process runs that use gloo's TCP
-all-reduce instead (GANFORGE_SHM_ALLREDUCE=0). Needs the real data (GANFORGE_DATA). Writes
-bench/results/scaling.json.
+The arms run REPS times, each repetition starting with the next arm (no fixed order). The N processes
+sum their gradients through shared memory (ganforge's default on one machine); `--gloo-too` adds N-process
+runs that use gloo's TCP all-reduce instead (GANFORGE_SHM_ALLREDUCE=0). `--independent-too` adds N
+single-process trainings run at the same time, each on its own (no communication at all): their summed
+img/s over N x img/s(1) is what sharing the machine's cores, caches and memory bandwidth alone leaves,
+the ceiling for the N-process run. Needs the real data (GANFORGE_DATA). Writes bench/results/scaling.json.
 """
 
 from __future__ import annotations
@@ -30,21 +32,35 @@ from pathlib import Path
 DATA = {"dcgan28-classic": "mnist", "dcgan28": "mnist", "dcgan32": "cifar10", "resnet32": "cifar10"}
 
 
-def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, shm: bool = True) -> float:
-    name = f"{model}-{nproc}-{time.time_ns()}"
+def command(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, name: str) -> list[str]:
     cmd = [sys.executable, "-m", "ganforge", "train", "--model", model, "--data", DATA[model], "--steps", str(steps),
            "--batch-size", str(batch * nproc), "--precision", precision, "--no-progress", "--runs-dir", str(root),
            "--name", name, "--set", "monitor.every=null", "train.log_every=10", f"train.sample_every={10 * steps}",
            f"train.checkpoint_every={10 * steps}", "train.device=cpu"]  # fmt: skip
     if nproc > 1:
         cmd[4:4] = ["--nproc", str(nproc)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1" if shm else "0"}  # one thread each
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return cmd
+
+
+def rate(root: Path, name: str) -> float:
+    """img/s of a finished run: the median of its logged windows after the first two (start-up, warm-up)."""
     rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["img_per_s"] for r in rows if "img_per_s" in r][2:]
-    return statistics.median(rates)
+    return statistics.median([r["img_per_s"] for r in rows if "img_per_s" in r][2:])
+
+
+def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, shm: bool = True,
+        independent: int = 1) -> float:  # fmt: skip
+    """img/s of one `ganforge train` with `nproc` processes; or, with independent=N, the summed img/s of N
+    single-process trainings run at the same time (no communication: what sharing the machine alone costs)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1" if shm else "0"}  # one thread each
+    names = [f"{model}-{nproc}-{i}-{time.time_ns()}" for i in range(independent)]
+    cmds = [command(model, nproc, batch, steps, precision, root, name) for name in names]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for cmd in cmds]
+    for cmd, proc in zip(cmds, procs):
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{err[-3000:]}")
+    return sum(rate(root, name) for name in names)
 
 
 def main() -> int:
@@ -56,6 +72,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
+    parser.add_argument("--independent-too", action="store_true",
+                        help="also N independent 1-process trainings at once: the ceiling that sharing the machine sets")
     parser.add_argument("--out", default="bench/results/scaling.json")
     args = parser.parse_args()
 
@@ -66,12 +84,14 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            one, many, gloo = [], [], []
-            arms = [(one, 1, True), (many, args.nproc, True)] + ([(gloo, args.nproc, False)] if args.gloo_too else [])
+            one, many, gloo, apart = [], [], [], []
+            arms = [(one, 1, True, 1), (many, args.nproc, True, 1)]
+            arms += [(gloo, args.nproc, False, 1)] if args.gloo_too else []
+            arms += [(apart, 1, True, args.nproc)] if args.independent_too else []
             for rep in range(args.reps):
                 for i in range(len(arms)):  # each repetition starts with the next arm: no arm always runs first
-                    into, nproc, shm = arms[(rep + i) % len(arms)]
-                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), shm=shm))
+                    into, nproc, shm, independent = arms[(rep + i) % len(arms)]
+                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), shm, independent))
             ips1, ipsn = statistics.median(one), statistics.median(many)
             row = {"model": model, "data": DATA[model], "batch_per_process": args.batch, "precision": args.precision,
                    "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn, "runs_1": one, f"runs_{args.nproc}": many,
@@ -83,11 +103,18 @@ def main() -> int:
                 row.update({f"img_per_s_{args.nproc}_gloo": ipsg, f"runs_{args.nproc}_gloo": gloo,
                             "efficiency_gloo": ipsg / (args.nproc * ips1)})  # fmt: skip
                 line += f"; with gloo's all-reduce {ipsg:.0f} img/s -> {100 * row['efficiency_gloo']:.1f}%"
+            if apart:
+                ipsi = statistics.median(apart)
+                row.update({f"img_per_s_{args.nproc}_independent": ipsi, f"runs_{args.nproc}_independent": apart,
+                            "efficiency_independent": ipsi / (args.nproc * ips1)})  # fmt: skip
+                line += (f"; {args.nproc} independent 1-process runs at once {ipsi:.0f} img/s in all -> "
+                         f"{100 * row['efficiency_independent']:.1f}% (the machine's own ceiling)")  # fmt: skip
             results.append(row)
             print(line, flush=True)
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "torch": torch.__version__, "ganforge": __version__, "threads_per_process": 1,
-           "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else ""),
+           "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else "")
+                      + (" (and independent 1-process runs at once: *_independent)" if args.independent_too else ""),
            "steps": args.steps, "reps": args.reps, "results": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
