@@ -164,7 +164,17 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
     ref = y.clone()
     tdist.all_reduce(ref)
     SharedMemorySum.get(d, y)(y)
-    torch.save({"wrong": wrong, "y": y, "ref": ref, "buffers": len(SharedMemorySum._made)}, f"{out}.{rank}")
+    gen = torch.Generator().manual_seed(10 + rank)  # gradients as sync_grads averages them: any layout, any shapes
+    grads = [torch.randn(4, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last),
+             torch.randn(7, generator=gen), torch.randn(3, 6, generator=gen)]  # fmt: skip
+    means = [g.clone() for g in grads]
+    for m in means:
+        tdist.all_reduce(m)
+        m /= world
+    SharedMemorySum.made_for(d, sum(g.numel() for g in grads), torch.float32).average(grads, world)
+    torch.save({"wrong": wrong, "y": y, "ref": ref, "buffers": len(SharedMemorySum._made), "grads": grads,
+                "means": means, "channels_last": grads[0].is_contiguous(memory_format=torch.channels_last)},
+               f"{out}.{rank}")  # fmt: skip
     tdist.destroy_process_group()
 
 
@@ -172,7 +182,8 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
 def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, world):
     """World 2 and 3: 200 back-to-back sums of exactly representable inputs are exact on every rank (a
     half of the double buffer reused too early would give wrong sums), a random sum matches gloo's
-    all-reduce with the same bits on every rank, one buffer per size, and no file is left."""
+    all-reduce with the same bits on every rank, a list of gradients (one channels_last) is averaged in
+    place as gloo's all-reduce averages it, one buffer per size, and no file is left."""
     import torch.multiprocessing as mp
 
     shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -188,7 +199,11 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
     outs = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
     assert [o["wrong"] for o in outs] == [0] * world
     for o in outs:
-        assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 2
+        assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 3
         torch.testing.assert_close(o["y"], o["ref"])
+        assert o["channels_last"]  # averaged in place, the layout kept
+        for g, g0, m in zip(o["grads"], outs[0]["grads"], o["means"]):
+            assert torch.equal(g, g0)  # the same bits on every rank
+            torch.testing.assert_close(g, m)
     if shm_dir:
         assert not {f for f in set(os.listdir(shm_dir)) - before if f.startswith("ganforge-")}
