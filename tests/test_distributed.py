@@ -172,9 +172,16 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
         tdist.all_reduce(m)
         m /= world
     SharedMemorySum.made_for(d, sum(g.numel() for g in grads), torch.float32).average(grads, world)
+    odd = torch.randn(4, 3, 5, 5)  # channels_last on rank 0 only: memory orders differ, every rank must refuse
+    odd = odd.contiguous(memory_format=torch.channels_last) if rank == 0 else odd
+    try:
+        SharedMemorySum.made_for(d, odd.numel(), torch.float32).average([odd], world)
+        refused = False
+    except RuntimeError as e:
+        refused = "different memory layouts" in str(e)
     torch.save({"wrong": wrong, "y": y, "ref": ref, "buffers": len(SharedMemorySum._made), "grads": grads,
-                "means": means, "channels_last": grads[0].is_contiguous(memory_format=torch.channels_last)},
-               f"{out}.{rank}")  # fmt: skip
+                "means": means, "channels_last": grads[0].is_contiguous(memory_format=torch.channels_last),
+                "refused": refused}, f"{out}.{rank}")  # fmt: skip
     tdist.destroy_process_group()
 
 
@@ -183,7 +190,8 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
     """World 2 and 3: 200 back-to-back sums of exactly representable inputs are exact on every rank (a
     half of the double buffer reused too early would give wrong sums), a random sum matches gloo's
     all-reduce with the same bits on every rank, a list of gradients (one channels_last) is averaged in
-    place as gloo's all-reduce averages it, one buffer per size, and no file is left."""
+    place as gloo's all-reduce averages it, ranks whose layouts differ all refuse, one buffer per size, and
+    no file is left."""
     import torch.multiprocessing as mp
 
     shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -199,7 +207,7 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
     outs = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
     assert [o["wrong"] for o in outs] == [0] * world
     for o in outs:
-        assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 3
+        assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 4 and o["refused"]
         torch.testing.assert_close(o["y"], o["ref"])
         assert o["channels_last"]  # averaged in place, the layout kept
         for g, g0, m in zip(o["grads"], outs[0]["grads"], o["means"]):

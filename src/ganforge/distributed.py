@@ -156,6 +156,7 @@ class SharedMemorySum:
         size = 2 * dist.world * numel
         self.buffer = torch.from_file(path, shared=True, size=size, dtype=dtype).view(2, dist.world, numel)
         self.flag = torch.zeros(1)
+        self.check = torch.zeros(2)  # average's barrier, which also compares the ranks' layouts
 
     @staticmethod
     def _create(dist: Dist, numel: int, dtype: torch.dtype) -> str | None:
@@ -212,7 +213,11 @@ class SharedMemorySum:
         ranks. Each is copied, in its memory order, straight into this rank's row and the rows are summed
         straight back into it: no flat copy, no unflatten, no NCHW <-> channels_last permutes. For
         dcgan28-classic's 0.8 M gradients (2 processes, 2-core CPU) the time outside the barrier fell from
-        1.6-1.8 to 0.8-0.9 ms per sum. The same values as `__call__` on the flattened tensors, divided by `world`."""
+        1.6-1.8 to 0.8-0.9 ms per sum. The values of `__call__` on the flattened tensors divided by `world`, up
+        to rounding (the sum's order may differ for world >= 5), and the same bits on every rank.
+
+        Memory order is only right if every rank's tensors have the same layouts: the barrier checks it
+        (a number made from the strides, compared by a max over the ranks) and every rank raises if not."""
         rows = self.buffer[self.half]
         self.half ^= 1
         parts, offset = [], 0
@@ -222,7 +227,12 @@ class SharedMemorySum:
             part[self.rank].copy_(t)
             parts.append((t, part))
             offset += t.numel()
-        tdist.all_reduce(self.flag)  # the barrier: every rank's row is written
+        layout = float(hash(tuple(t.stride() for t, _ in parts)) % (1 << 24))  # exact in a float
+        self.check.copy_(torch.tensor([layout, -layout]))
+        tdist.all_reduce(self.check, op=tdist.ReduceOp.MAX)  # the barrier: every rank's row is written
+        if self.check.tolist() != [layout, -layout]:  # the same on every rank: all raise together
+            raise RuntimeError("ganforge: the ranks' gradients have different memory layouts (e.g. channels_last on "
+                               "some ranks only); build the models the same way on every rank.")  # fmt: skip
         for t, part in parts:
             torch.sum(part, dim=0, out=t)
             t.div_(world)
