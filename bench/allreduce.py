@@ -1,11 +1,11 @@
-"""Gradient sum between 2 processes on this CPU: gloo's all-reduce vs ganforge's shared-memory sum.
+"""Gradient mean between 2 processes on this CPU: gloo's all-reduce vs ganforge's shared-memory sum.
 
     python bench/allreduce.py                  # 760,000 floats, about the G gradients of the scaling runs
     python bench/allreduce.py --numel 37000    # its D
 
 Two processes (gloo, one thread each) time, in turns, 50 calls of: `torch.distributed.all_reduce` (gloo's
-TCP loopback), `SharedMemorySum` (what `Dist.sync_grads` uses on one machine), and a one-number all-reduce
-(the barrier inside SharedMemorySum). Prints the median ms per call over --reps turns, from rank 0.
+TCP loopback; the sum only), `SharedMemorySum.average` (what `Dist.sync_grads` uses on one machine: the
+sum and the division by 2), and a one-number all-reduce (about the barrier inside SharedMemorySum). Prints the median ms per call over --reps turns, from rank 0.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ def worker(rank: int, store: str, numel: int, reps: int, calls: int) -> None:
     d = Dist(rank=rank, world=2, backend="gloo", shm_allowed=True)
     x0, ping = torch.randn(numel), torch.zeros(1)
     x = x0.clone()
-    shm = SharedMemorySum.get(d, x)
-    arms = {"gloo all_reduce": lambda: tdist.all_reduce(x), "shared memory": lambda: shm(x),
+    shm = SharedMemorySum.made_for(d, x.numel(), x.dtype)
+    arms = {"gloo all_reduce": lambda: tdist.all_reduce(x), "shared memory": lambda: shm.average([x], 2),
             "barrier alone": lambda: tdist.all_reduce(ping)}  # fmt: skip
     ms: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(reps):
         for name, call in arms.items():
-            x.copy_(x0)  # both sums work in place: start each turn from the same finite values
+            x.copy_(x0)  # both work in place: start each turn from the same finite values
             tdist.barrier()
             start = time.perf_counter()
             for _ in range(calls):

@@ -24,7 +24,7 @@ import torch
 
 from ganforge import load
 from ganforge.checkpoint import load_checkpoint
-from ganforge.data import load_dataset
+from ganforge.data import load_dataset, to_uint8
 from ganforge.ema import recalibrate_bn
 from ganforge.metrics.features import extract, load_domain_extractor
 from ganforge.metrics.modes import kl_divergence, stacked_modes
@@ -58,7 +58,7 @@ def batch_statistics(G: torch.nn.Module, z: torch.Tensor, size: int) -> torch.Te
         x = torch.cat([G(z[i : i + size]).float() for i in range(0, len(z), size)])
     G.load_state_dict(saved)
     G.eval()
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return to_uint8(x)
 
 
 def main() -> None:

@@ -155,15 +155,16 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
     wrong = 0
     for call in range(200):  # back to back, no other collective between calls: only the buffer keeps order
         x = torch.full((1000,), float(1000 * call + rank))
-        shm = SharedMemorySum.get(d, x)
+        shm = SharedMemorySum.made_for(d, x.numel(), x.dtype)
         if (call + rank) % 3 == 0:
             time.sleep(0.002)  # one rank lags now and then, so a rank that overwrote a half too soon would show
-        shm(x)
-        wrong += int(not torch.equal(x, torch.full((1000,), float(world * 1000 * call + sum(range(world))))))
+        shm.average([x], world)  # the exact sum of exact integers, then the same division on every rank
+        wrong += int(not torch.equal(x, torch.full((1000,), float(world * 1000 * call + sum(range(world)))).div_(world)))
     y = torch.randn(1500, generator=torch.Generator().manual_seed(rank))  # a second size: its own buffer
     ref = y.clone()
     tdist.all_reduce(ref)
-    SharedMemorySum.get(d, y)(y)
+    ref /= world
+    SharedMemorySum.made_for(d, y.numel(), y.dtype).average([y], world)
     gen = torch.Generator().manual_seed(10 + rank)  # gradients as sync_grads averages them: any layout, any shapes
     grads = [torch.randn(4, 3, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last),
              torch.randn(7, generator=gen), torch.randn(3, 6, generator=gen)]  # fmt: skip
@@ -187,8 +188,8 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, world):
-    """World 2 and 3: 200 back-to-back sums of exactly representable inputs are exact on every rank (a
-    half of the double buffer reused too early would give wrong sums), a random sum matches gloo's
+    """World 2 and 3: 200 back-to-back means of exactly representable inputs are exact on every rank (a
+    half of the double buffer reused too early would give wrong sums), a random mean matches gloo's
     all-reduce with the same bits on every rank, a list of gradients (one channels_last) is averaged in
     place as gloo's all-reduce averages it, ranks whose layouts differ all refuse, one buffer per size, and
     no file is left."""

@@ -139,10 +139,10 @@ class Dist:
 
 
 class SharedMemorySum:
-    """In-place sum of a CPU tensor over the ranks of one machine, through a shared-memory file.
+    """In-place mean of CPU tensors over the ranks of one machine, through a shared-memory file (`average`).
 
-    Each rank copies its tensor into its row of a [2, world, numel] buffer that every rank maps, a
-    one-number gloo all-reduce serves as the barrier (all rows written), and each rank sums the rows in the
+    Each rank copies its tensors into its row of a [2, world, numel] buffer that every rank maps, a
+    two-number gloo all-reduce serves as the barrier (all rows written), and each rank sums the rows in the
     same order, so every rank gets bit-identical results. The two halves alternate between calls: a rank
     writes half h again only after the next call's barrier, which every rank passes only after reading h.
     The file is unlinked as soon as every rank has mapped it (before the first sum), so a crash later leaves nothing behind.
@@ -155,8 +155,7 @@ class SharedMemorySum:
         self.rank, self.half = dist.rank, 0
         size = 2 * dist.world * numel
         self.buffer = torch.from_file(path, shared=True, size=size, dtype=dtype).view(2, dist.world, numel)
-        self.flag = torch.zeros(1)
-        self.check = torch.zeros(2)  # average's barrier, which also compares the ranks' layouts
+        self.check = torch.zeros(2)  # the barrier's all-reduce, which also compares the ranks' layouts
 
     @staticmethod
     def _create(dist: Dist, numel: int, dtype: torch.dtype) -> str | None:
@@ -184,11 +183,6 @@ class SharedMemorySum:
         return dist.broadcast(path)
 
     @classmethod
-    def get(cls, dist: Dist, like: torch.Tensor) -> SharedMemorySum | None:
-        """The buffer for tensors like `like` (made collectively on first use), or None: use gloo."""
-        return cls.made_for(dist, like.numel(), like.dtype)
-
-    @classmethod
     def made_for(cls, dist: Dist, numel: int, dtype: torch.dtype) -> SharedMemorySum | None:
         """The buffer for `numel` elements of `dtype` (made collectively on first use), or None: use gloo."""
         key = (dist.rank, dist.world, numel, dtype)
@@ -200,21 +194,13 @@ class SharedMemorySum:
                 os.unlink(path)
         return cls._made[key]
 
-    def __call__(self, flat: torch.Tensor) -> None:
-        """`flat` (this buffer's numel) replaced in place by its sum over the ranks."""
-        rows = self.buffer[self.half]
-        self.half ^= 1
-        rows[self.rank].copy_(flat)
-        tdist.all_reduce(self.flag)  # the barrier: every rank's row is written
-        torch.sum(rows, dim=0, out=flat)
-
     def average(self, tensors: list[torch.Tensor], world: int) -> None:
         """Each of `tensors` (their numels adding up to this buffer's) replaced in place by its mean over the
         ranks. Each is copied, in its memory order, straight into this rank's row and the rows are summed
         straight back into it: no flat copy, no unflatten, no NCHW <-> channels_last permutes. For
         dcgan28-classic's 0.8 M gradients (2 processes, 2-core CPU) the time outside the barrier fell from
-        1.6-1.8 to 0.8-0.9 ms per sum. The values of `__call__` on the flattened tensors divided by `world`, up
-        to rounding (the sum's order may differ for world >= 5), and the same bits on every rank.
+        1.6-1.8 to 0.8-0.9 ms per sum. The values of gloo's all-reduce divided by `world`, up to rounding (the
+        sum's order may differ), and the same bits on every rank.
 
         Memory order is only right if every rank's tensors have the same layouts: the barrier checks it
         (a number made from the strides, compared by a max over the ranks) and every rank raises if not."""
