@@ -98,17 +98,15 @@ def main() -> int:
                    "efficiency": ipsn / (args.nproc * ips1)}  # fmt: skip
             line = (f"{model}: 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
                     f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
-            if gloo:
-                ipsg = statistics.median(gloo)
-                row.update({f"img_per_s_{args.nproc}_gloo": ipsg, f"runs_{args.nproc}_gloo": gloo,
-                            "efficiency_gloo": ipsg / (args.nproc * ips1)})  # fmt: skip
-                line += f"; with gloo's all-reduce {ipsg:.0f} img/s -> {100 * row['efficiency_gloo']:.1f}%"
-            if apart:
-                ipsi = statistics.median(apart)
-                row.update({f"img_per_s_{args.nproc}_independent": ipsi, f"runs_{args.nproc}_independent": apart,
-                            "efficiency_independent": ipsi / (args.nproc * ips1)})  # fmt: skip
-                line += (f"; {args.nproc} independent 1-process runs at once {ipsi:.0f} img/s in all -> "
-                         f"{100 * row['efficiency_independent']:.1f}% (the machine's own ceiling)")  # fmt: skip
+            extra = (("gloo", gloo, "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
+                     ("independent", apart, f"{args.nproc} independent 1-process runs at once {{:.0f}} img/s in all "
+                                            "-> {:.1f}% (the machine's own ceiling)"))  # fmt: skip
+            for arm, runs, says in extra:  # the optional arms, when run
+                if runs:
+                    ips = statistics.median(runs)
+                    row.update({f"img_per_s_{args.nproc}_{arm}": ips, f"runs_{args.nproc}_{arm}": runs,
+                                f"efficiency_{arm}": ips / (args.nproc * ips1)})  # fmt: skip
+                    line += "; " + says.format(ips, 100 * row[f"efficiency_{arm}"])
             results.append(row)
             print(line, flush=True)
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
