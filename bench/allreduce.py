@@ -5,7 +5,9 @@
 
 Two processes (gloo, one thread each) time, in turns, 50 calls of: `torch.distributed.all_reduce` (gloo's
 TCP loopback; the sum only), `SharedMemorySum.average` (what `Dist.sync_grads` uses on one machine: the
-sum and the division by 2), and a one-number all-reduce (about the barrier inside SharedMemorySum). Prints the median ms per call over --reps turns, from rank 0.
+sum and the division by 2) with its polling barrier (x86) and with gloo's all-reduce as its barrier
+(GANFORGE_SHM_BARRIER=gloo), and a one-number all-reduce (about that gloo barrier alone). Prints the
+median ms per call over --reps turns, from rank 0.
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ def worker(rank: int, store: str, numel: int, reps: int, calls: int) -> None:
     x0, ping = torch.randn(numel), torch.zeros(1)
     x = x0.clone()
     shm = SharedMemorySum.made_for(d, x.numel(), x.dtype)
-    arms = {"gloo all_reduce": lambda: tdist.all_reduce(x), "shared memory": lambda: shm.average([x], 2),
-            "barrier alone": lambda: tdist.all_reduce(ping)}  # fmt: skip
+    os.environ["GANFORGE_SHM_BARRIER"] = "gloo"  # a second buffer (its own size) that waits at gloo's barrier
+    shm_gloo = SharedMemorySum.made_for(d, x.numel() - 1, x.dtype)
+    arms = {"gloo all_reduce": lambda: tdist.all_reduce(x),
+            f"shared memory, {'polling' if shm.spin else 'gloo'} barrier": lambda: shm.average([x], 2),
+            "gloo barrier alone": lambda: tdist.all_reduce(ping)}  # fmt: skip
+    if shm.spin:  # else the arm above is this one
+        arms["shared memory, gloo barrier"] = lambda: shm_gloo.average([x[1:]], 2)
     ms: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(reps):
         for name, call in arms.items():
@@ -45,7 +52,7 @@ def worker(rank: int, store: str, numel: int, reps: int, calls: int) -> None:
     if rank == 0:
         print(f"{numel:,} float32, 2 processes, 1 thread each, torch {torch.__version__}")
         for name, v in ms.items():
-            print(f"  {name:16s} {statistics.median(v):6.3f} ms  (turns: {', '.join(f'{a:.3f}' for a in v)})")
+            print(f"  {name:30s} {statistics.median(v):6.3f} ms  (turns: {', '.join(f'{a:.3f}' for a in v)})")
     tdist.destroy_process_group()
 
 

@@ -9,7 +9,9 @@ Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoint
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
 The arms run REPS times, each repetition starting with the next arm (no fixed order). The N processes
 sum their gradients through shared memory (ganforge's default on one machine); `--gloo-too` adds N-process
-runs that use gloo's TCP all-reduce instead (GANFORGE_SHM_ALLREDUCE=0). `--independent-too` adds N
+runs that use gloo's TCP all-reduce instead (GANFORGE_SHM_ALLREDUCE=0), `--gloo-barrier-too` N-process runs
+whose shared-memory sum waits at gloo's all-reduce instead of polling the file (GANFORGE_SHM_BARRIER=gloo;
+the barrier before 2026-11-27's third session). `--independent-too` adds N
 single-process trainings run at the same time, each on its own (no communication at all): their summed
 img/s over N x img/s(1) is what sharing the machine's cores, caches and memory bandwidth alone leaves,
 the ceiling for the N-process run. Needs the real data (GANFORGE_DATA). Writes bench/results/scaling.json.
@@ -48,11 +50,12 @@ def rate(root: Path, name: str) -> float:
     return statistics.median([r["img_per_s"] for r in rows if "img_per_s" in r][2:])
 
 
-def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, shm: bool = True,
+def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, env: dict[str, str],
         independent: int = 1) -> float:  # fmt: skip
-    """img/s of one `ganforge train` with `nproc` processes; or, with independent=N, the summed img/s of N
-    single-process trainings run at the same time (no communication: what sharing the machine alone costs)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1" if shm else "0"}  # one thread each
+    """img/s of one `ganforge train` with `nproc` processes (`env` added to the environment); or, with
+    independent=N, the summed img/s of N single-process trainings run at the same time (no communication:
+    what sharing the machine alone costs)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1", "GANFORGE_SHM_BARRIER": "spin", **env}
     names = [f"{model}-{nproc}-{i}-{time.time_ns()}" for i in range(independent)]
     cmds = [command(model, nproc, batch, steps, precision, root, name) for name in names]
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for cmd in cmds]
@@ -72,6 +75,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
+    parser.add_argument("--gloo-barrier-too", action="store_true",
+                        help="also N processes whose shared-memory sum uses gloo's all-reduce as its barrier")
     parser.add_argument("--independent-too", action="store_true",
                         help="also N independent 1-process trainings at once: the ceiling that sharing the machine sets")
     parser.add_argument("--out", default="bench/results/scaling.json")
@@ -84,14 +89,15 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            one, many, gloo, apart = [], [], [], []
-            arms = [(one, 1, True, 1), (many, args.nproc, True, 1)]
-            arms += [(gloo, args.nproc, False, 1)] if args.gloo_too else []
-            arms += [(apart, 1, True, args.nproc)] if args.independent_too else []
+            one, many, gloo, gloo_barrier, apart = [], [], [], [], []
+            arms = [(one, 1, {}, 1), (many, args.nproc, {}, 1)]
+            arms += [(gloo, args.nproc, {"GANFORGE_SHM_ALLREDUCE": "0"}, 1)] if args.gloo_too else []
+            arms += [(gloo_barrier, args.nproc, {"GANFORGE_SHM_BARRIER": "gloo"}, 1)] if args.gloo_barrier_too else []
+            arms += [(apart, 1, {}, args.nproc)] if args.independent_too else []
             for rep in range(args.reps):
                 for i in range(len(arms)):  # each repetition starts with the next arm: no arm always runs first
-                    into, nproc, shm, independent = arms[(rep + i) % len(arms)]
-                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), shm, independent))
+                    into, nproc, env, independent = arms[(rep + i) % len(arms)]
+                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), env, independent))
             ips1, ipsn = statistics.median(one), statistics.median(many)
             row = {"model": model, "data": DATA[model], "batch_per_process": args.batch, "precision": args.precision,
                    "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn, "runs_1": one, f"runs_{args.nproc}": many,
@@ -99,6 +105,7 @@ def main() -> int:
             line = (f"{model}: 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
                     f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
             extra = (("gloo", gloo, "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
+                     ("gloo_barrier", gloo_barrier, "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),
                      ("independent", apart, f"{args.nproc} independent 1-process runs at once {{:.0f}} img/s in all "
                                             "-> {:.1f}% (the machine's own ceiling)"))  # fmt: skip
             for arm, runs, says in extra:  # the optional arms, when run
@@ -112,6 +119,7 @@ def main() -> int:
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "torch": torch.__version__, "ganforge": __version__, "threads_per_process": 1,
            "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else "")
+                      + (" (and the sum with gloo's barrier: *_gloo_barrier)" if args.gloo_barrier_too else "")
                       + (" (and independent 1-process runs at once: *_independent)" if args.independent_too else ""),
            "steps": args.steps, "reps": args.reps, "results": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

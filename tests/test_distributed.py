@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -142,7 +143,7 @@ def test_two_processes_roll_back_together_and_stop_together(tmp_path):
     assert rollbacks[1]["d_lr"] == pytest.approx(1e30 * 0.25)
 
 
-def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one rank of the test below
+def _shm_worker(rank: int, world: int, store: str, out: str, barrier: str) -> None:  # one rank of the test below
     import time
 
     import torch.distributed as tdist
@@ -150,6 +151,7 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
     from ganforge.distributed import SharedMemorySum
 
     torch.set_num_threads(1)
+    os.environ["GANFORGE_SHM_BARRIER"] = barrier
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     d = Dist(rank=rank, world=world, backend="gloo", shm_allowed=True)
     wrong = 0
@@ -182,13 +184,14 @@ def _shm_worker(rank: int, world: int, store: str, out: str) -> None:  # one ran
         refused = "different memory layouts" in str(e)
     torch.save({"wrong": wrong, "y": y, "ref": ref, "buffers": len(SharedMemorySum._made), "grads": grads,
                 "means": means, "channels_last": grads[0].is_contiguous(memory_format=torch.channels_last),
-                "refused": refused}, f"{out}.{rank}")  # fmt: skip
+                "refused": refused, "spin": SharedMemorySum._made[(rank, world, 1000, torch.float32)].spin},
+               f"{out}.{rank}")  # fmt: skip
     tdist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, world):
-    """World 2 and 3: 200 back-to-back means of exactly representable inputs are exact on every rank (a
+@pytest.mark.parametrize("world, barrier", [(2, "spin"), (3, "spin"), (2, "gloo")])
+def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, world, barrier):
+    """World 2 and 3, with either barrier (polling the file, or gloo's all-reduce): 200 back-to-back means of exactly representable inputs are exact on every rank (a
     half of the double buffer reused too early would give wrong sums), a random mean matches gloo's
     all-reduce with the same bits on every rank, a list of gradients (one channels_last) is averaged in
     place as gloo's all-reduce averages it, ranks whose layouts differ all refuse, one buffer per size, and
@@ -197,7 +200,7 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
 
     shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
     before = set(os.listdir(shm_dir)) if shm_dir else set()
-    ctx = mp.start_processes(_shm_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "out")),
+    ctx = mp.start_processes(_shm_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "out"), barrier),
                              nprocs=world, join=False, start_method="spawn")  # fmt: skip
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=1):
@@ -207,6 +210,7 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
             pytest.fail("the shared-memory sum did not finish in 120 s (a deadlock?)")
     outs = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
     assert [o["wrong"] for o in outs] == [0] * world
+    assert [o["spin"] for o in outs] == [barrier == "spin" and platform.machine() in ("x86_64", "AMD64")] * world
     for o in outs:
         assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 4 and o["refused"]
         torch.testing.assert_close(o["y"], o["ref"])
@@ -216,3 +220,40 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
             torch.testing.assert_close(g, m)
     if shm_dir:
         assert not {f for f in set(os.listdir(shm_dir)) - before if f.startswith("ganforge-")}
+
+
+def _lost_rank_worker(rank: int, store: str, out: str) -> None:  # one rank of the test below
+    import torch.distributed as tdist
+
+    from ganforge.distributed import SharedMemorySum
+
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    d = Dist(rank=rank, world=2, backend="gloo", shm_allowed=True)
+    shm = SharedMemorySum.made_for(d, 10, torch.float32)
+    if rank == 1:
+        os._exit(0)  # ends before the sum, without a word to rank 0
+    t0 = time.monotonic()
+    try:
+        shm.average([torch.ones(10)], 2)
+        message = ""
+    except RuntimeError as e:
+        message = str(e)
+    torch.save({"message": message, "waited": time.monotonic() - t0}, out)
+    os._exit(0)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the polling barrier is x86 only")
+def test_polling_barrier_reports_a_rank_that_ended_instead_of_waiting_forever(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_lost_rank_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2,
+                             join=False, start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("rank 0 still waits for a rank that ended, after 60 s")
+    out = torch.load(tmp_path / "out")
+    assert "rank 1" in out["message"] and "ended while rank 0 waited" in out["message"]
+    assert out["waited"] < 10

@@ -10,15 +10,19 @@ step differentiates through D without updating it (the G step) and the simultane
 
 When every process runs on one machine's CPU, the gradients travel through a shared-memory file instead of
 gloo's TCP loopback (`SharedMemorySum`; the scheme of DeepSpeed's and gloo's own intra-node CPU all-reduce,
-which this torch build's gloo lacks); gloo still provides the rendezvous and the barrier.
+which this torch build's gloo lacks), with a barrier that polls the same file on x86; gloo still provides
+the rendezvous and the rare collectives (votes, logged means).
 GANFORGE_SHM_ALLREDUCE=0 in the environment turns it off.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -141,8 +145,9 @@ class Dist:
 class SharedMemorySum:
     """In-place mean of CPU tensors over the ranks of one machine, through a shared-memory file (`average`).
 
-    Each rank copies its tensors into its row of a [2, world, numel] buffer that every rank maps, a
-    two-number gloo all-reduce serves as the barrier (all rows written), and each rank sums the rows in the
+    Each rank copies its tensors into its row of a [2, world, numel] buffer that every rank maps, a barrier
+    waits until all rows are written (on x86 by polling counters in the same file, `_spin_barrier`; else a
+    two-number gloo all-reduce), and each rank sums the rows in the
     same order, so every rank gets bit-identical results. The two halves alternate between calls: a rank
     writes half h again only after the next call's barrier, which every rank passes only after reading h.
     The file is unlinked as soon as every rank has mapped it (before the first sum), so a crash later leaves nothing behind.
@@ -150,12 +155,25 @@ class SharedMemorySum:
     """
 
     _made: dict[tuple[int, int, int, torch.dtype], SharedMemorySum | None] = {}  # (rank, world, numel, dtype)
+    CONTROL = 4  # int64 rows at the file's start: arrivals, the two halves' layouts, process ids
 
-    def __init__(self, dist: Dist, numel: int, dtype: torch.dtype, path: str):
-        self.rank, self.half = dist.rank, 0
-        size = 2 * dist.world * numel
-        self.buffer = torch.from_file(path, shared=True, size=size, dtype=dtype).view(2, dist.world, numel)
-        self.check = torch.zeros(2)  # the barrier's all-reduce, which also compares the ranks' layouts
+    def __init__(self, dist: Dist, numel: int, dtype: torch.dtype, path: str, spin: bool):
+        self.rank, self.world, self.half, self.calls, self.spin = dist.rank, dist.world, 0, 0, spin
+        raw = torch.from_file(path, shared=True, size=self.nbytes(dist.world, numel, dtype), dtype=torch.uint8)
+        head = self.head_bytes(dist.world)
+        self.control = raw[:head].view(torch.int64)[: self.CONTROL * dist.world].view(self.CONTROL, dist.world)
+        self.buffer = raw[head:].view(dtype).view(2, dist.world, numel)
+        self.control[3, self.rank] = os.getpid()  # for the spin barrier's check that the others still run
+        self.check = torch.zeros(2)  # the gloo barrier's all-reduce, which also compares the ranks' layouts
+        self._fence = threading.Lock()
+
+    @classmethod
+    def head_bytes(cls, world: int) -> int:
+        return -(-cls.CONTROL * world * 8 // 64) * 64  # whole cache lines, so the rows start aligned
+
+    @classmethod
+    def nbytes(cls, world: int, numel: int, dtype: torch.dtype) -> int:
+        return cls.head_bytes(world) + 2 * world * numel * torch.empty((), dtype=dtype).element_size()
 
     @staticmethod
     def _create(dist: Dist, numel: int, dtype: torch.dtype) -> str | None:
@@ -166,7 +184,7 @@ class SharedMemorySum:
             folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             path = os.path.join(folder, f"ganforge-{uuid.uuid4().hex}")
             try:
-                nbytes = 2 * dist.world * numel * torch.empty((), dtype=dtype).element_size()
+                nbytes = SharedMemorySum.nbytes(dist.world, numel, dtype)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
                 try:  # posix_fallocate reserves the pages; macOS lacks it (a sparse file there)
                     if hasattr(os, "posix_fallocate"):
@@ -188,7 +206,7 @@ class SharedMemorySum:
         key = (dist.rank, dist.world, numel, dtype)
         if key not in cls._made:
             path = cls._create(dist, numel, dtype)
-            cls._made[key] = None if path is None else cls(dist, numel, dtype, path)
+            cls._made[key] = None if path is None else cls(dist, numel, dtype, path, spin_barrier())
             tdist.barrier()  # every rank has mapped the file
             if dist.main and path is not None:
                 os.unlink(path)
@@ -213,15 +231,78 @@ class SharedMemorySum:
             part[self.rank].copy_(t)
             parts.append((t, part))
             offset += t.numel()
-        layout = float(hash(tuple(t.stride() for t, _ in parts)) % (1 << 24))  # exact in a float
-        self.check.copy_(torch.tensor([layout, -layout]))
-        tdist.all_reduce(self.check, op=tdist.ReduceOp.MAX)  # the barrier: every rank's row is written
-        if self.check.tolist() != [layout, -layout]:  # the same on every rank: all raise together
+        layout = hash(tuple(t.stride() for t, _ in parts)) % (1 << 24)  # exact in a float
+        same = self._spin_barrier(layout) if self.spin else self._gloo_barrier(layout)  # every rank's row is written
+        if not same:  # the same on every rank: all raise together
             raise RuntimeError("ganforge: the ranks' gradients have different memory layouts (e.g. channels_last on "
                                "some ranks only); build the models the same way on every rank.")  # fmt: skip
         for t, part in parts:
             torch.sum(part, dim=0, out=t)
             t.div_(world)
+
+    def _gloo_barrier(self, layout: int) -> bool:
+        """A MAX all-reduce of [layout, -layout] over gloo; true if every rank's layout is the same."""
+        self.check.copy_(torch.tensor([float(layout), -float(layout)]))
+        tdist.all_reduce(self.check, op=tdist.ReduceOp.MAX)
+        return self.check.tolist() == [float(layout), -float(layout)]
+
+    def _spin_barrier(self, layout: int) -> bool:
+        """Each rank writes its layout and then its count of calls into the file's control rows, and waits
+        until every rank's count has reached its own; true if every rank's layout is the same. The waiting
+        rank polls instead of sleeping in a socket read, so it goes on within microseconds of the last
+        arrival (gloo's all-reduce took 0.3-0.4 ms even with no rank late, 2 processes on this 2-core VM).
+        It yields the core while it polls, and sleeps between polls once it has waited 10 ms (e.g. while
+        rank 0 writes a checkpoint); every second it checks that the other ranks' processes still run.
+        x86 only: its stores become visible to other cores in program order, so a rank that sees another's
+        count also sees the row written before it (the lock adds a full fence on either side)."""
+        self.calls += 1
+        h = self.half ^ 1  # the half average() has just written (it flipped self.half)
+        with self._fence:
+            self.control[1 + h, self.rank] = layout
+            self.control[0, self.rank] = self.calls
+        arrived = self.control[0].numpy()
+        start = next_check = time.monotonic()
+        while arrived.min() < self.calls:
+            now = time.monotonic()
+            if now - start < 0.01:
+                os.sched_yield()
+                continue
+            time.sleep(0.0005)
+            if now >= next_check:
+                next_check = now + 1.0
+                self._check_alive(now - start)
+        with self._fence:
+            layouts = self.control[1 + h].tolist()
+        return all(v == layout for v in layouts)
+
+    def _check_alive(self, waited: float) -> None:
+        for rank, pid in enumerate(self.control[3].tolist()):
+            if not process_runs(int(pid)):
+                raise RuntimeError(f"ganforge: rank {rank} (process {pid}) ended while rank {self.rank} waited "
+                                   f"{waited:.0f} s for it at a gradient sum; see that rank's output for why.")
+
+
+def process_runs(pid: int) -> bool:
+    """Whether process `pid` exists on this machine and has not exited (a zombie counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return True  # no /proc (macOS): the signal test above is all there is
+
+
+def spin_barrier() -> bool:
+    """SharedMemorySum's barrier polls shared memory on x86 CPUs (see _spin_barrier) unless
+    GANFORGE_SHM_BARRIER=gloo; elsewhere it is gloo's all-reduce (weaker memory orders need fences
+    Python cannot issue)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return x86 and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
 
 
 def in_memory_order(t: torch.Tensor) -> torch.Tensor:
