@@ -3,7 +3,7 @@ processes (`--nproc N`, gloo), one thread each, the same batch per process (so N
 an N times larger global batch). Efficiency = img/s(N) / (N x img/s(1)).
 
     python bench/scaling.py                       # dcgan28-classic on MNIST, dcgan32 on CIFAR-10
-    python bench/scaling.py --models dcgan28-classic --steps 120 --reps 3
+    python bench/scaling.py --models dcgan28-classic --batch 128 --gloo-too --independent-too
 
 Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoints off during the
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
@@ -71,8 +71,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["dcgan28-classic", "dcgan32"])
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="images per process per step")
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
     parser.add_argument("--gloo-barrier-too", action="store_true",

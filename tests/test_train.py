@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import signal
@@ -11,13 +12,14 @@ import torch
 import ganforge
 from ganforge.checkpoint import load_checkpoint, save_checkpoint
 from ganforge.config import ConfigError, build_config
-from ganforge.train import lr_scale, train
+from ganforge.train import LoopGarbageCollector, lr_scale, train
 
 from .conftest import tiny
 
 
 def test_tiny_run_writes_everything(tmp_path, isolated_env):
     run = train(build_config(overrides=tiny(tmp_path)), progress=False)
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the loop's own garbage collection undone
     for name in (
         "config.yaml",
         "metrics.jsonl",
@@ -395,3 +397,29 @@ def test_mode_seeking_term_enters_the_g_step_and_is_refused_where_it_cannot(tmp_
         build_config(overrides={"reg": {"mode_seeking": 1.0}, "train": {"update": "simultaneous"}})
     with pytest.raises(ConfigError, match="reg.mode_seeking"):
         build_config(overrides={"reg": {"mode_seeking": 1.0}, "loss": {"name": "elbo"}})
+
+
+def test_loop_garbage_collector_collects_on_its_own_steps_and_then_restores_the_collector():
+    import weakref
+
+    class Cycle:
+        pass
+
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        collector = LoopGarbageCollector()
+        assert not gc.isenabled() and gc.get_freeze_count() > 0  # off, with the objects made before frozen
+        cycle = Cycle()
+        cycle.me = cycle
+        alive = weakref.ref(cycle)
+        del cycle
+        collector.step(LoopGarbageCollector.EVERY - 1)
+        assert alive() is not None  # not this step: nothing else collects it
+        collector.step(2 * LoopGarbageCollector.EVERY)
+        assert alive() is None
+        collector.close()
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        gc.enable() if was else gc.disable()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import os
@@ -451,6 +452,34 @@ class StopFlag:
             "(press Ctrl-C again to quit at once)",
             file=sys.stderr,
         )
+
+
+class LoopGarbageCollector:
+    """Python's cyclic garbage collector, run by the training loop itself: every EVERY steps, at the same
+    step on every rank, instead of whenever allocations trip its thresholds. With several processes in
+    lockstep, an automatic collection pauses one rank at a moment of its own and every other rank waits
+    for it at the next gradient sum (2 processes on 2 cores, dcgan28-classic, batch 64 each: median img/s
+    2,507 -> 2,611 with the collector off, 3 runs each). The objects made before the loop (modules,
+    data, imports) are frozen out of its scans, so a collection looks at the loop's own objects only.
+    The loop leaves few cycles (about 4 unreachable objects per step, measured), so collecting
+    every EVERY steps holds little memory back. `close` restores the collector as it was."""
+
+    EVERY = 200
+
+    def __init__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+
+    def step(self, step: int) -> None:
+        if step % self.EVERY == 0:
+            gc.collect()
+
+    def close(self) -> None:
+        gc.unfreeze()
+        if self.was_enabled:
+            gc.enable()
 
 
 def _in_main_thread() -> bool:
@@ -978,6 +1007,7 @@ def _train(
     D.train()
     t_start, out_of_time, interrupted = time.perf_counter(), False, False
     unvoted_nan = False  # a rank's NaN loss since the ranks last voted (several processes)
+    collector = LoopGarbageCollector()
     try:
         while step < total_steps:
             if interrupted or out_of_time:  # decided at the end of the last step, the same on every rank
@@ -1126,7 +1156,9 @@ def _train(
                     best = value
                     save(ckpt_dir / "best.pt", lambda v=value: {**state(), "best": {evaluator.metric: v}})
                 plot()
+            collector.step(step)
     finally:
+        collector.close()
         if bar is not None:
             bar.close()
         stop.uninstall()
