@@ -7,7 +7,8 @@ Runs `ganforge train --nproc 2` (one thread per process, bf16, monitor and sampl
 `sitecustomize` on PYTHONPATH that makes every SharedMemorySum switch its barrier every --block calls:
 polling the shared file (`_spin_barrier`, the default on x86) and gloo's two-number all-reduce
 (`_gloo_barrier`, GANFORGE_SHM_BARRIER=gloo), in turns, at the same call on both ranks, and record the
-time between consecutive calls of the larger of the two sums (G's or D's: one per training step). Both barriers thus see the same processes,
+time between consecutive calls of the larger of the two sums (G's or D's: one per training step), under
+the barrier that the first of the two calls used. Both barriers thus see the same processes,
 data and moments of this VM, whose speed drifts by 10-20 % between separate runs. Reports the median
 step time under each barrier (the first block dropped as warm-up) and their ratio, per job.
 Writes bench/results/barrier_ab.json.
@@ -35,12 +36,12 @@ _rows = {}
 _average = _d.SharedMemorySum.average
 
 def average(self, tensors, world):
-    self.ab_calls = getattr(self, "ab_calls", 0) + 1
-    self.spin = (self.ab_calls // _BLOCK) % 2 == 0  # the same call on every rank: the same barrier
     now = time.perf_counter()
-    if hasattr(self, "ab_last"):
+    if hasattr(self, "ab_last"):  # the step since the last call, which waited at the barrier it then had
         _rows.setdefault(self.buffer.shape[-1], []).append(("polling" if self.spin else "gloo", now - self.ab_last))
     self.ab_last = now
+    self.ab_calls = getattr(self, "ab_calls", 0) + 1
+    self.spin = (self.ab_calls // _BLOCK) % 2 == 0  # the same call on every rank: the same barrier
     return _average(self, tensors, world)
 
 _d.SharedMemorySum.average = average
@@ -69,7 +70,7 @@ def main() -> int:
         for job in range(args.jobs):
             out = Path(tmp) / f"rows{job}"
             env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1",
-                   "PYTHONPATH": os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]),
+                   "PYTHONPATH": os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p),
                    "BARRIER_AB_BLOCK": str(args.block), "BARRIER_AB_OUT": str(out)}  # fmt: skip
             cmd = [sys.executable, "-m", "ganforge", "train", "--nproc", "2", "--model", args.model, "--data", data,
                    "--steps", str(args.steps), "--batch-size", str(2 * args.batch), "--precision", "bf16",
@@ -83,7 +84,11 @@ def main() -> int:
             if len(files) != 2:
                 raise SystemExit(f"bench: expected the timings of 2 ranks, found {len(files)}")
             rows = json.loads(files[0].read_text())  # rank order does not matter: both take each step's time
-            steps = rows[max(rows, key=int)][args.block :]  # the larger sum, once per step; warm-up dropped
+            timed = rows[max(rows, key=int)]  # the larger sum's calls: one per step
+            if len(rows) != 2 or len(timed) != args.steps - 1:
+                raise SystemExit(f"bench: expected one call of each of 2 sums per step, got {len(rows)} sums and "
+                                 f"{len(timed) + 1} calls of the larger in {args.steps} steps")  # fmt: skip
+            steps = timed[args.block :]  # warm-up dropped
             ms = {kind: statistics.median(1e3 * s for k, s in steps if k == kind) for kind in ("polling", "gloo")}
             jobs.append({"ms_per_step_polling": ms["polling"], "ms_per_step_gloo": ms["gloo"],
                          "img_per_s_ratio_polling_over_gloo": ms["gloo"] / ms["polling"],

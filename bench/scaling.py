@@ -11,7 +11,7 @@ The arms run REPS times, each repetition starting with the next arm (no fixed or
 sum their gradients through shared memory (ganforge's default on one machine); `--gloo-too` adds N-process
 runs that use gloo's TCP all-reduce instead (GANFORGE_SHM_ALLREDUCE=0), `--gloo-barrier-too` N-process runs
 whose shared-memory sum waits at gloo's all-reduce instead of polling the file (GANFORGE_SHM_BARRIER=gloo;
-the barrier before 2026-11-27's third session). `--independent-too` adds N
+the barrier before the polling one, and still the one on non-x86 CPUs). `--independent-too` adds N
 single-process trainings run at the same time, each on its own (no communication at all): their summed
 img/s over N x img/s(1) is what sharing the machine's cores, caches and memory bandwidth alone leaves,
 the ceiling for the N-process run. Needs the real data (GANFORGE_DATA). Writes bench/results/scaling.json.

@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 VOTE_EVERY = 8  # steps between the ranks' votes on stopping (a signal, the clock, a NaN loss)
+SPIN_TIMEOUT = 1800.0  # seconds SharedMemorySum's polling barrier waits for a rank (gloo's default timeout)
 
 
 @dataclass(frozen=True)
@@ -169,18 +170,20 @@ class SharedMemorySum:
 
     @classmethod
     def head_bytes(cls, world: int) -> int:
-        return -(-cls.CONTROL * world * 8 // 64) * 64  # whole cache lines, so the rows start aligned
+        return -(-cls.CONTROL * world * 8 // 64) * 64  # whole cache lines: the data starts cache-aligned
 
     @classmethod
     def nbytes(cls, world: int, numel: int, dtype: torch.dtype) -> int:
         return cls.head_bytes(world) + 2 * world * numel * torch.empty((), dtype=dtype).element_size()
 
     @staticmethod
-    def _create(dist: Dist, numel: int, dtype: torch.dtype) -> str | None:
+    def _create(dist: Dist, numel: int, dtype: torch.dtype) -> tuple[str | None, bool]:
         """Rank 0 makes the file with its space reserved (a full /dev/shm fails here, not later with a bus
-        error); every rank gets its path, or None if that failed."""
-        path = None
+        error) and picks the barrier (`spin_barrier`); every rank gets both: the path, or None if that
+        failed, and whether to poll."""
+        path, spin = None, False
         if dist.main:
+            spin = spin_barrier(dist.world)
             folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             path = os.path.join(folder, f"ganforge-{uuid.uuid4().hex}")
             try:
@@ -198,15 +201,15 @@ class SharedMemorySum:
                 if os.path.exists(path):
                     os.unlink(path)
                 path = None
-        return dist.broadcast(path)
+        return dist.broadcast((path, spin))
 
     @classmethod
     def made_for(cls, dist: Dist, numel: int, dtype: torch.dtype) -> SharedMemorySum | None:
         """The buffer for `numel` elements of `dtype` (made collectively on first use), or None: use gloo."""
         key = (dist.rank, dist.world, numel, dtype)
         if key not in cls._made:
-            path = cls._create(dist, numel, dtype)
-            cls._made[key] = None if path is None else cls(dist, numel, dtype, path, spin_barrier())
+            path, spin = cls._create(dist, numel, dtype)
+            cls._made[key] = None if path is None else cls(dist, numel, dtype, path, spin)
             tdist.barrier()  # every rank has mapped the file
             if dist.main and path is not None:
                 os.unlink(path)
@@ -252,9 +255,12 @@ class SharedMemorySum:
         rank polls instead of sleeping in a socket read, so it goes on within microseconds of the last
         arrival (gloo's all-reduce took 0.3-0.4 ms even with no rank late, 2 processes on this 2-core VM).
         It yields the core while it polls, and sleeps between polls once it has waited 10 ms (e.g. while
-        rank 0 writes a checkpoint); every second it checks that the other ranks' processes still run.
-        x86 only: its stores become visible to other cores in program order, so a rank that sees another's
-        count also sees the row written before it (the lock adds a full fence on either side)."""
+        rank 0 writes a checkpoint); every second it checks that the other ranks' processes still run, and
+        it gives up after SPIN_TIMEOUT seconds, as gloo's barrier would.
+        x86 only (`spin_barrier`): x86 keeps each core's stores in program order and is multi-copy atomic, so
+        a rank that sees another's count also sees the row written before it, by whichever of that rank's
+        threads wrote it (torch's kernels join their threads before returning; glibc's non-temporal copies
+        end with a store fence). The lock is a locked instruction on either side, in case."""
         self.calls += 1
         h = self.half ^ 1  # the half average() has just written (it flipped self.half)
         with self._fence:
@@ -270,16 +276,23 @@ class SharedMemorySum:
             time.sleep(0.0005)
             if now >= next_check:
                 next_check = now + 1.0
-                self._check_alive(now - start)
+                self._check_alive(now - start, arrived)
         with self._fence:
             layouts = self.control[1 + h].tolist()
         return all(v == layout for v in layouts)
 
-    def _check_alive(self, waited: float) -> None:
-        for rank, pid in enumerate(self.control[3].tolist()):
-            if not process_runs(int(pid)):
+    def _check_alive(self, waited: float, arrived: Any) -> None:
+        """Raise if a rank that has not arrived has ended, or if the wait has run past SPIN_TIMEOUT."""
+        late = [rank for rank in range(self.world) if arrived[rank] < self.calls]  # read again: some may have come
+        for rank in late:
+            pid = int(self.control[3, rank])
+            if not process_runs(pid):
                 raise RuntimeError(f"ganforge: rank {rank} (process {pid}) ended while rank {self.rank} waited "
                                    f"{waited:.0f} s for it at a gradient sum; see that rank's output for why.")
+        if late and waited > SPIN_TIMEOUT:
+            raise RuntimeError(f"ganforge: rank {self.rank} waited {waited:.0f} s at a gradient sum for rank(s) "
+                               f"{', '.join(map(str, late))}, which still run but did not arrive (stuck?); giving up. "
+                               "GANFORGE_SHM_BARRIER=gloo uses gloo's barrier and its timeout instead.")
 
 
 def process_runs(pid: int) -> bool:
@@ -297,12 +310,14 @@ def process_runs(pid: int) -> bool:
         return True  # no /proc (macOS): the signal test above is all there is
 
 
-def spin_barrier() -> bool:
-    """SharedMemorySum's barrier polls shared memory on x86 CPUs (see _spin_barrier) unless
-    GANFORGE_SHM_BARRIER=gloo; elsewhere it is gloo's all-reduce (weaker memory orders need fences
-    Python cannot issue)."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return x86 and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
+def spin_barrier(world: int) -> bool:
+    """Whether SharedMemorySum's barrier polls shared memory (see _spin_barrier): on x86-64 CPUs, unless
+    GANFORGE_SHM_BARRIER=gloo or the ranks outnumber this process's cores (a polling rank would then take
+    turns from the rank it waits for). Elsewhere gloo's all-reduce: weaker memory orders need fences that
+    Python cannot issue. Rank 0 decides for all."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return x86 and world <= cores and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
 
 
 def in_memory_order(t: torch.Tensor) -> torch.Tensor:

@@ -468,8 +468,10 @@ class LoopGarbageCollector:
 
     def __init__(self) -> None:
         self.was_enabled = gc.isenabled()
+        self.freezes = gc.get_freeze_count() == 0  # a caller's own freeze (e.g. a pre-fork server) is left alone
         gc.collect()
-        gc.freeze()
+        if self.freezes:
+            gc.freeze()
         gc.disable()
 
     def step(self, step: int) -> None:
@@ -477,7 +479,8 @@ class LoopGarbageCollector:
             gc.collect()
 
     def close(self) -> None:
-        gc.unfreeze()
+        if self.freezes:
+            gc.unfreeze()  # objects made before the loop that became garbage during it: collected from here on
         if self.was_enabled:
             gc.enable()
 
