@@ -211,7 +211,7 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
     outs = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
     assert [o["wrong"] for o in outs] == [0] * world
     polls = barrier == "spin" and platform.machine() in ("x86_64", "AMD64") and world <= len(os.sched_getaffinity(0))
-    assert [o["spin"] for o in outs] == [polls] * world  # more ranks than cores: gloo's barrier
+    assert [o["spin"] for o in outs] == [polls] * world  # more ranks (of 1 thread each) than cores: gloo's barrier
     for o in outs:
         assert torch.equal(o["y"], outs[0]["y"]) and o["buffers"] == 4 and o["refused"]
         torch.testing.assert_close(o["y"], o["ref"])
@@ -230,6 +230,7 @@ def _lost_rank_worker(rank: int, store: str, out: str, how: str) -> None:  # one
     from ganforge.distributed import SharedMemorySum
 
     distributed.SPIN_TIMEOUT = 1.5
+    torch.set_num_threads(1)  # a core per rank: the barrier polls
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     d = Dist(rank=rank, world=2, backend="gloo", shm_allowed=True)
     shm = SharedMemorySum.made_for(d, 10, torch.float32)
@@ -268,3 +269,22 @@ def test_polling_barrier_reports_a_rank_that_ended_or_hangs_instead_of_waiting_f
     else:
         assert "for rank(s) 1, which still run but did not arrive" in out["message"]
     assert out["waited"] < 10
+
+
+def test_the_barrier_polls_only_where_it_is_safe_and_cores_are_free(monkeypatch):
+    from ganforge import distributed
+    from ganforge.distributed import spin_barrier
+
+    monkeypatch.setattr(distributed.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(distributed.torch, "get_num_threads", lambda: 1)
+    monkeypatch.delenv("GANFORGE_SHM_BARRIER", raising=False)
+    assert spin_barrier(2) and not spin_barrier(3)  # one core per rank, or not
+    monkeypatch.setattr(distributed.torch, "get_num_threads", lambda: 2)
+    assert spin_barrier(1) and not spin_barrier(2)  # 2 ranks x 2 threads on 2 cores: gloo's barrier
+    monkeypatch.setattr(distributed.torch, "get_num_threads", lambda: 1)
+    monkeypatch.setenv("GANFORGE_SHM_BARRIER", "gloo")
+    assert not spin_barrier(2)
+    monkeypatch.delenv("GANFORGE_SHM_BARRIER")
+    monkeypatch.setattr(distributed.platform, "machine", lambda: "aarch64")
+    assert not spin_barrier(2)  # weaker memory order: gloo's barrier

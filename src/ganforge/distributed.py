@@ -312,12 +312,13 @@ def process_runs(pid: int) -> bool:
 
 def spin_barrier(world: int) -> bool:
     """Whether SharedMemorySum's barrier polls shared memory (see _spin_barrier): on x86-64 CPUs, unless
-    GANFORGE_SHM_BARRIER=gloo or the ranks outnumber this process's cores (a polling rank would then take
-    turns from the rank it waits for). Elsewhere gloo's all-reduce: weaker memory orders need fences that
-    Python cannot issue. Rank 0 decides for all."""
+    GANFORGE_SHM_BARRIER=gloo or the ranks' threads outnumber this process's cores (a polling rank would
+    then take turns from the rank it waits for; `--nproc N` gives each rank cores / N threads). Elsewhere
+    gloo's all-reduce: weaker memory orders need fences that Python cannot issue. Rank 0 decides for all."""
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return x86 and world <= cores and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
+    fits = world * torch.get_num_threads() <= cores
+    return x86 and fits and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
 
 
 def in_memory_order(t: torch.Tensor) -> torch.Tensor:
