@@ -143,6 +143,16 @@ def test_two_processes_roll_back_together_and_stop_together(tmp_path):
     assert rollbacks[1]["d_lr"] == pytest.approx(1e30 * 0.25)
 
 
+def join_or_fail(ctx, seconds: float, message: str) -> None:
+    """Wait for torch.multiprocessing's processes; past `seconds`, kill them and fail with `message`."""
+    deadline = time.monotonic() + seconds
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(message)
+
+
 def _shm_worker(rank: int, world: int, store: str, out: str, barrier: str) -> None:  # one rank of the test below
     import time
 
@@ -202,12 +212,7 @@ def test_shared_memory_sum_is_exact_in_lockstep_and_leaves_no_file(tmp_path, wor
     before = set(os.listdir(shm_dir)) if shm_dir else set()
     ctx = mp.start_processes(_shm_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "out"), barrier),
                              nprocs=world, join=False, start_method="spawn")  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the shared-memory sum did not finish in 120 s (a deadlock?)")
+    join_or_fail(ctx, 120, "the shared-memory sum did not finish in 120 s (a deadlock?)")
     outs = [torch.load(tmp_path / f"out.{r}") for r in range(world)]
     assert [o["wrong"] for o in outs] == [0] * world
     polls = barrier == "spin" and platform.machine() in ("x86_64", "AMD64") and world <= len(os.sched_getaffinity(0))
@@ -256,12 +261,7 @@ def test_polling_barrier_reports_a_rank_that_ended_or_hangs_instead_of_waiting_f
 
     ctx = mp.start_processes(_lost_rank_worker, args=(str(tmp_path / "store"), str(tmp_path / "out"), how),
                              nprocs=2, join=False, start_method="spawn")  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("rank 0 still waits for a rank that ended, after 60 s")
+    join_or_fail(ctx, 60, "rank 0 still waits for a rank that ended, after 60 s")
     out = torch.load(tmp_path / "out")
     assert out["spin"]
     if how == "ended":

@@ -159,7 +159,7 @@ class SharedMemorySum:
     CONTROL = 4  # int64 rows at the file's start: arrivals, the two halves' layouts, process ids
 
     def __init__(self, dist: Dist, numel: int, dtype: torch.dtype, path: str, spin: bool):
-        self.rank, self.world, self.half, self.calls, self.spin = dist.rank, dist.world, 0, 0, spin
+        self.rank, self.half, self.calls, self.spin = dist.rank, 0, 0, spin
         raw = torch.from_file(path, shared=True, size=self.nbytes(dist.world, numel, dtype), dtype=torch.uint8)
         head = self.head_bytes(dist.world)
         self.control = raw[:head].view(torch.int64)[: self.CONTROL * dist.world].view(self.CONTROL, dist.world)
@@ -224,7 +224,7 @@ class SharedMemorySum:
         sum's order may differ), and the same bits on every rank.
 
         Memory order is only right if every rank's tensors have the same layouts: the barrier checks it
-        (a number made from the strides, compared by a max over the ranks) and every rank raises if not."""
+        (a number made from the strides, compared across the ranks) and every rank raises if not."""
         rows = self.buffer[self.half]
         self.half ^= 1
         parts, offset = [], 0
@@ -283,7 +283,7 @@ class SharedMemorySum:
 
     def _check_alive(self, waited: float, arrived: Any) -> None:
         """Raise if a rank that has not arrived has ended, or if the wait has run past SPIN_TIMEOUT."""
-        late = [rank for rank in range(self.world) if arrived[rank] < self.calls]  # read again: some may have come
+        late = [rank for rank, count in enumerate(arrived) if count < self.calls]  # read again: some may have come
         for rank in late:
             pid = int(self.control[3, rank])
             if not process_runs(pid):
