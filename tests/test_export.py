@@ -42,12 +42,13 @@ def test_export_refuses_what_it_cannot_read(tmp_path, isolated_env):
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 1
 
 
-@pytest.mark.parametrize("conditional,codes", [(False, 0), (True, 0), (False, 8)])
-def test_onnx_export_matches_pytorch(conditional, codes, tmp_path, isolated_env, capsys):
+@pytest.mark.parametrize("conditional,codes,clusters", [(False, 0, 0), (True, 0, 0), (False, 8, 0), (False, 0, 4)])
+def test_onnx_export_matches_pytorch(conditional, codes, clusters, tmp_path, isolated_env, capsys):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'ganforge[onnx]')")
     pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'ganforge[onnx]')")
     overrides = tiny(tmp_path, ema_beta=0.9)
-    overrides["model"].update(conditional=conditional, latent_codes=codes)  # codes: LatentCodes' erf/floor/gather
+    # codes: LatentCodes' erf/floor/gather; clusters: ClusterPrior's erf/cumsum/compare
+    overrides["model"].update(conditional=conditional, latent_codes=codes, clusters=clusters)
     run = train(build_config(overrides=overrides), progress=False)
     assert main(["export", str(run), "--format", "onnx"]) == 0
     out = run / "generator.onnx"

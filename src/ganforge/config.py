@@ -81,6 +81,12 @@ class ModelConfig:
     # of modes expected; z ~ N(0, I) still, so sampling and every command work as before (truncation
     # leaves the code-picking coordinate untruncated).
     latent_codes: int = 0
+    # Self-conditioning on K clusters of the training images (0 = off): k-means of the pixels, once before
+    # training (ganforge.clusters), gives each image a pseudo-class; G (conditional BN) and D (projection)
+    # are conditioned on it as on a class, and G draws its cluster from z with the clusters' shares in the
+    # data, so it still samples like an unconditional G (Sage et al. 2018, Logo-GAN; Liu et al. 2020,
+    # self-conditioned GANs). Needs no labels; a conditional model's benefit where there are none.
+    clusters: int = 0
 
 
 @dataclass
@@ -509,6 +515,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.latent_codes: 1 code is the plain latent; use 0 (off) or at least 2.")
     if cfg.model.latent_codes and cfg.loss.name == ELBO:
         raise ConfigError("model.latent_codes: the VAE's latent is its encoder's Gaussian; latent codes are for GANs.")
+    positive("model.clusters", cfg.model.clusters, allow_zero=True)
+    if cfg.model.clusters:
+        if cfg.model.clusters == 1:
+            raise ConfigError("model.clusters: 1 cluster is the unconditional model; use 0 (off) or at least 2.")
+        clash = [key for key, on in (("model.conditional", cfg.model.conditional), ("model.pack > 1", cfg.model.pack > 1),
+                                     ("model.latent_codes", cfg.model.latent_codes),
+                                     ("an elbo loss (VAE)", cfg.loss.name == ELBO)) if on]  # fmt: skip
+        if clash:
+            raise ConfigError(f"model.clusters: self-conditioning on clusters does not combine with {clash[0]}; "
+                              "use one of them.")  # fmt: skip
+        if cfg.model.name in MODELS and not MODELS[cfg.model.name].conditional:
+            choices = [n for n, spec in MODELS.items() if spec.conditional]
+            raise ConfigError(
+                f"model.clusters: {cfg.model.name} has no conditional variant to condition on clusters; use one "
+                f"of {', '.join(choices)}."
+            )
     mon = cfg.monitor
     positive("monitor.every", mon.every)
     positive("monitor.n", mon.n)
@@ -627,7 +649,7 @@ def resolve(
 
     `points`: the data are vectors [N, channels] (2D toy data), not images.
     """
-    from ganforge.models import model_for_resolution
+    from ganforge.models import MODELS, model_for_resolution
 
     resolution = 0 if points else planned_resolution(cfg)
     cfg = from_dict(cfg.to_dict())  # a deep copy
@@ -645,6 +667,13 @@ def resolve(
             f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "
             f"({n_images} images in '{dataset_name}'); use at most {n_images}."
         )
+    if cfg.model.clusters > n_images:
+        raise ConfigError(
+            f"model.clusters: {cfg.model.clusters} clusters of {n_images} images in '{dataset_name}' leave some "
+            f"empty; use at most {n_images} (a few per hundred images is typical)."
+        )
+    if cfg.model.name in MODELS and cfg.model.clusters and not MODELS[cfg.model.name].conditional:
+        raise ConfigError(f"model.clusters: {cfg.model.name} has no conditional variant to condition on clusters.")
     if cfg.train.batch_size * cfg.train.n_critic > n_images:
         raise ConfigError(
             f"train.batch_size x train.n_critic = {cfg.train.batch_size * cfg.train.n_critic} real images per step, "

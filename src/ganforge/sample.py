@@ -303,7 +303,7 @@ def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
     m = cfg.model
     nc = (m.num_classes or 0) if m.conditional else 0
     G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout,
-                        num_classes=nc, mbstd=m.mbstd, latent_codes=m.latent_codes)  # fmt: skip
+                        num_classes=nc, mbstd=m.mbstd, latent_codes=m.latent_codes, clusters=m.clusters)  # fmt: skip
     G.load_state_dict(ckpt.get("G_ema", ckpt["G"]))  # the EMA generator when the run kept one
     dev = torch.device(device)
     training = {k: ckpt[k] for k in ("step", "nimg", "train_seconds") if k in ckpt}

@@ -696,7 +696,10 @@ def _train(
         device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(t.seed)  # weights; dropout masks use the same global generator afterwards
     m = cfg.model
-    nc = (m.num_classes or 0) if m.conditional else 0  # classes of a conditional model, else 0
+    # the classes D and the real batches carry: a conditional model's, or model.clusters' pseudo-classes; g_nc:
+    # the classes the loop asks G for by label (with clusters G picks its cluster from z: see ClusterPrior)
+    nc = (m.num_classes or 0) if m.conditional else m.clusters
+    g_nc = 0 if m.clusters else nc
     G, D = build_models(
         m.name,
         m.z_dim,
@@ -706,10 +709,29 @@ def _train(
         m.dropout,
         spectral_norm=m.spectral_norm,
         pack=m.pack,
-        num_classes=nc,
+        num_classes=g_nc,
         mbstd=m.mbstd,
         latent_codes=m.latent_codes,
+        clusters=m.clusters,
     )
+    cluster_labels, cluster_seconds = None, 0.0
+    if m.clusters:  # the same clusters on every rank and at every resume: rank 0 computes, all receive
+        from ganforge.clusters import kmeans
+
+        found = None
+        if main:
+            found = kmeans(ds.images, m.clusters, seed=t.seed)
+            say(f"ganforge: {m.clusters} k-means clusters of the training images in {found.seconds:.1f} s "
+                f"({found.iterations} rounds; shares {float(found.prior.min()):.4f}-{float(found.prior.max()):.4f})")
+        cluster_labels = dist.broadcast(found.labels if found is not None else None)
+        cluster_seconds = float(dist.broadcast(found.seconds if found is not None else None))
+        prior = torch.bincount(cluster_labels, minlength=m.clusters).double() / len(cluster_labels)
+        if ckpt is not None and not torch.allclose(ckpt["G"]["prior"].cpu(), prior):
+            raise ConfigError(
+                f"cannot resume '{run_dir}': the k-means clusters of the data came out differently from the "
+                "ones the run was trained with (another machine or thread count?); resume where it was started."
+            )
+        G.set_prior(prior)
     precision = Precision(resolve_precision(t.precision, device, points=MODELS[m.name].resolution == 0), device)
     if t.update == "simultaneous" and precision.scaler is not None:
         raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")
@@ -733,7 +755,7 @@ def _train(
     loss = None if vae else LOSSES[cfg.loss.name]
     noise = torch.Generator().manual_seed(t.seed + 1)  # training latents, drawn on the CPU
     fixed_z = torch.randn(t.n_samples, m.z_dim, generator=torch.Generator().manual_seed(t.seed + 2))
-    fixed_c = torch.arange(t.n_samples) % nc if nc else None  # grid column k shows class k
+    fixed_c = torch.arange(t.n_samples) % g_nc if g_nc else None  # grid column k shows class k
 
     step, nimg, rollbacks = 0, 0, 0
     best = math.inf  # best in-training eval value so far (lower is better)
@@ -762,13 +784,13 @@ def _train(
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 
     # training wall time over all sessions of the run (the cost `ganforge compare` reports)
-    clock_base, clock_start = 0.0, time.perf_counter()
+    clock_base, clock_start = 0.0, time.perf_counter() - cluster_seconds
     if ckpt is not None:
         restore(ckpt)
         clock_base = ckpt.get("train_seconds")  # None: a checkpoint from before it was recorded
 
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
-    labels = ds.labels.to(device)
+    labels = (ds.labels if cluster_labels is None else cluster_labels).to(device)
     n, batch = images.shape[0], t.batch_size
     batches_per_epoch = n // batch  # the incomplete last batch of an epoch is dropped
     # a step = n_critic D updates (each on a fresh real batch) + one G update
@@ -797,7 +819,7 @@ def _train(
         if G_ema is None:
             return G
         if ema_stale:
-            recalibrate_bn(G_ema, m.z_dim, device, nc, seed=t.seed + 5, **recalibration)
+            recalibrate_bn(G_ema, m.z_dim, device, g_nc, seed=t.seed + 5, **recalibration)
             ema_stale = False
         return G_ema
 
@@ -838,7 +860,7 @@ def _train(
         if ds.is_points:
             save_scatter(fake, path, images[: len(fake)].cpu(), f"step {step}")
         else:
-            save_grid(fake, path, nc if 0 < nc <= 16 else None)
+            save_grid(fake, path, g_nc if 0 < g_nc <= 16 else None)
         atomic_write_bytes(run_dir / "samples.png", path.read_bytes())  # always the newest, drawn once
         return path
 
@@ -877,7 +899,7 @@ def _train(
     if mon.every:
         mon_gen = torch.Generator().manual_seed(t.seed + 4)
         mon_z = torch.randn(mon.n, m.z_dim, generator=mon_gen)
-        monitor = HealthMonitor(mon, ds, mon_z, torch.arange(mon.n) % nc if nc else None)
+        monitor = HealthMonitor(mon, ds, mon_z, torch.arange(mon.n) % g_nc if g_nc else None)
     healthy_path = ckpt_dir / "healthy.pt"
 
     class Rollback(Exception):
@@ -982,8 +1004,11 @@ def _train(
         """This rank's latents [batch / processes, z_dim], drawn for the whole global batch."""
         return dist.shard(torch.randn(batch, m.z_dim, generator=noise)).to(device)
 
-    def draw_c() -> Optional[torch.Tensor]:
-        """This rank's class labels for the fakes of a conditional model, drawn like draw_z."""
+    def draw_c(z: torch.Tensor) -> Optional[torch.Tensor]:
+        """This rank's class labels for the fakes of a conditional model, drawn like draw_z; with
+        model.clusters the clusters G picks for latents z."""
+        if m.clusters:
+            return G.cluster_of(z)
         return dist.shard(torch.randint(nc, (batch,), generator=noise)).to(device) if nc else None
 
     def pair_of(z: torch.Tensor) -> Optional[torch.Tensor]:
@@ -1008,7 +1033,8 @@ def _train(
 
     G.train()
     D.train()
-    t_start, out_of_time, interrupted = time.perf_counter(), False, False
+    # the clustering counts as training time (train.time_limit, train_seconds): it is part of what the run costs
+    t_start, out_of_time, interrupted = time.perf_counter() - cluster_seconds, False, False
     unvoted_nan = False  # a rank's NaN loss since the ranks last voted (several processes)
     collector = LoopGarbageCollector()
     try:
@@ -1028,7 +1054,8 @@ def _train(
                                      cfg.loss.kl_weight, c_real, precision)  # fmt: skip
                 elif t.update == "simultaneous":
                     real_img, c_real = real_batch(step)
-                    z_d, c_fake = draw_z(), draw_c()
+                    z_d = draw_z()
+                    c_fake = draw_c(z_d)
                     d_loss, g_loss, real_logits, fake_logits = simultaneous_step(
                         G_run, D_run, opt_G, opt_D, loss, real_img, z_d, penalty(step), augment, c_real, c_fake,
                         precision)  # fmt: skip
@@ -1037,7 +1064,8 @@ def _train(
                     for k in range(t.n_critic):
                         b = step * t.n_critic + k  # global index of this real batch (and of this D update)
                         real_img, c_real = real_batch(b)
-                        z_d, c_fake = draw_z(), draw_c()
+                        z_d = draw_z()
+                        c_fake = draw_c(z_d)
                         if t.reuse_fakes and k == t.n_critic - 1:
                             with precision.autocast():
                                 fakes = G_run(z_d, c_fake)
@@ -1048,7 +1076,8 @@ def _train(
                     if fakes is not None:  # one G forward per step (pytorch/examples' DCGAN does the same)
                         z_g, c_g = z_d, c_fake
                     else:
-                        z_g, c_g = draw_z(), draw_c()
+                        z_g = draw_z()
+                        c_g = draw_c(z_g)
                     g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision, fake_img=fakes,
                                     mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g))  # fmt: skip
                     del fakes

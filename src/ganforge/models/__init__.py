@@ -65,12 +65,18 @@ def build_models(
     num_classes: int = 0,
     mbstd: bool = False,
     latent_codes: int = 0,
+    clusters: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
     """G and D of model `name`; class-conditional when num_classes > 0 (G(z, c), D(x, c)); with
-    latent_codes K > 1, G reads a disconnected latent (LatentCodes) and still takes z [N, z_dim]."""
+    latent_codes K > 1, G reads a disconnected latent (LatentCodes) and still takes z [N, z_dim]; with
+    clusters K > 1, G and D are conditioned on K data clusters and G picks its cluster from z (ClusterPrior)."""
+    if clusters > 1:
+        num_classes = clusters
     kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim,
                   num_classes=num_classes, mbstd=mbstd)  # fmt: skip
     G, D = MODELS[name].build(channels=channels, **kwargs)
+    if clusters > 1:
+        G = ClusterPrior(G, clusters)
     if latent_codes > 1:
         G = LatentCodes(MODELS[name].build(channels=channels, **{**kwargs, "z_dim": z_dim + CODE_DIM})[0],
                         z_dim, latent_codes)  # fmt: skip
@@ -120,6 +126,50 @@ class LatentCodes(nn.Module):
         z0 = (u - k - 0.5) * math.sqrt(12)  # uniform, mean 0, variance 1, independent of k
         code = self.codes[k.long().squeeze(1)]  # [N, CODE_DIM]
         return self.G(torch.cat([z0.to(z.dtype), z[:, 1:], code.to(z.dtype)], dim=1), c)
+
+
+class ClusterPrior(nn.Module):
+    """A generator conditioned on K data clusters (model.clusters, see ganforge.clusters) that picks its
+    cluster from z, so that it samples like an unconditional G: G(z) [N, z_dim] -> images.
+
+    u = Phi(z_0) picks cluster k with the clusters' shares in the training data (`prior`, a buffer kept
+    in checkpoints: the cumulative shares split [0, 1)), and z_0 is replaced by u's place within k's
+    interval, uniform and independent of k, scaled to mean 0 and variance 1 (as LatentCodes does). A
+    caller that knows the cluster passes it as c (the training loop passes cluster_of(z), the same).
+    Every command that samples an unconditional G works unchanged (the map is a function of z: no
+    inverse CDF, no search, so it exports to ONNX).
+    """
+
+    def __init__(self, G: nn.Module, k: int):
+        super().__init__()
+        self.G, self.k = G, k
+        self.register_buffer("prior", torch.full((k,), 1.0 / k, dtype=torch.float64))
+
+    def set_prior(self, prior: torch.Tensor) -> None:
+        """The clusters' shares [K] (non-negative, summing to 1) in the training data."""
+        prior = torch.as_tensor(prior, dtype=torch.float64).flatten()
+        if prior.numel() != self.k or bool((prior < 0).any()) or abs(float(prior.sum()) - 1) > 1e-6:
+            raise ValueError(f"a cluster prior must be {self.k} non-negative shares summing to 1.")
+        self.prior.copy_(prior)
+
+    def _bucket(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u = Phi(z_0) [N], cluster index [N] long): k = the number of cumulative shares <= u."""
+        u = 0.5 * (1 + torch.erf(z[:, 0].float() / math.sqrt(2)))  # in [0, 1]; float32 (ONNX has no float64 erf)
+        edges = torch.cumsum(self.prior, 0)[:-1].float()  # [K - 1] inner boundaries
+        k = (u.unsqueeze(1) >= edges.unsqueeze(0)).sum(1)
+        return u, k.clamp(max=self.k - 1)
+
+    def cluster_of(self, z: torch.Tensor) -> torch.Tensor:
+        """The cluster [N] (long) that latents z [N, z_dim] ask for."""
+        return self._bucket(z)[1]
+
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        u, k = self._bucket(z)
+        share = self.prior.float()
+        low = torch.cumsum(share, 0)[k] - share[k]  # where k's interval starts
+        v = ((u - low) / share[k].clamp_min(1e-12)).clamp(0, 1)  # uniform within the interval
+        z0 = ((v - 0.5) * math.sqrt(12)).to(z.dtype).unsqueeze(1)
+        return self.G(torch.cat([z0, z[:, 1:]], dim=1), k if c is None else c)
 
 
 class PackedD(nn.Module):
