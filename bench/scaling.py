@@ -11,7 +11,8 @@ The arms run REPS times, each repetition starting with the next arm (no fixed or
 sum their gradients through shared memory (ganforge's default on one machine); `--gloo-too` adds N-process
 runs that use gloo's TCP all-reduce instead (GANFORGE_SHM_ALLREDUCE=0), `--gloo-barrier-too` N-process runs
 whose shared-memory sum waits at gloo's all-reduce instead of polling the file (GANFORGE_SHM_BARRIER=gloo;
-the barrier before the polling one, and still the one on non-x86 CPUs). `--independent-too` adds N
+the barrier before the polling one, and still the one on non-x86 CPUs), `--pinned-too` N-process runs
+whose ranks are each bound to their own cores (GANFORGE_PIN_CORES=1; by default the OS places them). `--independent-too` adds N
 single-process trainings run at the same time, each on its own (no communication at all): their summed
 img/s over N x img/s(1) is what sharing the machine's cores, caches and memory bandwidth alone leaves,
 the ceiling for the N-process run. Needs the real data (GANFORGE_DATA). Writes bench/results/scaling.json.
@@ -77,6 +78,8 @@ def main() -> int:
     parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
     parser.add_argument("--gloo-barrier-too", action="store_true",
                         help="also N processes whose shared-memory sum uses gloo's all-reduce as its barrier")
+    parser.add_argument("--pinned-too", action="store_true",
+                        help="also N processes each bound to its own cores (GANFORGE_PIN_CORES=1)")
     parser.add_argument("--independent-too", action="store_true",
                         help="also N independent 1-process trainings at once: the ceiling that sharing the machine sets")
     parser.add_argument("--out", default="bench/results/scaling.json")
@@ -89,10 +92,11 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            one, many, gloo, gloo_barrier, apart = [], [], [], [], []
+            one, many, gloo, gloo_barrier, pinned, apart = [], [], [], [], [], []
             arms = [(one, 1, {}, 1), (many, args.nproc, {}, 1)]
             arms += [(gloo, args.nproc, {"GANFORGE_SHM_ALLREDUCE": "0"}, 1)] if args.gloo_too else []
             arms += [(gloo_barrier, args.nproc, {"GANFORGE_SHM_BARRIER": "gloo"}, 1)] if args.gloo_barrier_too else []
+            arms += [(pinned, args.nproc, {"GANFORGE_PIN_CORES": "1"}, 1)] if args.pinned_too else []
             arms += [(apart, 1, {}, args.nproc)] if args.independent_too else []
             for rep in range(args.reps):
                 for i in range(len(arms)):  # each repetition starts with the next arm: no arm always runs first
@@ -106,6 +110,7 @@ def main() -> int:
                     f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
             extra = (("gloo", gloo, "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
                      ("gloo_barrier", gloo_barrier, "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),
+                     ("pinned", pinned, "bound to cores {:.0f} img/s -> {:.1f}%"),
                      ("independent", apart, f"{args.nproc} independent 1-process runs at once {{:.0f}} img/s in all "
                                             "-> {:.1f}% (the machine's own ceiling)"))  # fmt: skip
             for arm, runs, says in extra:  # the optional arms, when run
@@ -120,6 +125,7 @@ def main() -> int:
            "torch": torch.__version__, "ganforge": __version__, "threads_per_process": 1,
            "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else "")
                       + (" (and the sum with gloo's barrier: *_gloo_barrier)" if args.gloo_barrier_too else "")
+                      + (" (and ranks bound to their own cores: *_pinned)" if args.pinned_too else "")
                       + (" (and independent 1-process runs at once: *_independent)" if args.independent_too else ""),
            "steps": args.steps, "reps": args.reps, "results": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
