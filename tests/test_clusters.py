@@ -71,6 +71,7 @@ def test_cluster_prior_picks_clusters_with_their_shares_and_leaves_unit_noise():
     given = torch.zeros(len(z), dtype=torch.long)
     G(z, given)
     assert torch.equal(seen["c"], given)  # a caller's cluster is used as given
+    assert G.prior.dtype == torch.float32  # MPS has no float64
     with pytest.raises(ValueError, match="3 non-negative shares summing to 1"):
         G.set_prior(torch.tensor([0.5, 0.6, -0.1]))
 
@@ -79,9 +80,18 @@ def test_clusters_refuse_what_they_cannot_combine_with():
     for bad, match in (({"model": {"clusters": 1}}, "1 cluster is the unconditional model"),
                        ({"model": {"clusters": 8, "conditional": True}}, "does not combine with model.conditional"),
                        ({"model": {"clusters": 8, "latent_codes": 4}}, "does not combine with model.latent_codes"),
+                       ({"model": {"clusters": 8, "pack": 2}}, "does not combine with model.pack"),
+                       ({"model": {"clusters": 8}, "loss": {"name": "elbo"}}, "does not combine with an elbo loss"),
                        ({"model": {"clusters": 8, "name": "dcgan28"}}, "dcgan28 has no conditional variant")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             build_config(overrides=bad)
+
+
+def test_more_clusters_than_images_are_refused_before_training(tmp_path, isolated_env):
+    overrides = tiny(tmp_path)
+    overrides["model"]["clusters"] = 65  # the tiny set holds 64 images
+    with pytest.raises(ConfigError, match="65 clusters of 64 images"):
+        train(build_config(overrides=overrides), progress=False)
 
 
 def test_a_self_conditioned_run_trains_resumes_exactly_and_samples_unconditionally(tmp_path, isolated_env,
@@ -95,10 +105,14 @@ def test_a_self_conditioned_run_trains_resumes_exactly_and_samples_unconditional
     train(resume=run_b, overrides={"train": {"steps": 8}}, progress=False)
     a = load_checkpoint(run_a / "checkpoints" / "final.pt")
     b = load_checkpoint(run_b / "checkpoints" / "final.pt")
-    for key in a["G"]:
-        assert torch.equal(a["G"][key], b["G"][key]), key
+    for net in ("G", "D"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+    assert torch.equal(a["cluster_labels"], b["cluster_labels"]) and a["cluster_labels"].shape == (64,)
     prior = a["G"]["prior"]
-    assert prior.shape == (4,) and abs(float(prior.sum()) - 1) < 1e-9 and not torch.allclose(prior, prior.mean())
+    assert prior.shape == (4,) and abs(float(prior.sum()) - 1) < 1e-6 and not torch.allclose(prior, prior.mean())
+    shares = torch.bincount(a["cluster_labels"].long(), minlength=4).float() / 64
+    assert torch.allclose(prior, shares)
     assert "embed" in " ".join(a["D"])  # D judges with the cluster (projection)
     gen = load(run_a)
     assert gen.num_classes is None  # to every command it is an unconditional generator
@@ -106,12 +120,16 @@ def test_a_self_conditioned_run_trains_resumes_exactly_and_samples_unconditional
     assert images.shape == (16, 1, 28, 28) and images.dtype == torch.uint8
     with pytest.raises(ValueError, match="unconditional"):
         gen.sample(4, classes=1)
-    # clusters that come out differently at a resume (another machine's k-means) are refused, not mixed
+    # truncation leaves the cluster-picking coordinate alone: every cluster is still drawn
+    z = gen.latents(4000, seed=1, truncation=0.5)
+    assert z[:, 1:].abs().max() <= 0.5 and z[:, 0].abs().max() > 2
+    assert len(gen.G.cluster_of(z).unique()) == 4
+    # a resume conditions on the clusters saved with the run: no k-means again (another machine's could differ)
     import ganforge.clusters
 
-    real = ganforge.clusters.kmeans
-    shifted = lambda *a, **k: (lambda c: type(c)((c.labels + 1) % 4, c.centers, c.inertia, c.iterations,  # noqa: E731
-                                                    c.seconds))(real(*a, **k))  # fmt: skip
-    monkeypatch.setattr(ganforge.clusters, "kmeans", shifted)
-    with pytest.raises(ConfigError, match="k-means clusters of the data came out differently"):
-        train(resume=run_b, overrides={"train": {"steps": 10}}, progress=False)
+    def refuse(*args, **kwargs):
+        raise AssertionError("k-means ran again at a resume")
+
+    monkeypatch.setattr(ganforge.clusters, "kmeans", refuse)
+    train(resume=run_b, overrides={"train": {"steps": 10}}, progress=False)
+    assert torch.equal(load_checkpoint(run_b / "checkpoints" / "final.pt")["cluster_labels"], b["cluster_labels"])

@@ -306,10 +306,11 @@ def test_each_cpu_rank_can_be_bound_to_its_own_cores_when_its_threads_fit(monkey
     assert pin_cores(1, 2) == [6, 7] and pin_cores(3, 4) == [7] and bound == [[6, 7], [7]]
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {7}, raising=False)  # now bound
     assert spin_barrier(4)  # the decision counts the job's 4 cores, not the one this rank is bound to
+    assert pin_cores(1, 2) == [6, 7]  # a second call slices the job's cores again, not this rank's slice
     monkeypatch.setattr(distributed, "_job_cores", None)
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {4, 5, 6, 7}, raising=False)
     monkeypatch.setattr(distributed.torch, "get_num_threads", lambda: 3)
     assert pin_cores(0, 2) is None  # 3 threads do not fit on 2 cores: the OS shares them
     monkeypatch.setattr(distributed.torch, "get_num_threads", lambda: 1)
     monkeypatch.delenv("GANFORGE_PIN_CORES")  # off by default
-    assert pin_cores(0, 2) is None and len(bound) == 2
+    assert pin_cores(0, 2) is None and len(bound) == 3

@@ -23,7 +23,7 @@ SIDE = 16  # images are clustered at about this size: pooled by the smallest int
 @dataclass(frozen=True)
 class Clustering:
     labels: torch.Tensor  # [N] int64, cluster of each image
-    centers: torch.Tensor  # [K, D] float32, in [0, 1] pixel units, of the pooled images (see pooled)
+    centers: torch.Tensor  # [K, D] float32, of the pooled images (see pooled); uint8 images in [0, 1] units
     inertia: float  # mean squared distance of an image to its center (per image, summed over pixels)
     iterations: int
     seconds: float

@@ -523,8 +523,9 @@ def validate(cfg: Config) -> None:
                                      ("model.latent_codes", cfg.model.latent_codes),
                                      ("an elbo loss (VAE)", cfg.loss.name == ELBO)) if on]  # fmt: skip
         if clash:
+            hint = " (set model.conditional=false: clusters replace the labels)" if cfg.model.conditional else ""
             raise ConfigError(f"model.clusters: self-conditioning on clusters does not combine with {clash[0]}; "
-                              "use one of them.")  # fmt: skip
+                              f"use one of them{hint}.")  # fmt: skip
         if cfg.model.name in MODELS and not MODELS[cfg.model.name].conditional:
             choices = [n for n, spec in MODELS.items() if spec.conditional]
             raise ConfigError(
@@ -670,10 +671,12 @@ def resolve(
     if cfg.model.clusters > n_images:
         raise ConfigError(
             f"model.clusters: {cfg.model.clusters} clusters of {n_images} images in '{dataset_name}' leave some "
-            f"empty; use at most {n_images} (a few per hundred images is typical)."
+            f"empty; use at most {n_images} (10 is a good start: more clusters narrow the variety within each)."
         )
     if cfg.model.name in MODELS and cfg.model.clusters and not MODELS[cfg.model.name].conditional:
-        raise ConfigError(f"model.clusters: {cfg.model.name} has no conditional variant to condition on clusters.")
+        choices = ", ".join(n for n, spec in MODELS.items() if spec.conditional and spec.resolution == resolution)
+        raise ConfigError(f"model.clusters: {cfg.model.name} has no conditional variant to condition on clusters"
+                          + (f"; use {choices}." if choices else "; no model for this data has one."))
     if cfg.train.batch_size * cfg.train.n_critic > n_images:
         raise ConfigError(
             f"train.batch_size x train.n_critic = {cfg.train.batch_size * cfg.train.n_critic} real images per step, "

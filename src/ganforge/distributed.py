@@ -36,7 +36,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 VOTE_EVERY = 8  # steps between the ranks' votes on stopping (a signal, the clock, a NaN loss)
 SPIN_TIMEOUT = 1800.0  # seconds SharedMemorySum's polling barrier waits for a rank (gloo's default timeout)
-_job_cores: int | None = None  # cores this process could use before pin_cores bound it to its slice
+_job_cores: list[int] | None = None  # the cores this process could use before pin_cores bound it to its slice
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,10 @@ def spin_barrier(world: int) -> bool:
     then take turns from the rank it waits for; `--nproc N` gives each rank cores / N threads). Elsewhere
     gloo's all-reduce: weaker memory orders need fences that Python cannot issue. Rank 0 decides for all."""
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    cores = _job_cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if _job_cores:
+        cores = len(_job_cores)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     fits = world * torch.get_num_threads() <= cores
     return x86 and fits and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
 
@@ -340,25 +343,27 @@ def init_distributed(device: torch.device) -> Dist:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
+    else:  # before gloo starts its threads, so that they are bound too
+        pin_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
     one_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
     shm_allowed = one_machine and os.environ.get("GANFORGE_SHM_ALLREDUCE", "1") != "0"
-    if backend == "gloo":
-        pin_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     return Dist(rank, world, local_rank, backend, one_machine, shm_allowed)
 
 
 def pin_cores(local_rank: int, local_world: int) -> list[int] | None:
-    """With GANFORGE_PIN_CORES=1, bind this CPU process to its own slice of the cores it may run on: local
+    """With GANFORGE_PIN_CORES=1, bind this CPU process (the threads it starts from now on: call it before
+    gloo and torch start theirs) to its own slice of the cores the job may run on: local
     rank r of n takes the r-th of n equal slices of the sorted affinity set, when every rank's torch threads
     fit on a slice of their own. Off by default: on the 2-core VM of docs/benchmarks.md it changed nothing
     measurable (87-90 % efficiency either way). Returns the cores bound, or None."""
     if os.environ.get("GANFORGE_PIN_CORES", "0") != "1" or not hasattr(os, "sched_setaffinity"):
         return None
     global _job_cores
-    cores = sorted(os.sched_getaffinity(0))
-    _job_cores = _job_cores or len(cores)  # the whole job's, for spin_barrier after this process is bound
+    if _job_cores is None:  # the whole job's set, kept: for spin_barrier, and for a second call after binding
+        _job_cores = sorted(os.sched_getaffinity(0))
+    cores = _job_cores
     share = len(cores) // max(1, local_world)
     if share < torch.get_num_threads() or local_rank >= local_world:
         return None  # the ranks' threads would not fit apart: let the OS share the cores

@@ -118,7 +118,8 @@ class TrainedGenerator:
         """Latents [n, z_dim] ~ N(0, I), drawn on the CPU. With `truncation` t, BigGAN's truncation
         trick (Brock et al. 2019, sec. 3.1): every entry with |z| > t is redrawn until none is left,
         trading variety for fidelity (smaller t: more typical, less varied images). With latent codes
-        (model.latent_codes) the first coordinate, which picks the code, is left untruncated."""
+        (model.latent_codes) or clusters (model.clusters) the first coordinate, which picks the code or the
+        cluster, is left untruncated: truncating it would drop the outer codes or clusters altogether."""
         if truncation is not None and not truncation > 0:
             raise ValueError(f"truncation must be a positive threshold (e.g. 0.5 to 2), got {truncation}.")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -130,7 +131,8 @@ class TrainedGenerator:
         low = torch.special.ndtr(-t)
         u = torch.rand(n, self.z_dim, generator=gen, dtype=torch.float64)
         z = torch.special.ndtri(low + u * (1 - 2 * low)).clamp(-t, t).float()
-        if self.config["model"].get("latent_codes", 0) > 1:  # z's first coordinate picks the latent code:
+        model = self.config["model"]
+        if model.get("latent_codes", 0) > 1 or model.get("clusters", 0) > 1:  # z_0 picks the code or cluster:
             z[:, 0] = torch.special.ndtri(u[:, 0]).float()  # untruncated, or the outer codes (modes) vanish
         return z
 

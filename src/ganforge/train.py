@@ -715,7 +715,9 @@ def _train(
         clusters=m.clusters,
     )
     cluster_labels, cluster_seconds = None, 0.0
-    if m.clusters:  # the same clusters on every rank and at every resume: rank 0 computes, all receive
+    if m.clusters and ckpt is not None:  # a resume: the clusters the run was trained with, from its checkpoint
+        cluster_labels = ckpt["cluster_labels"].long()
+    elif m.clusters:  # the same clusters on every rank: rank 0 computes, all receive
         from ganforge.clusters import kmeans
 
         found = None
@@ -725,13 +727,8 @@ def _train(
                 f"({found.iterations} rounds; shares {float(found.prior.min()):.4f}-{float(found.prior.max()):.4f})")
         cluster_labels = dist.broadcast(found.labels if found is not None else None)
         cluster_seconds = float(dist.broadcast(found.seconds if found is not None else None))
-        prior = torch.bincount(cluster_labels, minlength=m.clusters).double() / len(cluster_labels)
-        if ckpt is not None and not torch.allclose(ckpt["G"]["prior"].cpu(), prior):
-            raise ConfigError(
-                f"cannot resume '{run_dir}': the k-means clusters of the data came out differently from the "
-                "ones the run was trained with (another machine or thread count?); resume where it was started."
-            )
-        G.set_prior(prior)
+    if cluster_labels is not None:
+        G.set_prior(torch.bincount(cluster_labels, minlength=m.clusters).double() / len(cluster_labels))
     precision = Precision(resolve_precision(t.precision, device, points=MODELS[m.name].resolution == 0), device)
     if t.update == "simultaneous" and precision.scaler is not None:
         raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")
@@ -841,6 +838,9 @@ def _train(
             "rng": rng,
             "config": cfg.to_dict(),
             "dataset": {"name": ds.name, "n": n, "source": ds.source},
+            # model.clusters: each image's cluster, so that a resume conditions on the very same ones
+            **({"cluster_labels": cluster_labels.to(torch.int16 if m.clusters < 2**15 else torch.int32)}
+               if cluster_labels is not None else {}),  # fmt: skip
             "best_eval": best,
             "rollbacks": rollbacks,
             "train_seconds": None if clock_base is None else clock_base + time.perf_counter() - clock_start,

@@ -143,19 +143,19 @@ class ClusterPrior(nn.Module):
     def __init__(self, G: nn.Module, k: int):
         super().__init__()
         self.G, self.k = G, k
-        self.register_buffer("prior", torch.full((k,), 1.0 / k, dtype=torch.float64))
+        self.register_buffer("prior", torch.full((k,), 1.0 / k))  # float32: MPS has no float64
 
     def set_prior(self, prior: torch.Tensor) -> None:
         """The clusters' shares [K] (non-negative, summing to 1) in the training data."""
         prior = torch.as_tensor(prior, dtype=torch.float64).flatten()
         if prior.numel() != self.k or bool((prior < 0).any()) or abs(float(prior.sum()) - 1) > 1e-6:
             raise ValueError(f"a cluster prior must be {self.k} non-negative shares summing to 1.")
-        self.prior.copy_(prior)
+        self.prior.copy_(prior.to(self.prior.dtype))
 
     def _bucket(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u = Phi(z_0) [N], cluster index [N] long): k = the number of cumulative shares <= u."""
         u = 0.5 * (1 + torch.erf(z[:, 0].float() / math.sqrt(2)))  # in [0, 1]; float32 (ONNX has no float64 erf)
-        edges = torch.cumsum(self.prior, 0)[:-1].float()  # [K - 1] inner boundaries
+        edges = torch.cumsum(self.prior.float(), 0)[:-1]  # [K - 1] inner boundaries
         k = (u.unsqueeze(1) >= edges.unsqueeze(0)).sum(1)
         return u, k.clamp(max=self.k - 1)
 
