@@ -31,8 +31,12 @@ class Clustering:
     @property
     def prior(self) -> torch.Tensor:
         """[K] float64: the share of the images in each cluster."""
-        k = self.centers.shape[0]
-        return torch.bincount(self.labels, minlength=k).double() / len(self.labels)
+        return shares(self.labels, self.centers.shape[0])
+
+
+def shares(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """[k] float64: the share of `labels` [N] (cluster indices) in each of k clusters."""
+    return torch.bincount(labels.long(), minlength=k).double() / len(labels)
 
 
 def _flat(images: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -410,6 +410,18 @@ def build_config(
 # Validation: impossible values fail here, before any data is read.
 
 
+def _refuse_unconditional_model(name: str, key: str, says: str, resolution: Optional[int] = None) -> None:
+    """ConfigError when model `name` has no conditional variant, naming the ones that do (of that
+    `resolution` when given); nothing for a name that is not a model (`auto` before resolve())."""
+    from ganforge.models import MODELS
+
+    if name not in MODELS or MODELS[name].conditional:
+        return
+    choices = [n for n, spec in MODELS.items() if spec.conditional and resolution in (None, spec.resolution)]
+    raise ConfigError(f"{key}: {name} {says}; "
+                      + (f"use one of {', '.join(choices)}." if choices else "no model for this data has one."))  # fmt: skip
+
+
 def validate(cfg: Config) -> None:
     from ganforge.data import DATASETS
     from ganforge.losses import LOSSES
@@ -504,11 +516,8 @@ def validate(cfg: Config) -> None:
             "model.pack: PacGAN packing mixes samples of different classes, so it does not combine with "
             "model.conditional; use one of them."
         )
-    if cfg.model.conditional and cfg.model.name in MODELS and not MODELS[cfg.model.name].conditional:
-        choices = [n for n, spec in MODELS.items() if spec.conditional]
-        raise ConfigError(
-            f"model.conditional: {cfg.model.name} has no class-conditional variant; use one of {', '.join(choices)}."
-        )
+    if cfg.model.conditional:
+        _refuse_unconditional_model(cfg.model.name, "model.conditional", "has no class-conditional variant")
     positive("model.num_classes", cfg.model.num_classes)
     positive("model.latent_codes", cfg.model.latent_codes, allow_zero=True)
     if cfg.model.latent_codes == 1:
@@ -526,12 +535,7 @@ def validate(cfg: Config) -> None:
             hint = " (set model.conditional=false: clusters replace the labels)" if cfg.model.conditional else ""
             raise ConfigError(f"model.clusters: self-conditioning on clusters does not combine with {clash[0]}; "
                               f"use one of them{hint}.")  # fmt: skip
-        if cfg.model.name in MODELS and not MODELS[cfg.model.name].conditional:
-            choices = [n for n, spec in MODELS.items() if spec.conditional]
-            raise ConfigError(
-                f"model.clusters: {cfg.model.name} has no conditional variant to condition on clusters; use one "
-                f"of {', '.join(choices)}."
-            )
+        _refuse_unconditional_model(cfg.model.name, "model.clusters", "has no conditional variant to condition on clusters")
     mon = cfg.monitor
     positive("monitor.every", mon.every)
     positive("monitor.n", mon.n)
@@ -650,7 +654,7 @@ def resolve(
 
     `points`: the data are vectors [N, channels] (2D toy data), not images.
     """
-    from ganforge.models import MODELS, model_for_resolution
+    from ganforge.models import model_for_resolution
 
     resolution = 0 if points else planned_resolution(cfg)
     cfg = from_dict(cfg.to_dict())  # a deep copy
@@ -673,10 +677,9 @@ def resolve(
             f"model.clusters: {cfg.model.clusters} clusters of {n_images} images in '{dataset_name}' leave some "
             f"empty; use at most {n_images} (10 is a good start: more clusters narrow the variety within each)."
         )
-    if cfg.model.name in MODELS and cfg.model.clusters and not MODELS[cfg.model.name].conditional:
-        choices = ", ".join(n for n, spec in MODELS.items() if spec.conditional and spec.resolution == resolution)
-        raise ConfigError(f"model.clusters: {cfg.model.name} has no conditional variant to condition on clusters"
-                          + (f"; use {choices}." if choices else "; no model for this data has one."))
+    if cfg.model.clusters:  # model.name=auto is known only now
+        _refuse_unconditional_model(cfg.model.name, "model.clusters", "has no conditional variant to condition on "
+                                    "clusters", resolution)  # fmt: skip
     if cfg.train.batch_size * cfg.train.n_critic > n_images:
         raise ConfigError(
             f"train.batch_size x train.n_critic = {cfg.train.batch_size * cfg.train.n_critic} real images per step, "

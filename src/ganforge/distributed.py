@@ -317,11 +317,7 @@ def spin_barrier(world: int) -> bool:
     then take turns from the rank it waits for; `--nproc N` gives each rank cores / N threads). Elsewhere
     gloo's all-reduce: weaker memory orders need fences that Python cannot issue. Rank 0 decides for all."""
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    if _job_cores:
-        cores = len(_job_cores)
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    fits = world * torch.get_num_threads() <= cores
+    fits = world * torch.get_num_threads() <= len(job_cores())
     return x86 and fits and os.environ.get("GANFORGE_SHM_BARRIER", "spin") != "gloo"
 
 
@@ -352,6 +348,16 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(rank, world, local_rank, backend, one_machine, shm_allowed)
 
 
+def job_cores() -> list[int]:
+    """The cores this job may run on: those this process could use before pin_cores bound it, else its
+    affinity set (all cores where the OS has none)."""
+    if _job_cores is not None:
+        return _job_cores
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def pin_cores(local_rank: int, local_world: int) -> list[int] | None:
     """With GANFORGE_PIN_CORES=1, bind this CPU process (the threads it starts from now on: call it before
     gloo and torch start theirs) to its own slice of the cores the job may run on: local
@@ -361,9 +367,7 @@ def pin_cores(local_rank: int, local_world: int) -> list[int] | None:
     if os.environ.get("GANFORGE_PIN_CORES", "0") != "1" or not hasattr(os, "sched_setaffinity"):
         return None
     global _job_cores
-    if _job_cores is None:  # the whole job's set, kept: for spin_barrier, and for a second call after binding
-        _job_cores = sorted(os.sched_getaffinity(0))
-    cores = _job_cores
+    cores = _job_cores = job_cores()  # kept: for spin_barrier, and for a second call after binding
     share = len(cores) // max(1, local_world)
     if share < torch.get_num_threads() or local_rank >= local_world:
         return None  # the ranks' threads would not fit apart: let the OS share the cores

@@ -728,7 +728,9 @@ def _train(
         cluster_labels = dist.broadcast(found.labels if found is not None else None)
         cluster_seconds = float(dist.broadcast(found.seconds if found is not None else None))
     if cluster_labels is not None:
-        G.set_prior(torch.bincount(cluster_labels, minlength=m.clusters).double() / len(cluster_labels))
+        from ganforge.clusters import shares
+
+        G.set_prior(shares(cluster_labels, m.clusters))
     precision = Precision(resolve_precision(t.precision, device, points=MODELS[m.name].resolution == 0), device)
     if t.update == "simultaneous" and precision.scaler is not None:
         raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")

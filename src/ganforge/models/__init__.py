@@ -152,22 +152,22 @@ class ClusterPrior(nn.Module):
             raise ValueError(f"a cluster prior must be {self.k} non-negative shares summing to 1.")
         self.prior.copy_(prior.to(self.prior.dtype))
 
-    def _bucket(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u = Phi(z_0) [N], cluster index [N] long): k = the number of cumulative shares <= u."""
+    def _bucket(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(u = Phi(z_0) [N], cluster index k [N] long = the number of cumulative shares <= u, where k's
+        interval starts [N], its width [N])."""
         u = 0.5 * (1 + torch.erf(z[:, 0].float() / math.sqrt(2)))  # in [0, 1]; float32 (ONNX has no float64 erf)
-        edges = torch.cumsum(self.prior.float(), 0)[:-1]  # [K - 1] inner boundaries
-        k = (u.unsqueeze(1) >= edges.unsqueeze(0)).sum(1)
-        return u, k.clamp(max=self.k - 1)
+        share = self.prior.float()
+        ends = torch.cumsum(share, 0)  # [K] where each interval ends
+        k = (u.unsqueeze(1) >= ends[:-1].unsqueeze(0)).sum(1).clamp(max=self.k - 1)
+        return u, k, ends[k] - share[k], share[k]
 
     def cluster_of(self, z: torch.Tensor) -> torch.Tensor:
         """The cluster [N] (long) that latents z [N, z_dim] ask for."""
         return self._bucket(z)[1]
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        u, k = self._bucket(z)
-        share = self.prior.float()
-        low = torch.cumsum(share, 0)[k] - share[k]  # where k's interval starts
-        v = ((u - low) / share[k].clamp_min(1e-12)).clamp(0, 1)  # uniform within the interval
+        u, k, low, width = self._bucket(z)
+        v = ((u - low) / width.clamp_min(1e-12)).clamp(0, 1)  # uniform within the interval
         z0 = ((v - 0.5) * math.sqrt(12)).to(z.dtype).unsqueeze(1)
         return self.G(torch.cat([z0, z[:, 1:]], dim=1), k if c is None else c)
 
