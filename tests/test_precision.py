@@ -59,3 +59,21 @@ def test_compiled_training_writes_plain_checkpoints(tmp_path, isolated_env):
     ckpt = load_checkpoint(run / "checkpoints" / "final.pt")
     assert not any("_orig_mod" in key for key in [*ckpt["G"], *ckpt["D"]])  # the modules' own names
     assert ganforge.load(run).sample(2, seed=0).shape == (2, 1, 28, 28)
+
+
+def test_cuda_speedups_sets_tf32_and_autotuner():
+    """train.tf32 and cuDNN's autotuner, as `ganforge train` sets them on a CUDA device (the flags are
+    process-wide and settable without a GPU)."""
+    from ganforge.train import cuda_speedups
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        cuda_speedups(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
+        cuda_speedups(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved  # fmt: skip

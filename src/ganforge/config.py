@@ -170,6 +170,10 @@ class TrainConfig:
     # fp32 (measured on a 2-core CPU: bf16 1.4-2x the img/s of fp32, the same FID at equal steps).
     # Models and batches use the channels_last (NHWC) memory layout, except in fp32 on GPUs.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    # On CUDA GPUs: let fp32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa inputs,
+    # fp32 accumulation; Ampere and newer). False keeps full-fp32 arithmetic. cuDNN's autotuner
+    # (cudnn.benchmark) is always on there: the shapes of a GAN's steps do not change.
+    tf32: bool = True
     # torch.compile G and D for the training steps (checkpoints, sampling and evaluation use the plain
     # modules). Costs compile time at start (and when a mode changes); see docs/benchmarks.md for when
     # it pays.

@@ -97,6 +97,14 @@ def resolve_precision(name: str, device: torch.device, points: bool = False) -> 
     return name
 
 
+def cuda_speedups(tf32: bool) -> None:
+    """The CUDA backend settings of the training steps: TF32 tensor cores for fp32 matmuls and
+    convolutions (train.tf32), and cuDNN's autotuner, which pays for fixed shapes. Process-wide."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
 class Precision:
     """Mixed precision of the training steps: autocast for the forward passes, fp32 losses, and loss
     scaling for fp16 (a GradScaler, whose state is checkpointed)."""
@@ -732,6 +740,8 @@ def _train(
 
         G.set_prior(shares(cluster_labels, m.clusters))
     precision = Precision(resolve_precision(t.precision, device, points=MODELS[m.name].resolution == 0), device)
+    if device.type == "cuda":
+        cuda_speedups(t.tf32)
     if t.update == "simultaneous" and precision.scaler is not None:
         raise ConfigError("train.update: the simultaneous update has no fp16 loss scaling; use bf16 or fp32.")
     G = G.to(device, memory_format=precision.memory_format)
