@@ -21,6 +21,14 @@ def test_precision_is_resolved_for_the_device():
         build_config(overrides={"train": {"precision": "fp8"}})
 
 
+@pytest.mark.parametrize("capability, expected", [((9, 0), "fp32"), ((8, 0), "fp32"), ((7, 5), "fp16")])
+def test_auto_precision_on_cuda_follows_the_capability(monkeypatch, capability, expected):
+    """auto on a GPU: fp32 (run as TF32) from Ampere on, fp16 with loss scaling before (no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+    assert resolve_precision("bf16", torch.device("cuda")) == "bf16"  # an explicit choice is kept
+
+
 def test_bf16_step_computes_in_bf16_and_keeps_fp32_weights():
     from ganforge.losses import LOSSES
     from ganforge.models import build_models

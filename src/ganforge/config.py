@@ -165,9 +165,11 @@ class TrainConfig:
     # auto picks cuda, then mps, then cpu.
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # Arithmetic of the forward passes (weights, gradients' accumulation and Adam stay fp32):
-    # fp32; bf16 autocast (fast on CPUs with AVX512-BF16/AMX and on recent GPUs); fp16 autocast with
-    # loss scaling (CUDA only); auto = bf16 where the hardware has it, else fp16 on older GPUs, else
-    # fp32 (measured on a 2-core CPU: bf16 1.4-2x the img/s of fp32, the same FID at equal steps).
+    # fp32; bf16 autocast (fast on CPUs with AVX512-BF16/AMX, and on GPUs for large nets and batches);
+    # fp16 autocast with loss scaling (CUDA only). auto = bf16 on CPUs that have it (measured on a
+    # 2-core CPU: 1.4-2x the img/s of fp32, the same FID at equal steps), else fp32; on GPUs fp32 with
+    # TF32 tensor cores on Ampere and newer (on an H200 bf16 was slower for these small nets at their
+    # batch sizes, faster only for resnet32 at batch >= 256: docs/benchmarks.md), fp16 on older GPUs.
     # Models and batches use the channels_last (NHWC) memory layout, except in fp32 on GPUs.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     # On CUDA GPUs: let fp32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa inputs,

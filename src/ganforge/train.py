@@ -84,10 +84,14 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(name: str, device: torch.device, points: bool = False) -> str:
     """train.precision -> fp32, bf16 or fp16 for this device (auto picks what the hardware does fast).
     `points`: an MLP on 2D points, whose small matmuls gain nothing from bf16 on a CPU and lose its
-    casts (grid25 preset, 1,000 steps on 2 cores: 45 s in bf16, 38 s in fp32), so auto keeps fp32 there."""
+    casts (grid25 preset, 1,000 steps on 2 cores: 45 s in bf16, 38 s in fp32), so auto keeps fp32 there.
+    On CUDA GPUs with TF32 tensor cores (compute capability 8.0 and newer) auto is fp32, which runs on
+    them as TF32 (train.tf32): on an H200 the presets' nets at their batch sizes ran 11-25 % faster so
+    than in bf16 autocast, whose casts and layout changes cost more than they save on kernels this
+    small; bf16 paid only for resnet32 at batch 256 and more (1.5x; docs/benchmarks.md). Older GPUs: fp16."""
     if name == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "fp32" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() and not points else "fp32"
     if name == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision: fp16 autocast is for GPUs; on a CPU use bf16 (or auto).")
