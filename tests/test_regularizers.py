@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -100,3 +102,67 @@ def test_mode_seeking_loss_by_hand_and_its_gradient_spreads_the_outputs():
     assert loss.item() == pytest.approx(1 / (0.25 + 1e-5))
     loss.backward()
     assert (f2.grad < 0).all()  # descending the loss moves G(z2) away from G(z1)
+
+
+def test_topk_schedule_decays_per_epoch_to_its_floor():
+    from ganforge.train import topk_keep
+
+    assert topk_keep(64, 0.0, 1.0, 0.99) is None  # reg.topk = 1: off
+    assert topk_keep(64, 0.0, 0.5, 0.99) == 64  # k starts at the whole batch
+    assert topk_keep(64, 10.0, 0.25, 0.9) == math.ceil(64 * 0.9**10) == 23  # 0.9 ** 10 = 0.349, above the floor
+    assert topk_keep(64, 10.0, 0.5, 0.9) == 32  # the floor holds once gamma ** epoch falls below it
+    assert topk_keep(3, 100.0, 0.1, 0.5) == 1  # at least one fake
+
+
+def test_g_step_with_topk_trains_on_the_fakes_d_rates_most_real():
+    """The loss is the G loss of the k highest logits, and the dropped fakes get no gradient."""
+    from ganforge.losses import LOSSES
+    from ganforge.train import g_step
+
+    class D(Linear):  # D(x, c) as the training steps call it
+        def forward(self, x, c=None):
+            return super().forward(x)
+
+    D = D(torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 2, 2))  # logit = the first pixel
+    G = torch.nn.Identity()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    fakes = torch.tensor([0.5, -2.0, 3.0, 1.0]).view(4, 1, 1, 1).repeat(1, 1, 2, 2).requires_grad_(True)
+    loss = LOSSES["non-saturating"]
+    got = g_step(G, D, opt, loss, torch.zeros(4, 1), fake_img=fakes, keep=2)
+    assert got.item() == pytest.approx(loss.g_loss(torch.tensor([3.0, 1.0])).item())  # logits 3 and 1 kept
+    first_pixel_grad = fakes.grad.flatten(1)[:, 0]
+    assert first_pixel_grad[0] == 0 and first_pixel_grad[1] == 0  # logits 0.5 and -2: dropped
+    assert (first_pixel_grad[2:] < 0).all()  # the kept ones are pushed towards "real"
+    fakes.grad = None
+    full = g_step(G, D, opt, loss, torch.zeros(4, 1), fake_img=fakes, keep=4)  # keep = batch: the plain G step
+    assert full.item() == pytest.approx(loss.g_loss(torch.tensor([0.5, -2.0, 3.0, 1.0])).item())
+
+
+def test_topk_config_is_checked_and_a_run_trains_with_it(tmp_path, monkeypatch):
+    import importlib
+
+    from ganforge.config import ConfigError, build_config
+    from ganforge.train import train
+
+    train_mod = importlib.import_module("ganforge.train")  # the module; ganforge.train is the function
+    kept = []
+    real_g_step = train_mod.g_step
+
+    def g_step(*args, **kwargs):
+        kept.append(kwargs.get("keep"))
+        return real_g_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "g_step", g_step)
+
+    from .conftest import tiny
+
+    for bad in ({"topk": 0.0}, {"topk": 1.5}, {"topk_gamma": 0.0}):
+        with pytest.raises(ConfigError, match=r"reg\.topk(_gamma)?: must be in \(0, 1\]"):
+            build_config(overrides={"reg": bad})
+    with pytest.raises(ConfigError, match="reg.topk: top-k training selects the fakes of the G step"):
+        build_config(overrides={"reg": {"topk": 0.5}, "train": {"update": "simultaneous"}})
+    cfg = tiny(tmp_path, steps=6)
+    cfg["reg"] = {"topk": 0.5, "topk_gamma": 0.01}  # 64 images, batch 8: k reaches the floor within the run
+    run = train(build_config(overrides=cfg), progress=False)
+    assert (run / "checkpoints" / "final.pt").is_file()
+    assert kept == [8, 5, 4, 4, 4, 4]  # 8 * max(0.5, 0.01 ** (8 * step / 64))

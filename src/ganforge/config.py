@@ -118,6 +118,12 @@ class RegConfig:
     # DiffAugment policy (Zhao et al. 2020) for small datasets: a comma-separated subset of
     # color,translation,cutout applied to everything D sees; "" turns it off.
     diffaugment: str = ""
+    # Top-k training (Sinha et al. 2020): G's loss counts only the fraction k of each fake batch that D
+    # rates most real (the rest would pull G towards the nearest mode, which may be the wrong one). k
+    # starts at 1 and is multiplied by topk_gamma every epoch, down to this floor (the paper: 0.5 with
+    # gamma 0.99 per epoch); 1 turns it off. topk_gamma may be set lower for runs of few epochs.
+    topk: float = 1.0
+    topk_gamma: float = 0.99
 
 
 @dataclass
@@ -563,6 +569,13 @@ def validate(cfg: Config) -> None:
     positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
     positive("reg.r1_interval", cfg.reg.r1_interval)
     positive("reg.mode_seeking", cfg.reg.mode_seeking, allow_zero=True)
+    for key in ("topk", "topk_gamma"):
+        if not 0.0 < getattr(cfg.reg, key) <= 1.0:
+            raise ConfigError(f"reg.{key}: must be in (0, 1] (e.g. 0.5; 1 turns top-k training off), "
+                              f"got {getattr(cfg.reg, key)}.")  # fmt: skip
+    if cfg.reg.topk < 1.0 and cfg.train.update == "simultaneous":
+        raise ConfigError("reg.topk: top-k training selects the fakes of the G step of the alternating update; "
+                          "use train.update=alternating or set reg.topk=1.")  # fmt: skip
     if cfg.reg.mode_seeking and cfg.train.update == "simultaneous":
         raise ConfigError("reg.mode_seeking: the mode-seeking term is added in the G step of the alternating "
                           "update; use train.update=alternating or set reg.mode_seeking=0.")  # fmt: skip
@@ -623,6 +636,7 @@ def _validate_family(cfg: Config, family: str) -> None:
         "reg.r1_gamma": cfg.reg.r1_gamma != 0,
         "reg.diffaugment": bool(cfg.reg.diffaugment),
         "reg.mode_seeking": cfg.reg.mode_seeking != 0,
+        "reg.topk": cfg.reg.topk != 1.0,
         "model.spectral_norm": cfg.model.spectral_norm,
         "model.pack": cfg.model.pack != 1,
         "model.mbstd": cfg.model.mbstd,

@@ -159,6 +159,14 @@ def make_adam(module: nn.Module, lr: float, betas: tuple[float, float], device: 
     return torch.optim.Adam(module.parameters(), lr=lr, betas=betas, fused=device.type in ("cpu", "cuda"))
 
 
+def topk_keep(batch: int, epoch: float, floor: float, gamma: float) -> Optional[int]:
+    """Top-k training's k for a G batch of `batch` fakes after `epoch` (fractional) epochs: batch *
+    max(floor, gamma ** epoch), at least 1; None when nothing is dropped (reg.topk = 1)."""
+    if floor >= 1.0:
+        return None
+    return max(1, math.ceil(batch * max(floor, gamma**epoch)))
+
+
 def lr_scale(step: int, total_steps: int, schedule: str, start: float) -> float:
     """The learning-rate multiplier at `step` (0-based) of `total_steps` (optim.lr_decay, decay_start)."""
     if schedule == "none":
@@ -230,18 +238,22 @@ def g_step(
     fake_img: Optional[torch.Tensor] = None,
     mode_seeking: float = 0.0,
     z_pair: Optional[torch.Tensor] = None,
+    keep: Optional[int] = None,
 ) -> torch.Tensor:
     """One G update through a fresh D forward (D already updated), with D's parameters frozen, so no
     gradient is computed for them. `fake_img`: the D step's G(z, c) with its graph, reused (one G
     forward per step); else G(z, c) is made here. With `mode_seeking` > 0, G(z_pair, c) is made too
-    and the mode-seeking term of (z, z_pair) is added with that weight (reg.mode_seeking). Returns
-    g_loss (without that term)."""
+    and the mode-seeking term of (z, z_pair) is added with that weight (reg.mode_seeking). `keep`:
+    top-k training, the loss of the `keep` fakes with the highest logits only (reg.topk). Returns
+    g_loss (without the mode-seeking term)."""
     D.requires_grad_(False)
     with precision.autocast():
         if fake_img is None:
             fake_img = G(z, c)
         fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
         paired = G(z_pair, c) if mode_seeking and z_pair is not None else None
+    if keep is not None and keep < len(fake_logits):
+        fake_logits = fake_logits.topk(keep).values  # the others get no gradient
     g_loss = loss.g_loss(fake_logits)
     total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
     opt_G.zero_grad(set_to_none=True)
@@ -1094,8 +1106,9 @@ def _train(
                     else:
                         z_g = draw_z()
                         c_g = draw_c(z_g)
+                    keep = topk_keep(len(z_g) // m.pack, nimg / n, cfg.reg.topk, cfg.reg.topk_gamma)
                     g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision, fake_img=fakes,
-                                    mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g))  # fmt: skip
+                                    mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g), keep=keep)  # fmt: skip
                     del fakes
                 # D's (or the encoder's) gradients of this step: the G step computes none for D
                 d_norm = grad_norm(D) if log_now or check_now else None
