@@ -1,5 +1,7 @@
 """train.precision: bf16 autocast on CPU trains, resumes exactly, and keeps weights in fp32."""
 
+import json
+
 import pytest
 import torch
 
@@ -67,6 +69,46 @@ def test_compiled_training_writes_plain_checkpoints(tmp_path, isolated_env):
     ckpt = load_checkpoint(run / "checkpoints" / "final.pt")
     assert not any("_orig_mod" in key for key in [*ckpt["G"], *ckpt["D"]])  # the modules' own names
     assert ganforge.load(run).sample(2, seed=0).shape == (2, 1, 28, 28)
+
+
+class _BrokenCompiled(torch.nn.Module):
+    """What torch.compile returned for dcgan32 in bf16 on an H200 (torch 2.11): a module that fails in
+    PyTorch's own code. Shares the wrapped module's parameters, as a compiled module does."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        raise AssertionError("expected size 256==256, stride 16==1 at dim=1\nError in op: convolution_backward")
+
+
+def test_a_compile_that_fails_inside_pytorch_falls_back_to_the_plain_modules(tmp_path, isolated_env, monkeypatch,
+                                                                              capsys):  # fmt: skip
+    """One process: the step is redone without compiling, the run finishes, the event is logged and said."""
+    monkeypatch.setattr(torch, "compile", _BrokenCompiled)
+    run = train(build_config(overrides=tiny(tmp_path, steps=4, compile=True)), progress=False)
+    assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 4
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e.get("event") == "compile_failed"]
+    assert failed == [{"event": "compile_failed", "step": 0, "action": "eager",
+                       "error": "AssertionError: expected size 256==256, stride 16==1 at dim=1"}]  # fmt: skip
+    assert "the compiled step failed at step 0 (AssertionError: expected size" in capsys.readouterr().err
+
+
+def test_an_error_of_the_run_itself_is_not_hidden_by_the_compile_fallback(tmp_path, isolated_env, monkeypatch):
+    """The plain step fails as well: that error stops the run (the fallback does not loop or swallow it)."""
+    import importlib
+
+    train_mod = importlib.import_module("ganforge.train")  # the module; ganforge.train is the function
+
+    def broken_d_step(*args, **kwargs):
+        raise ValueError("a bug in the step")
+
+    monkeypatch.setattr(train_mod, "d_step", broken_d_step)
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    with pytest.raises(ValueError, match="a bug in the step"):
+        train(build_config(overrides=tiny(tmp_path, steps=2, compile=True)), progress=False)
 
 
 def test_cuda_speedups_sets_tf32_and_autotuner():

@@ -771,6 +771,7 @@ def _train(
         G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     # the modules the training steps call: compiled (sharing G's and D's parameters) with train.compile
     G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
+    compiled = t.compile  # until torch.compile fails inside PyTorch (then the plain modules: see below)
     opt_G = make_adam(G, cfg.optim.g_lr, (cfg.optim.beta1, cfg.optim.beta2), device)
     opt_D = make_adam(D, cfg.optim.d_lr, (cfg.optim.beta1, cfg.optim.beta2), device)
     for opt in (opt_G, opt_D):  # the rates the schedule scales (a rollback lowers these)
@@ -1163,6 +1164,25 @@ def _train(
                 if bar is not None:
                     bar.reset(total=total_steps * batch)
                     bar.update(step * batch)
+                continue
+            except Exception as error:
+                # torch.compile can fail inside PyTorch on a model it should handle (on an H200 with torch 2.11,
+                # dcgan32 in bf16 hit a stride assertion in inductor's convolution backward: docs/benchmarks.md).
+                # One process: redo the step with the plain modules and go on without compiling; if the plain
+                # step fails too, that error is the run's own and stops it. The failed step may have updated D
+                # already (its D step ran before the G step failed): one extra D update, no lost work.
+                if not compiled or isinstance(error, (TrainingStopped, ConfigError)):
+                    raise
+                first = str(error).strip().splitlines()
+                reason = type(error).__name__ + (f": {first[0][:300]}" if first else "")
+                if dist.enabled:  # the ranks cannot fall back together mid-step
+                    raise ConfigError(f"train.compile: the compiled step failed at step {step} ({reason}); several "
+                                      "processes cannot fall back together mid-step: run again without --compile "
+                                      "(train.compile=false).") from error  # fmt: skip
+                compiled, G_run, D_run = False, G, D
+                log({"event": "compile_failed", "step": step, "error": reason, "action": "eager"})
+                say(f"\nganforge: the compiled step failed at step {step} ({reason}); redoing it with the plain modules, "
+                    "and the run goes on without compiling (as with train.compile=false).", file=sys.stderr)  # fmt: skip
                 continue
 
             for key, value in stats.items():
