@@ -14,7 +14,7 @@
 # Where torch-fidelity is missing there, carry its wheel in .whl/ (see the device tool's README).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
-END=$(( $(date +%s) + ${BUDGET:-545} ))  # the whole pass ends by then (the sweep's cap is what is left)
+END=$(( $(date +%s) + ${BUDGET:-545} ))  # the optional sweep is capped by what is left of this (phases 1-3 are not)
 W=$(mktemp -d)
 O="$W/o"  # everything comes back as $OUT/all.tgz (refreshed after each phase) and $OUT/log.txt
 mkdir -p "$O"
@@ -39,7 +39,7 @@ cp "$W"/ttq/*.json "$O"/ 2>/dev/null
 tail -20 "$O/ttq.log"
 
 log "3. CUDA smoke (train, resume, sample, eval in bf16 and fp16)"
-for P in bf16 fp16; do  # fp32, the GPU default, ran in phase 2
+for P in bf16 fp16; do  # fp32, the GPU default, trained in phase 2 (resume, sample and eval not checked in fp32)
   R="$W/runs/smoke-$P"
   (timeout 100 python3 -m ganforge train --preset mnist-fast --data mnist --device cuda --precision "$P" --steps 300 \
      --runs-dir "$W/runs" --name "smoke-$P" --no-progress \
@@ -47,13 +47,16 @@ for P in bf16 fp16; do  # fp32, the GPU default, ran in phase 2
    && timeout 30 python3 -m ganforge sample "$R" --class 7 --n 16 --device cuda --out "$O/seven_$P.png" \
    && timeout 60 python3 -m ganforge eval "$R" --n 2000 --device cuda --metrics fid,kid,modes) > "$O/smoke_$P.log" 2>&1
   echo "smoke $P: exit $?" | tee -a "$OUT/log.txt"; grep -E "^  (fid|classes_covered) " "$O/smoke_$P.log"
+  tar czf "$OUT/all.tgz" -C "$O" . 2>/dev/null
 done
 
 if [ "${SWEEP:-0}" = 1 ]; then  # optional: Stacked MNIST arms at the CPU's 30-minute step count, several at once
   SWEEP_SECONDS=$(( END - $(date +%s) - 75 ))
+  [ "$SWEEP_SECONDS" -ge 60 ] || { log "4. no time left for the sweep"; SWEEP_SECONDS=0; }
   log "4. stacked MNIST arms (cap ${SWEEP_SECONDS} s each)"
   declare -A ARMS=([preset-s0]="train.seed=0" [preset-s1]="train.seed=1" [r1every4-s0]="reg.r1_interval=4")
   for name in "${!ARMS[@]}"; do
+    [ "$SWEEP_SECONDS" -gt 0 ] || break
     timeout $((SWEEP_SECONDS + 60)) python3 bench/equal_budget.py --device cuda --seconds "$SWEEP_SECONDS" --n 26000 \
       --out-dir "$O/stacked_$name" --runs "$name=stacked-mnist:${ARMS[$name]},train.steps=21000" \
       > "$O/stacked_$name.log" 2>&1 &

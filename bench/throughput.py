@@ -20,8 +20,10 @@ On CUDA (--device cuda) the timings synchronize the GPU, the matmul peak is an 8
 memory is the GPU's (torch.cuda.max_memory_allocated over the whole row). ganforge's steps run as
 `ganforge train` runs them there: TF32 for fp32 matmuls and convolutions, the cuDNN autotuner, NCHW in
 fp32 and channels_last in bf16/fp16 (fp16 with a GradScaler). The plain loop runs with PyTorch's
-defaults (no TF32 for matmuls, cuDNN's TF32 convolutions, no autotuner), switched per call. The fp32 peak
-is measured with TF32 allowed (the peak ganforge's fp32 step can reach).
+defaults (no TF32 for matmuls, cuDNN's TF32 convolutions, no autotuner), switched per call; cuDNN's cache of
+chosen convolution plans is per process and not keyed by the autotuner switch, so the plain loop may run plans
+that ganforge's step autotuned (docs/benchmarks.md). The fp32 peak is measured with TF32 allowed (the peak
+ganforge's fp32 step can reach).
 """
 
 from __future__ import annotations
@@ -223,7 +225,18 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32, dev), "bf16": matmul_peak(torch.bfloat16, dev)}
     if "fp16" in args.precisions:
         peaks["fp16"] = matmul_peak(torch.float16, dev)
-    rows = []
+    where = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+             else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")  # fmt: skip
+    header = (f"{date.today()}, {where}, torch {torch.__version__}; matmul peak "
+              + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+              + f" GFLOP/s ({8192 if dev.type == 'cuda' else 2048}^3{', fp32 with TF32' if dev.type == 'cuda' else ''})")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every row, so a run stopped part-way keeps what it measured
+        Path(args.out).write_text(json.dumps({"header": header, "peaks": peaks, "rows": rows, "failed": failed},
+                                             indent=1))  # fmt: skip
+
+    rows, failed = [], []
     for model in args.models:
         for batch in args.batches:
             for precision in args.precisions:
@@ -233,17 +246,14 @@ def main() -> None:
                                           "--device", args.device], capture_output=True, text=True)  # fmt: skip
                     if out.returncode != 0:  # one failing configuration does not lose the others
                         print(f"{spec}: failed\n{out.stderr[-2000:]}", file=sys.stderr, flush=True)
+                        failed.append(spec)
                         continue
                     row = json.loads(out.stdout.strip().splitlines()[-1])
                     row["pct_of_matmul_peak"] = 100 * row["gflop_per_s"] / peaks[precision]
                     rows.append(row)
                     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
                           flush=True)  # fmt: skip
-    where = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
-             else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")  # fmt: skip
-    header = (f"{date.today()}, {where}, torch {torch.__version__}; matmul peak "
-              + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
-              + f" GFLOP/s ({8192 if dev.type == 'cuda' else 2048}^3{', fp32 with TF32' if dev.type == 'cuda' else ''})")  # fmt: skip
+                    write()
     memory = "peak GPU memory" if dev.type == "cuda" else "peak RSS"
     lines = ["| model | batch | precision | img/s | plain eager fp32 img/s | ratio | vs ganforge fp32 | GFLOP/s "
              f"| % of matmul peak | data share | {memory} |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -256,8 +266,9 @@ def main() -> None:
                      f"| {r['pct_of_matmul_peak']:.0f} % | {100 * r['data_share']:.1f} % "
                      f"| {r.get('peak_gpu_mb', r['peak_rss_mb']):.0f} MB |")  # fmt: skip
     print(f"\n{header}\n\n" + "\n".join(lines))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"header": header, "peaks": peaks, "rows": rows}, indent=1))
+    write()
+    if failed:
+        sys.exit(f"{len(failed)} configuration(s) failed: {', '.join(failed)} (the others are in {args.out})")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ def test_precision_is_resolved_for_the_device():
         build_config(overrides={"train": {"precision": "fp8"}})
 
 
-@pytest.mark.parametrize("capability, expected", [((9, 0), "fp32"), ((8, 0), "fp32"), ((7, 5), "fp16")])
+@pytest.mark.parametrize("capability, expected",
+                         [((9, 0), "fp32"), ((8, 0), "fp32"), ((7, 5), "fp16"), ((7, 0), "fp16"), ((6, 1), "fp32")])
 def test_auto_precision_on_cuda_follows_the_capability(monkeypatch, capability, expected):
-    """auto on a GPU: fp32 (run as TF32) from Ampere on, fp16 with loss scaling before (no GPU needed)."""
+    """auto on a GPU: fp32 (run as TF32) from Ampere on, fp16 with loss scaling on Volta/Turing tensor cores,
+    fp32 on older GPUs (no GPU needed)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_precision("auto", torch.device("cuda")) == expected
     assert resolve_precision("bf16", torch.device("cuda")) == "bf16"  # an explicit choice is kept
@@ -88,12 +90,75 @@ def test_a_compile_that_fails_inside_pytorch_falls_back_to_the_plain_modules(tmp
     """One process: the step is redone without compiling, the run finishes, the event is logged and said."""
     monkeypatch.setattr(torch, "compile", _BrokenCompiled)
     run = train(build_config(overrides=tiny(tmp_path, steps=4, compile=True)), progress=False)
-    assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 4
+    final = load_checkpoint(run / "checkpoints" / "final.pt")
+    assert (final["step"], final["nimg"]) == (4, 4 * 8)  # the failed step was redone, not skipped
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     failed = [e for e in events if e.get("event") == "compile_failed"]
     assert failed == [{"event": "compile_failed", "step": 0, "action": "eager",
                        "error": "AssertionError: expected size 256==256, stride 16==1 at dim=1"}]  # fmt: skip
     assert "the compiled step failed at step 0 (AssertionError: expected size" in capsys.readouterr().err
+
+
+class _FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise AssertionError("stride assertion in the compiled backward")
+
+
+class _BrokenInGStep(torch.nn.Module):
+    """A compiled D whose backward fails only when G's step asks for it (D frozen, input needs grad), as
+    the H200 failure did in G's backward; the D step itself works."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x, c=None):
+        frozen = not any(p.requires_grad for p in self.module.parameters())
+        return self.module(_FailsInBackward.apply(x) if frozen and x.requires_grad else x, c)
+
+
+def test_a_compiled_g_step_that_fails_leaves_d_trainable_for_the_redone_step(tmp_path, isolated_env, monkeypatch):
+    """No R1 (the default): if D stayed frozen after the failed G step, the redone D step could not backward."""
+    monkeypatch.setattr(torch, "compile", lambda m: _BrokenInGStep(m) if hasattr(m, "head") else m)  # D only
+    run = train(build_config(overrides=tiny(tmp_path, steps=3, compile=True)), progress=False)
+    final = load_checkpoint(run / "checkpoints" / "final.pt")
+    assert (final["step"], final["nimg"]) == (3, 3 * 8)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "compile_failed"] == [0]
+
+
+def test_an_error_after_the_step_is_not_taken_for_a_compile_failure(tmp_path, isolated_env, monkeypatch):
+    """Outside the D and G updates (here the EMA update) an error stops a compiled run as it stops any run."""
+    import importlib
+
+    train_mod = importlib.import_module("ganforge.train")
+
+    def broken_ema(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_mod, "update_ema", broken_ema)
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    with pytest.raises(OSError, match="disk full"):
+        train(build_config(overrides=tiny(tmp_path, steps=2, compile=True, ema_beta=0.9)), progress=False)
+
+
+def test_raised_in_torch_compile_reads_the_traceback():
+    from ganforge.train import raised_in_torch_compile
+
+    try:
+        raise ValueError("plain")
+    except ValueError as error:
+        assert not raised_in_torch_compile(error)
+    code = compile("raise AssertionError('generated')", "/tmp/torchinductor_root/7g/c7gl.py", "exec")
+    try:
+        exec(code)
+    except AssertionError as error:
+        assert raised_in_torch_compile(error)
 
 
 def test_an_error_of_the_run_itself_is_not_hidden_by_the_compile_fallback(tmp_path, isolated_env, monkeypatch):

@@ -68,7 +68,8 @@ def _train_parser(sub: Any) -> None:
         "--precision",
         choices=("fp32", "bf16", "fp16", "auto"),
         help="forward-pass arithmetic: auto (default: bf16 on CPUs that have it; on GPUs fp32 with TF32 "
-        "tensor cores, fp16 before Ampere; else fp32), fp32, bf16 autocast, fp16 with loss scaling (GPUs only)",
+        "tensor cores from Ampere on, fp16 on Volta/Turing; else fp32), fp32, bf16 autocast, fp16 with loss "
+        "scaling (GPUs only)",
     )
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile G and D for training (compile time at start; see docs/benchmarks.md)")

@@ -121,7 +121,8 @@ class RegConfig:
     # Top-k training (Sinha et al. 2020): G's loss counts only the fraction k of each fake batch that D
     # rates most real (the rest would pull G towards the nearest mode, which may be the wrong one). k
     # starts at 1 and is multiplied by topk_gamma every epoch, down to this floor (the paper: 0.5 with
-    # gamma 0.99 per epoch); 1 turns it off. topk_gamma may be set lower for runs of few epochs.
+    # gamma 0.99 per epoch); 1 turns it off. topk_gamma may be set lower for runs of few epochs. With
+    # several processes each keeps the top k of its own share of the batch (not of the global batch).
     topk: float = 1.0
     topk_gamma: float = 0.99
 
@@ -174,8 +175,9 @@ class TrainConfig:
     # fp32; bf16 autocast (fast on CPUs with AVX512-BF16/AMX, and on GPUs for large nets and batches);
     # fp16 autocast with loss scaling (CUDA only). auto = bf16 on CPUs that have it (measured on a
     # 2-core CPU: 1.4-2x the img/s of fp32, the same FID at equal steps), else fp32; on GPUs fp32 with
-    # TF32 tensor cores on Ampere and newer (on an H200 bf16 was slower for these small nets at their
-    # batch sizes, faster only for resnet32 at batch >= 256: docs/benchmarks.md), fp16 on older GPUs.
+    # TF32 tensor cores on Ampere and newer (on an H200 bf16 was slower for dcgan32 at batch 64-1024 and
+    # resnet32 at 64, faster only for resnet32 at 256: docs/benchmarks.md), fp16 on Volta/Turing, fp32 on
+    # older GPUs.
     # Models and batches use the channels_last (NHWC) memory layout, except in fp32 on GPUs.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     # On CUDA GPUs: let fp32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa inputs,

@@ -86,12 +86,14 @@ def resolve_precision(name: str, device: torch.device, points: bool = False) -> 
     `points`: an MLP on 2D points, whose small matmuls gain nothing from bf16 on a CPU and lose its
     casts (grid25 preset, 1,000 steps on 2 cores: 45 s in bf16, 38 s in fp32), so auto keeps fp32 there.
     On CUDA GPUs with TF32 tensor cores (compute capability 8.0 and newer) auto is fp32, which runs on
-    them as TF32 (train.tf32): on an H200 the presets' nets at their batch sizes ran 11-25 % faster so
-    than in bf16 autocast, whose casts and layout changes cost more than they save on kernels this
-    small; bf16 paid only for resnet32 at batch 256 and more (1.5x; docs/benchmarks.md). Older GPUs: fp16."""
+    them as TF32 (train.tf32): on an H200, dcgan32 (batch 64-1024) and resnet32 (batch 64) trained
+    12-25 % faster so than in bf16 autocast, whose casts and layout changes cost more than they save
+    on kernels this small; bf16 paid only for resnet32 at batch 256 (1.5x; docs/benchmarks.md). Volta
+    and Turing (7.x): fp16 on their tensor cores; older GPUs, without tensor cores: fp32."""
     if name == "auto":
         if device.type == "cuda":
-            return "fp32" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+            major = torch.cuda.get_device_capability(device)[0]
+            return "fp16" if major == 7 else "fp32"
         return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() and not points else "fp32"
     if name == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision: fp16 autocast is for GPUs; on a CPU use bf16 (or auto).")
@@ -157,6 +159,19 @@ def make_adam(module: nn.Module, lr: float, betas: tuple[float, float], device: 
     per-tensor loop was 7 % of a grid25 step in a profile on a 2-core CPU; 800 grid25 steps took
     18.0-19.0 s fused against 18.4-22.2 s with the loop (two alternating repetitions, 2026-11-27)."""
     return torch.optim.Adam(module.parameters(), lr=lr, betas=betas, fused=device.type in ("cpu", "cuda"))
+
+
+def raised_in_torch_compile(error: BaseException) -> bool:
+    """Whether `error` was raised in torch.compile's machinery (dynamo, inductor, AOT autograd) or the
+    code it generated, judged by the files of its traceback."""
+    marks = ("torch/_dynamo", "torch/_inductor", "torch/_functorch", "torchinductor")
+    tb = error.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if any(mark in name for mark in marks):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def topk_keep(batch: int, epoch: float, floor: float, gamma: float) -> Optional[int]:
@@ -247,18 +262,20 @@ def g_step(
     top-k training, the loss of the `keep` fakes with the highest logits only (reg.topk). Returns
     g_loss (without the mode-seeking term)."""
     D.requires_grad_(False)
-    with precision.autocast():
-        if fake_img is None:
-            fake_img = G(z, c)
-        fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
-        paired = G(z_pair, c) if mode_seeking and z_pair is not None else None
-    if keep is not None and keep < len(fake_logits):
-        fake_logits = fake_logits.topk(keep).values  # the others get no gradient
-    g_loss = loss.g_loss(fake_logits)
-    total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
-    opt_G.zero_grad(set_to_none=True)
-    precision.step(total, opt_G)
-    D.requires_grad_(True)
+    try:  # D unfrozen again even when the step fails (a compiled step's failure is redone: see train)
+        with precision.autocast():
+            if fake_img is None:
+                fake_img = G(z, c)
+            fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
+            paired = G(z_pair, c) if mode_seeking and z_pair is not None else None
+        if keep is not None and keep < len(fake_logits):
+            fake_logits = fake_logits.topk(keep).values  # the others get no gradient
+        g_loss = loss.g_loss(fake_logits)
+        total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
+        opt_G.zero_grad(set_to_none=True)
+        precision.step(total, opt_G)
+    finally:
+        D.requires_grad_(True)
     return g_loss.detach()
 
 
@@ -1071,6 +1088,7 @@ def _train(
             if interrupted or out_of_time:  # decided at the end of the last step, the same on every rank
                 out_of_time = out_of_time and not interrupted
                 break
+            stepping = True  # in the training step proper (the compile fallback below applies to it alone)
             try:
                 set_rates()
                 log_now = (step + 1) % t.log_every == 0 or step + 1 == total_steps
@@ -1111,6 +1129,7 @@ def _train(
                     g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision, fake_img=fakes,
                                     mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g), keep=keep)  # fmt: skip
                     del fakes
+                stepping = False
                 # D's (or the encoder's) gradients of this step: the G step computes none for D
                 d_norm = grad_norm(D) if log_now or check_now else None
                 if not vae:
@@ -1168,18 +1187,24 @@ def _train(
             except Exception as error:
                 # torch.compile can fail inside PyTorch on a model it should handle (on an H200 with torch 2.11,
                 # dcgan32 in bf16 hit a stride assertion in inductor's convolution backward: docs/benchmarks.md).
-                # One process: redo the step with the plain modules and go on without compiling; if the plain
-                # step fails too, that error is the run's own and stops it. The failed step may have updated D
-                # already (its D step ran before the G step failed): one extra D update, no lost work.
-                if not compiled or isinstance(error, (TrainingStopped, ConfigError)):
+                # One process: redo the step (the D and G updates, before the step counter moves) with the plain
+                # modules and go on without compiling; if the plain step fails too, that error is the run's own
+                # and stops it. The failed step may have updated D already (its D updates ran before the G step
+                # failed): up to n_critic extra D updates, and the latents drawn for it are skipped, so the run
+                # is no longer the same as an uncompiled one; no work is lost.
+                if not (compiled and stepping) or isinstance(error, (TrainingStopped, ConfigError)):
                     raise
                 first = str(error).strip().splitlines()
                 reason = type(error).__name__ + (f": {first[0][:300]}" if first else "")
                 if dist.enabled:  # the ranks cannot fall back together mid-step
-                    raise ConfigError(f"train.compile: the compiled step failed at step {step} ({reason}); several "
-                                      "processes cannot fall back together mid-step: run again without --compile "
-                                      "(train.compile=false).") from error  # fmt: skip
+                    if not raised_in_torch_compile(error):
+                        raise
+                    raise ConfigError(f"train.compile: the compiled step failed inside torch.compile at step {step} "
+                                      f"({reason}); several processes cannot fall back together mid-step: run "
+                                      "again without --compile (train.compile=false).") from error  # fmt: skip
                 compiled, G_run, D_run = False, G, D
+                G.requires_grad_(True)
+                D.requires_grad_(True)
                 log({"event": "compile_failed", "step": step, "error": reason, "action": "eager"})
                 say(f"\nganforge: the compiled step failed at step {step} ({reason}); redoing it with the plain modules, "
                     "and the run goes on without compiling (as with train.compile=false).", file=sys.stderr)  # fmt: skip
