@@ -788,7 +788,6 @@ def _train(
         G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     # the modules the training steps call: compiled (sharing G's and D's parameters) with train.compile
     G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
-    compiled = t.compile  # until torch.compile fails inside PyTorch (then the plain modules: see below)
     opt_G = make_adam(G, cfg.optim.g_lr, (cfg.optim.beta1, cfg.optim.beta2), device)
     opt_D = make_adam(D, cfg.optim.d_lr, (cfg.optim.beta1, cfg.optim.beta2), device)
     for opt in (opt_G, opt_D):  # the rates the schedule scales (a rollback lowers these)
@@ -1192,6 +1191,7 @@ def _train(
                 # and stops it. The failed step may have updated D already (its D updates ran before the G step
                 # failed): up to n_critic extra D updates, and the latents drawn for it are skipped, so the run
                 # is no longer the same as an uncompiled one; no work is lost.
+                compiled = G_run is not G or D_run is not D  # until a failure below swaps in the plain modules
                 if not (compiled and stepping) or isinstance(error, (TrainingStopped, ConfigError)):
                     raise
                 first = str(error).strip().splitlines()
@@ -1202,9 +1202,7 @@ def _train(
                     raise ConfigError(f"train.compile: the compiled step failed inside torch.compile at step {step} "
                                       f"({reason}); several processes cannot fall back together mid-step: run "
                                       "again without --compile (train.compile=false).") from error  # fmt: skip
-                compiled, G_run, D_run = False, G, D
-                G.requires_grad_(True)
-                D.requires_grad_(True)
+                G_run, D_run = G, D  # (g_step leaves D trainable even when it fails)
                 log({"event": "compile_failed", "step": step, "error": reason, "action": "eager"})
                 say(f"\nganforge: the compiled step failed at step {step} ({reason}); redoing it with the plain modules, "
                     "and the run goes on without compiling (as with train.compile=false).", file=sys.stderr)  # fmt: skip
