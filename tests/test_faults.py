@@ -107,6 +107,37 @@ def test_second_ctrl_c_quits_at_once_without_damaging_files(tmp_path, isolated_e
     assert not list((run / "checkpoints").glob(".*tmp*"))
 
 
+def test_a_second_interrupt_swallowed_by_a_weakref_callback_still_aborts(capsys):
+    """The second Ctrl-C raises KeyboardInterrupt wherever the main thread is; inside a weakref callback
+    Python would print "Exception ignored ... Traceback" and go on. It must abort, silently, instead."""
+    import weakref
+
+    from ganforge.train import StopFlag
+
+    before = signal.getsignal(signal.SIGINT)
+    flag = StopFlag()
+    flag.install()
+    try:
+        flag._handle(signal.SIGINT, None)  # the first signal: finish the step and save
+
+        class Thing:
+            pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: flag._handle(signal.SIGINT, None))  # the second lands in here
+        with pytest.raises(KeyboardInterrupt):
+            del thing
+            for _ in range(1_000_000):  # the re-raised interrupt arrives at the next bytecode boundary
+                pass
+        assert ref() is None
+    finally:
+        flag.uninstall()
+    err = capsys.readouterr().err
+    assert "Exception ignored" not in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is before
+    assert sys.unraisablehook != flag._unraisable
+
+
 def test_trim_log_cuts_back_to_the_checkpoint_and_drops_torn_lines(tmp_path):
     from ganforge.train import trim_log
 

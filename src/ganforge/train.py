@@ -465,26 +465,42 @@ def _plot_gan_curves(ax1: Any, ax2: Any, steps: list[int], rows: list[dict[str, 
 
 @dataclass
 class StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves, and stops. A second signal aborts."""
+    """Set by SIGINT/SIGTERM: the loop finishes its step, saves, and stops. A second signal aborts.
+
+    The second signal's KeyboardInterrupt is raised wherever the main thread happens to be. When that is a
+    weakref callback or a `__del__`, Python would print "Exception ignored ... Traceback" and carry on;
+    `sys.unraisablehook` is therefore wrapped while the flag is installed, and such an interrupt is raised
+    again, silently, in the main thread's own code."""
 
     requested: bool = False
+    aborting: bool = False
     signal_name: str = ""
     previous: dict[int, Any] = field(default_factory=dict)
+    previous_hook: Any = None
 
     def install(self) -> None:
         if not _in_main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self._handle)
+        self.previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
 
     def uninstall(self) -> None:
+        self._restore_signals()
+        if self.previous_hook is not None:
+            sys.unraisablehook = self.previous_hook
+            self.previous_hook = None
+
+    def _restore_signals(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:  # second signal: stop at once (files are written atomically)
-            self.uninstall()
+            self._restore_signals()
+            self.aborting = True
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
@@ -493,6 +509,32 @@ class StopFlag:
             "(press Ctrl-C again to quit at once)",
             file=sys.stderr,
         )
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not (self.aborting and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            (self.previous_hook or sys.__unraisablehook__)(unraisable)
+            return
+        import _thread  # the interrupt was swallowed: deliver it again, once this hook has returned
+        import threading
+
+        hook = StopFlag._unraisable.__code__
+
+        def later() -> None:  # from another thread: the main thread takes it at its next bytecode boundary
+            threading.Timer(0.001, _thread.interrupt_main).start()
+
+        def abort_now(signum: int, frame: Any) -> None:
+            while frame is not None and frame.f_code is not hook:
+                frame = frame.f_back
+            if frame is not None:  # still inside this hook, where it would be swallowed again
+                later()
+                return
+            signal.signal(signal.SIGINT, restore)
+            raise KeyboardInterrupt
+
+        restore = signal.SIG_DFL
+        if _in_main_thread():  # (a handler can be set only there)
+            restore = signal.signal(signal.SIGINT, abort_now)
+        later()
 
 
 class LoopGarbageCollector:
