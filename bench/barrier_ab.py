@@ -1,7 +1,9 @@
-"""The shared-memory gradient sum's two barriers, A/B inside one 2-process training job.
+"""The shared-memory gradient sum's two barriers (or two ways to add its rows), A/B inside one 2-process
+training job.
 
     GANFORGE_DATA=../shared/data python bench/barrier_ab.py
     GANFORGE_DATA=../shared/data python bench/barrier_ab.py --model dcgan32 --steps 800 --jobs 3
+    GANFORGE_DATA=../shared/data python bench/barrier_ab.py --compare reduce --out bench/results/reduce_ab.json
 
 Runs `ganforge train --nproc 2` (one thread per process, bf16, monitor and sampling off) with a
 `sitecustomize` on PYTHONPATH that makes every SharedMemorySum switch its barrier every --block calls:
@@ -12,6 +14,10 @@ the barrier that the first of the two calls used. Both barriers thus see the sam
 data and moments of this VM, whose speed drifts by 10-20 % between separate runs. Reports the median
 step time under each barrier (the first block dropped as warm-up) and their ratio, per job.
 Writes bench/results/barrier_ab.json.
+
+--compare reduce keeps the polling barrier and switches instead how the ranks' rows are averaged:
+`SharedMemorySum.mean_of_rows` (elementwise: one `lerp` for 2 ranks) against the reduction it replaced
+(`torch.sum` over the rows, then a division), in the same blocks; arms "rows" and "sum".
 """
 
 from __future__ import annotations
@@ -31,17 +37,31 @@ PATCH = r'''
 import atexit, json, os, time
 from ganforge import distributed as _d
 
+import torch
+
 _BLOCK, _OUT = int(os.environ["BARRIER_AB_BLOCK"]), os.environ["BARRIER_AB_OUT"]
+_REDUCE = os.environ.get("BARRIER_AB_COMPARE") == "reduce"
 _rows = {}
 _average = _d.SharedMemorySum.average
+_rows_mean = _d.SharedMemorySum.mean_of_rows
+
+
+def _sum_then_divide(part, out, world):  # the reduction before mean_of_rows (2026-11-28)
+    torch.sum(part, dim=0, out=out)
+    out.div_(world)
 
 def average(self, tensors, world):
     now = time.perf_counter()
     if hasattr(self, "ab_last"):  # the step since the last call, which waited at the barrier it then had
-        _rows.setdefault(self.buffer.shape[-1], []).append(("polling" if self.spin else "gloo", now - self.ab_last))
+        arm = ("rows" if self.ab_a else "sum") if _REDUCE else ("polling" if self.ab_a else "gloo")
+        _rows.setdefault(self.buffer.shape[-1], []).append((arm, now - self.ab_last))
     self.ab_last = now
     self.ab_calls = getattr(self, "ab_calls", 0) + 1
-    self.spin = (self.ab_calls // _BLOCK) % 2 == 0  # the same call on every rank: the same barrier
+    self.ab_a = (self.ab_calls // _BLOCK) % 2 == 0  # the same call on every rank: the same arm
+    if _REDUCE:
+        self.mean_of_rows = _rows_mean if self.ab_a else _sum_then_divide
+    else:
+        self.spin = self.ab_a
     return _average(self, tensors, world)
 
 _d.SharedMemorySum.average = average
@@ -56,8 +76,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--block", type=int, default=40, help="steps under one barrier before switching")
     parser.add_argument("--jobs", type=int, default=2, help="training jobs, each an A/B of its own")
+    parser.add_argument("--compare", choices=("barrier", "reduce"), default="barrier",
+                        help="barrier: polling vs gloo's barrier; reduce: SharedMemorySum.mean_of_rows vs torch.sum "
+                        "over the rows")  # fmt: skip
     parser.add_argument("--out", default="bench/results/barrier_ab.json")
     args = parser.parse_args()
+    arms = ("rows", "sum") if args.compare == "reduce" else ("polling", "gloo")
     if platform.machine().lower() not in ("x86_64", "amd64"):
         print("bench: the polling barrier is x86 only; nothing to compare here.")
         return 0
@@ -71,7 +95,8 @@ def main() -> int:
             out = Path(tmp) / f"rows{job}"
             env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1",
                    "PYTHONPATH": os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p),
-                   "BARRIER_AB_BLOCK": str(args.block), "BARRIER_AB_OUT": str(out)}  # fmt: skip
+                   "BARRIER_AB_BLOCK": str(args.block), "BARRIER_AB_OUT": str(out),
+                   "BARRIER_AB_COMPARE": args.compare}  # fmt: skip
             cmd = [sys.executable, "-m", "ganforge", "train", "--nproc", "2", "--model", args.model, "--data", data,
                    "--steps", str(args.steps), "--batch-size", str(2 * args.batch), "--precision", "bf16",
                    "--no-progress", "--runs-dir", str(Path(tmp) / "runs"), "--name", f"job{job}",
@@ -89,15 +114,17 @@ def main() -> int:
                 raise SystemExit(f"bench: expected one call of each of 2 sums per step, got {len(rows)} sums and "
                                  f"{len(timed) + 1} calls of the larger in {args.steps} steps")  # fmt: skip
             steps = timed[args.block :]  # warm-up dropped
-            ms = {kind: statistics.median(1e3 * s for k, s in steps if k == kind) for kind in ("polling", "gloo")}
-            jobs.append({"ms_per_step_polling": ms["polling"], "ms_per_step_gloo": ms["gloo"],
-                         "img_per_s_ratio_polling_over_gloo": ms["gloo"] / ms["polling"],
-                         "steps_each": sum(k == "polling" for k, _ in steps)})  # fmt: skip
-            print(f"job {job}: step {ms['polling']:.2f} ms with the polling barrier, {ms['gloo']:.2f} ms with "
-                  f"gloo's -> img/s x{ms['gloo'] / ms['polling']:.3f}", flush=True)  # fmt: skip
+            a, b = arms
+            ms = {kind: statistics.median(1e3 * s for k, s in steps if k == kind) for kind in arms}
+            jobs.append({f"ms_per_step_{a}": ms[a], f"ms_per_step_{b}": ms[b],
+                         f"img_per_s_ratio_{a}_over_{b}": ms[b] / ms[a],
+                         "steps_each": sum(k == a for k, _ in steps)})  # fmt: skip
+            print(f"job {job}: step {ms[a]:.2f} ms with {a}, {ms[b]:.2f} ms with {b} -> img/s x{ms[b] / ms[a]:.3f}",
+                  flush=True)  # fmt: skip
     result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "model": args.model, "data": data, "batch_per_process": args.batch,
               "precision": "bf16", "threads_per_process": 1, "steps": args.steps, "block": args.block,
+              "compare": args.compare, "arms": list(arms),
               "jobs": jobs}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
