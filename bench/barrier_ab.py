@@ -96,7 +96,8 @@ def main() -> int:
             env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1",
                    "PYTHONPATH": os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p),
                    "BARRIER_AB_BLOCK": str(args.block), "BARRIER_AB_OUT": str(out),
-                   "BARRIER_AB_COMPARE": args.compare}  # fmt: skip
+                   "BARRIER_AB_COMPARE": args.compare,
+                   **({"GANFORGE_SHM_BARRIER": "spin"} if args.compare == "reduce" else {})}  # fmt: skip
             cmd = [sys.executable, "-m", "ganforge", "train", "--nproc", "2", "--model", args.model, "--data", data,
                    "--steps", str(args.steps), "--batch-size", str(2 * args.batch), "--precision", "bf16",
                    "--no-progress", "--runs-dir", str(Path(tmp) / "runs"), "--name", f"job{job}",

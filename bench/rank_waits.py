@@ -6,7 +6,8 @@
 Runs one `ganforge train --nproc 2` (one thread per process, bf16, 64 images per process, monitor and sampling
 off) with a `sitecustomize` on PYTHONPATH that times, on each rank, every wait at the shared-memory sum's polling
 barrier (`SharedMemorySum._spin_barrier`) and the time between leaving one barrier and reaching the next (the
-rank's own work: a D or a G update's forward, backward and the copy of its gradients). The first 50 barriers
+rank's own work: a D or a G update's forward, backward, the copy of its gradients, the optimizer step, and
+the job's rarer collectives: the vote on stopping every 8 steps and the logged means every 10). The first 50 barriers
 are dropped as warm-up. Two sums per alternating step, so "per step" is twice "per barrier".
 A rank that computes more slowly makes the other wait at every barrier: comparing the ranks' compute says
 whether the loss of scaling efficiency is one slow rank or jitter on both. Writes bench/results/rank_waits.json.

@@ -127,7 +127,8 @@ def test_a_second_interrupt_swallowed_by_a_weakref_callback_still_aborts(capsys)
         ref = weakref.ref(thing, lambda _: flag._handle(signal.SIGINT, None))  # the second lands in here
         with pytest.raises(KeyboardInterrupt):
             del thing
-            for _ in range(1_000_000):  # the re-raised interrupt arrives at the next bytecode boundary
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:  # the interrupt arrives at a bytecode boundary, about 1 ms later
                 pass
         assert ref() is None
     finally:
@@ -136,6 +137,26 @@ def test_a_second_interrupt_swallowed_by_a_weakref_callback_still_aborts(capsys)
     assert "Exception ignored" not in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGINT) is before
     assert sys.unraisablehook != flag._unraisable
+
+
+def test_uninstall_cancels_a_pending_redelivery():
+    """A run that ends (uninstall) before a swallowed interrupt is re-delivered leaves nothing behind: no
+    late KeyboardInterrupt in the caller's code, SIGINT's handler and the unraisable hook as they were."""
+    from types import SimpleNamespace
+
+    from ganforge.train import StopFlag
+
+    before, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    flag = StopFlag()
+    flag.install()
+    flag._handle(signal.SIGINT, None)
+    flag.aborting = True  # as after the second signal
+    flag._unraisable(SimpleNamespace(exc_type=KeyboardInterrupt))  # swallowed: the re-delivery is armed
+    flag.uninstall()  # before the timer fires
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:  # a late interrupt would raise here and fail the test
+        pass
+    assert signal.getsignal(signal.SIGINT) is before and sys.unraisablehook is hook
 
 
 def test_trim_log_cuts_back_to_the_checkpoint_and_drops_torn_lines(tmp_path):

@@ -470,13 +470,14 @@ class StopFlag:
     The second signal's KeyboardInterrupt is raised wherever the main thread happens to be. When that is a
     weakref callback or a `__del__`, Python would print "Exception ignored ... Traceback" and carry on;
     `sys.unraisablehook` is therefore wrapped while the flag is installed, and such an interrupt is raised
-    again, silently, in the main thread's own code."""
+    again, silently, in the main thread's own code (`_redeliver`). `uninstall` undoes all of it."""
 
     requested: bool = False
     aborting: bool = False
     signal_name: str = ""
     previous: dict[int, Any] = field(default_factory=dict)
     previous_hook: Any = None
+    pending: Any = None  # (timer, SIGINT handler before the re-delivery's) while an interrupt is re-delivered
 
     def install(self) -> None:
         if not _in_main_thread():
@@ -487,9 +488,11 @@ class StopFlag:
         sys.unraisablehook = self._unraisable
 
     def uninstall(self) -> None:
+        self._settle()
         self._restore_signals()
         if self.previous_hook is not None:
-            sys.unraisablehook = self.previous_hook
+            if sys.unraisablehook == self._unraisable:  # (not if someone replaced it since)
+                sys.unraisablehook = self.previous_hook
             self.previous_hook = None
 
     def _restore_signals(self) -> None:
@@ -514,27 +517,45 @@ class StopFlag:
         if not (self.aborting and issubclass(unraisable.exc_type, KeyboardInterrupt)):
             (self.previous_hook or sys.__unraisablehook__)(unraisable)
             return
-        import _thread  # the interrupt was swallowed: deliver it again, once this hook has returned
+        if self.pending is None and _in_main_thread():  # (a handler can be set only there)
+            self.pending = (None, signal.signal(signal.SIGINT, self._redeliver))
+            self._later()
+
+    def _later(self) -> None:
+        """Interrupt the main thread in a millisecond, from another thread: it takes the interrupt at its next
+        bytecode boundary, after this hook has returned."""
+        import _thread
         import threading
 
+        def fire() -> None:
+            if self.pending is not None:
+                _thread.interrupt_main(signal.SIGINT)
+
+        timer = threading.Timer(0.001, fire)
+        timer.daemon = True
+        self.pending = (timer, self.pending[1])
+        timer.start()
+
+    def _redeliver(self, signum: int, frame: Any) -> None:
         hook = StopFlag._unraisable.__code__
+        while frame is not None and frame.f_code is not hook:
+            frame = frame.f_back
+        if frame is not None:  # still inside the hook, where it would be swallowed again: a little later
+            self._later()
+            return
+        self._settle()
+        raise KeyboardInterrupt
 
-        def later() -> None:  # from another thread: the main thread takes it at its next bytecode boundary
-            threading.Timer(0.001, _thread.interrupt_main).start()
-
-        def abort_now(signum: int, frame: Any) -> None:
-            while frame is not None and frame.f_code is not hook:
-                frame = frame.f_back
-            if frame is not None:  # still inside this hook, where it would be swallowed again
-                later()
-                return
-            signal.signal(signal.SIGINT, restore)
-            raise KeyboardInterrupt
-
-        restore = signal.SIG_DFL
-        if _in_main_thread():  # (a handler can be set only there)
-            restore = signal.signal(signal.SIGINT, abort_now)
-        later()
+    def _settle(self) -> None:
+        """Cancel a pending re-delivery and give SIGINT back the handler it had before it."""
+        if self.pending is None:
+            return
+        timer, before = self.pending
+        self.pending = None
+        if timer is not None:
+            timer.cancel()
+        if signal.getsignal(signal.SIGINT) == self._redeliver:
+            signal.signal(signal.SIGINT, before)
 
 
 class LoopGarbageCollector:
@@ -1063,8 +1084,6 @@ def _train(
     else:
         log({"event": "resume", "step": step, "nimg": nimg, **where})
 
-    stop = StopFlag()
-    stop.install()
     bar = None
     if progress and main:
         from tqdm import tqdm
@@ -1124,6 +1143,8 @@ def _train(
     t_start, out_of_time, interrupted = time.perf_counter() - cluster_seconds, False, False
     unvoted_nan = False  # a rank's NaN loss since the ranks last voted (several processes)
     collector = LoopGarbageCollector()
+    stop = StopFlag()
+    stop.install()
     try:
         while step < total_steps:
             if interrupted or out_of_time:  # decided at the end of the last step, the same on every rank
@@ -1304,10 +1325,10 @@ def _train(
                 plot()
             collector.step(step)
     finally:
+        stop.uninstall()  # first: a later interrupt gets the caller's own handler
         collector.close()
         if bar is not None:
             bar.close()
-        stop.uninstall()
 
     signal_name = stop.signal_name or "a signal to another process"
     if interrupted:
