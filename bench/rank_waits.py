@@ -19,12 +19,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+
+# the same `ganforge train` command, and img/s read off its log the same way, as bench/scaling.py
+from scaling import DATA, command, rate
 
 PATCH = r'''
 import atexit, json, os, statistics, time
@@ -68,33 +70,27 @@ def main() -> int:
         return 0
     import torch
 
-    data = "cifar10" if args.model == "dcgan32" else "mnist"
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sitecustomize.py").write_text(PATCH)
         out = Path(tmp) / "ranks"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1", "GANFORGE_SHM_BARRIER": "spin",
                "PYTHONPATH": os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p),
                "RANK_WAITS_OUT": str(out)}  # fmt: skip
-        cmd = [sys.executable, "-m", "ganforge", "train", "--nproc", "2", "--model", args.model, "--data", data,
-               "--steps", str(args.steps), "--batch-size", str(2 * args.batch), "--precision", "bf16",
-               "--no-progress", "--runs-dir", str(Path(tmp) / "runs"), "--name", "job",
-               "--set", "monitor.every=null", "train.log_every=10", f"train.sample_every={10 * args.steps}",
-               f"train.checkpoint_every={10 * args.steps}", "train.device=cpu"]  # fmt: skip
+        cmd = command(args.model, 2, args.batch, args.steps, "bf16", Path(tmp) / "runs", "job")
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
         ranks = [json.loads(f.read_text()) for f in sorted(Path(tmp).glob("ranks.*"))]
         if len(ranks) != 2:
             raise SystemExit(f"bench: expected the timings of 2 ranks, found {len(ranks)} (no polling barrier?)")
-        logged = [json.loads(line) for line in (Path(tmp) / "runs" / "job" / "metrics.jsonl").read_text().splitlines()]
-        rates = [r["img_per_s"] for r in logged if "img_per_s" in r][2:]  # start-up windows dropped
+        img_per_s = rate(Path(tmp) / "runs", "job")
     for r in ranks:
         print(f"rank {r['rank']}: work {r['work_ms_mean']:.2f} ms per barrier (median {r['work_ms_median']:.2f}), "
               f"wait {r['wait_ms_mean']:.2f} ms (p90 {r['wait_ms_p90']:.2f}) over {r['barriers']} barriers")
     result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "torch": torch.__version__, "model": args.model, "data": data, "batch_per_process": args.batch,
+              "torch": torch.__version__, "model": args.model, "data": DATA[args.model], "batch_per_process": args.batch,
               "precision": "bf16", "threads_per_process": 1, "steps": args.steps, "ranks": ranks,
-              "img_per_s_2_processes_median": statistics.median(rates) if rates else None}  # fmt: skip
+              "img_per_s_2_processes_median": img_per_s}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
