@@ -477,7 +477,8 @@ class StopFlag:
     signal_name: str = ""
     previous: dict[int, Any] = field(default_factory=dict)
     previous_hook: Any = None
-    pending: Any = None  # (timer, SIGINT handler before the re-delivery's) while an interrupt is re-delivered
+    timer: Any = None  # while a swallowed interrupt is re-delivered: the pending timer (see _later)
+    sigint_before: Any = None  # ... and SIGINT's handler before `_redeliver` (None: one not set from Python)
 
     def install(self) -> None:
         if not _in_main_thread():
@@ -517,8 +518,8 @@ class StopFlag:
         if not (self.aborting and issubclass(unraisable.exc_type, KeyboardInterrupt)):
             (self.previous_hook or sys.__unraisablehook__)(unraisable)
             return
-        if self.pending is None and _in_main_thread():  # (a handler can be set only there)
-            self.pending = (None, signal.signal(signal.SIGINT, self._redeliver))
+        if self.timer is None and _in_main_thread():  # (a handler can be set only there)
+            self.sigint_before = signal.signal(signal.SIGINT, self._redeliver)
             self._later()
 
     def _later(self) -> None:
@@ -528,13 +529,12 @@ class StopFlag:
         import threading
 
         def fire() -> None:
-            if self.pending is not None:
+            if self.timer is not None:
                 _thread.interrupt_main(signal.SIGINT)
 
-        timer = threading.Timer(0.001, fire)
-        timer.daemon = True
-        self.pending = (timer, self.pending[1])
-        timer.start()
+        self.timer = threading.Timer(0.001, fire)
+        self.timer.daemon = True
+        self.timer.start()
 
     def _redeliver(self, signum: int, frame: Any) -> None:
         hook = StopFlag._unraisable.__code__
@@ -548,14 +548,12 @@ class StopFlag:
 
     def _settle(self) -> None:
         """Cancel a pending re-delivery and give SIGINT back the handler it had before it."""
-        if self.pending is None:
+        if self.timer is None:
             return
-        timer, before = self.pending
-        self.pending = None
-        if timer is not None:
-            timer.cancel()
-        if signal.getsignal(signal.SIGINT) == self._redeliver:
-            signal.signal(signal.SIGINT, before)
+        timer, self.timer = self.timer, None
+        timer.cancel()
+        if signal.getsignal(signal.SIGINT) == self._redeliver and self.sigint_before is not None:
+            signal.signal(signal.SIGINT, self.sigint_before)
 
 
 class LoopGarbageCollector:
