@@ -10,7 +10,8 @@ by the shipped MNIST extractor. Reports modes of 1000, KL to uniform, each chann
 to uniform (their sum is the part of the KL that uneven digit classes explain), and the share of digits
 classified with confidence >= 0.9; per channel, each digit's share (digit_pct) and the confident share among
 the images classified as it (confident_pct_by_digit). `--bn-variants`: G also with BN batch statistics and
-with recomputed statistics. Prints one JSON line per generator.
+with recomputed statistics. `--truncation T [T ...]`: also G (and G_ema) from latents truncated at each |z| <= T
+(BigGAN's truncation trick, `ganforge sample --truncation`), the same seed. Prints one JSON line per generator.
 """
 
 from __future__ import annotations
@@ -61,11 +62,21 @@ def batch_statistics(G: torch.nn.Module, z: torch.Tensor, size: int) -> torch.Te
     return to_uint8(x)
 
 
+def truncated(extractor: torch.nn.Module, gen, run: str, name: str, thresholds: list[float]) -> None:
+    """Score `gen` (its G as loaded) from latents truncated at each threshold, the same seed as the untruncated draw."""
+    for t in thresholds:
+        z = gen.latents(N, seed=10_000, truncation=t)
+        print(json.dumps({"run": run, "generator": f"{name}, truncation {t}", **score(extractor, gen.generate(z))}),
+              flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders of stacked-mnist trainings, or `real`")
     parser.add_argument("--bn-variants", action="store_true",
                         help="also score G with BN batch statistics (batches of 64, 1024) and recomputed statistics")
+    parser.add_argument("--truncation", type=float, nargs="+", default=[], metavar="T",
+                        help="also score G and G_ema from latents truncated at each threshold T (e.g. 1.0 1.5 2.0)")
     args = parser.parse_args()
     extractor = load_domain_extractor("mnist")
     for run in args.runs:
@@ -80,6 +91,7 @@ def main() -> None:
         G = gen.G  # in eval mode; gen.generate(z) draws its images
         G.load_state_dict(saved["G"])
         print(json.dumps({"run": run, "generator": "G", **score(extractor, gen.generate(z))}), flush=True)
+        truncated(extractor, gen, run, "G", args.truncation)
         if args.bn_variants:  # does G's BN normalisation at sampling time matter?
             for size in (64, 1024):
                 print(json.dumps({"run": run, "generator": f"G, batch statistics (batches of {size})",
@@ -92,6 +104,7 @@ def main() -> None:
         G.load_state_dict(saved["G_ema"])
         print(json.dumps({"run": run, "generator": "G_ema, checkpoint's BN statistics",
                           **score(extractor, gen.generate(z))}), flush=True)  # fmt: skip
+        truncated(extractor, gen, run, "G_ema, checkpoint's BN statistics", args.truncation)
         for batches, size in ((8, 256), (32, 1024)):
             recalibrate_bn(G, gen.z_dim, torch.device("cpu"), batches=batches, batch_size=size, seed=1)
             print(json.dumps({"run": run, "generator": f"G_ema, BN statistics of {batches} x {size} latents",
