@@ -137,6 +137,21 @@ def test_help_explains():
     assert r.returncode == 0 and "--resume" in r.stdout and "examples:" in r.stdout
 
 
+def test_train_help_names_every_model_and_dataset():
+    """--model and --data list every registered architecture and dataset (their help is static text, kept
+    static so that `--help` answers without importing torch)."""
+    from ganforge.data import DATASETS
+    from ganforge.models import MODELS
+
+    r = run("train", "--help", env_extra={"COLUMNS": "400"})  # one option per line: names are not split
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    model_help = next(line for line in lines if line.lstrip().startswith("--model"))
+    data_help = next(line for line in lines if line.lstrip().startswith("--data "))
+    assert [m for m in MODELS if m not in model_help.replace(",", " ").split()] == []
+    assert [d for d in DATASETS if d not in data_help.replace(",", " ").split()] == []
+
+
 def test_quick_start_uses_the_fast_preset_only_without_data_model_or_preset(offline_env):
     """`ganforge train` alone is the quick start (preset mnist-fast: class-conditional, lr 2e-3);
     naming a dataset, a model or a preset gives the plain defaults or that preset."""

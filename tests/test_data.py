@@ -212,3 +212,11 @@ def test_download_path_with_files_already_present(data_root, isolated_env, monke
     ds = load_dataset("mnist", split="test", download=True)
     assert ds.images.shape == (10000, 1, 28, 28)
     assert ds.source == str(raw)
+
+
+def test_a_data_root_with_a_tilde_is_expanded(data_root, isolated_env, monkeypatch):
+    """`~` in a root given from Python or a YAML file (where no shell expands it) means the home folder."""
+    monkeypatch.setenv("HOME", str(isolated_env))  # the data is found through this root only
+    (isolated_env / "mnist").symlink_to(data_root / "mnist")
+    ds = load_dataset("mnist", root="~/mnist", split="test", download=False)
+    assert len(ds) == 10_000

@@ -33,7 +33,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--preset", help="start from a preset (see `ganforge presets`)")
     p.add_argument(
         "--data",
-        help="dataset: auto, mnist, mnist-5k, fashion-mnist, cifar10, folder:PATH, or a folder path",
+        help="dataset: auto, mnist, mnist-5k, fashion-mnist, cifar10, stacked-mnist (1,000 modes), ring8, grid25 "
+        "(2D points), folder:PATH, or a folder path",
     )
     p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
     p.add_argument(
@@ -50,12 +51,14 @@ def _train_parser(sub: Any) -> None:
         default=None,
         help="fail on unreadable images instead of skipping them",
     )
-    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan28-classic, dcgan32, dcgan64")
+    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan28-classic, dcgan32, dcgan64, resnet28, resnet32, "
+                   "mlp, mlp-plain (2D points), vae28, vae32, vae64 (the VAE baseline; with loss.name=elbo)")
     p.add_argument("--epochs", type=int, help="length in passes over the dataset")
     p.add_argument(
         "--steps",
         type=int,
-        help="length in optimisation steps (default 5000; replaces a preset's epochs)",
+        help="length in optimisation steps (the quick start: 2000; other runs: the preset's, else 5000; "
+        "replaces a preset's epochs)",
     )
     p.add_argument("--batch-size", type=int, help="images per step")
     p.add_argument("--seed", type=int, help="random seed (same seed, same run on CPU)")
