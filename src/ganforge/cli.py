@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a dataset, print its size, shape and label counts, write a grid.",
     )
     p.add_argument(
-        "name", help="mnist, mnist-5k, fashion-mnist, cifar10, folder:PATH or a folder path"
+        "name", help="mnist, mnist-5k, fashion-mnist, cifar10, stacked-mnist, ring8, grid25, folder:PATH or a folder path"
     )
     p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
     p.add_argument("--split", choices=("train", "test"), default="train")
