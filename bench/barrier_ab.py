@@ -30,8 +30,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
+
+# the `ganforge train` command and the result file's header of bench/scaling.py
+from scaling import DATA, command, save
 
 PATCH = r'''
 import atexit, json, os, time
@@ -85,9 +87,7 @@ def main() -> int:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         print("bench: the polling barrier is x86 only; nothing to compare here.")
         return 0
-    import torch
 
-    data = "cifar10" if args.model == "dcgan32" else "mnist"
     jobs = []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sitecustomize.py").write_text(PATCH)
@@ -98,11 +98,7 @@ def main() -> int:
                    "BARRIER_AB_BLOCK": str(args.block), "BARRIER_AB_OUT": str(out),
                    "BARRIER_AB_COMPARE": args.compare,
                    **({"GANFORGE_SHM_BARRIER": "spin"} if args.compare == "reduce" else {})}  # fmt: skip
-            cmd = [sys.executable, "-m", "ganforge", "train", "--nproc", "2", "--model", args.model, "--data", data,
-                   "--steps", str(args.steps), "--batch-size", str(2 * args.batch), "--precision", "bf16",
-                   "--no-progress", "--runs-dir", str(Path(tmp) / "runs"), "--name", f"job{job}",
-                   "--set", "monitor.every=null", f"train.sample_every={10 * args.steps}",
-                   f"train.checkpoint_every={10 * args.steps}", "train.device=cpu"]  # fmt: skip
+            cmd = command(args.model, 2, args.batch, args.steps, "bf16", Path(tmp) / "runs", f"job{job}", log_every=None)
             proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -122,13 +118,9 @@ def main() -> int:
                          "steps_each": sum(k == a for k, _ in steps)})  # fmt: skip
             print(f"job {job}: step {ms[a]:.2f} ms with {a}, {ms[b]:.2f} ms with {b} -> img/s x{ms[b] / ms[a]:.3f}",
                   flush=True)  # fmt: skip
-    result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "torch": torch.__version__, "model": args.model, "data": data, "batch_per_process": args.batch,
-              "precision": "bf16", "threads_per_process": 1, "steps": args.steps, "block": args.block,
-              "compare": args.compare, "arms": list(arms),
-              "jobs": jobs}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, {"model": args.model, "data": DATA[args.model], "batch_per_process": args.batch,
+                    "precision": "bf16", "threads_per_process": 1, "steps": args.steps, "block": args.block,
+                    "compare": args.compare, "arms": list(arms), "jobs": jobs})  # fmt: skip
     return 0
 
 

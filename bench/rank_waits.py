@@ -22,11 +22,10 @@ import platform
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
-# the same `ganforge train` command, and img/s read off its log the same way, as bench/scaling.py
-from scaling import DATA, command, rate
+# the same `ganforge train` command, img/s read off its log and result file's header as bench/scaling.py
+from scaling import DATA, command, rate, save
 
 PATCH = r'''
 import atexit, json, os, statistics, time
@@ -68,7 +67,6 @@ def main() -> int:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         print("bench: the polling barrier (the one timed here) is x86 only.")
         return 0
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sitecustomize.py").write_text(PATCH)
@@ -87,12 +85,9 @@ def main() -> int:
     for r in ranks:
         print(f"rank {r['rank']}: work {r['work_ms_mean']:.2f} ms per barrier (median {r['work_ms_median']:.2f}), "
               f"wait {r['wait_ms_mean']:.2f} ms (p90 {r['wait_ms_p90']:.2f}) over {r['barriers']} barriers")
-    result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "torch": torch.__version__, "model": args.model, "data": DATA[args.model], "batch_per_process": args.batch,
-              "precision": "bf16", "threads_per_process": 1, "steps": args.steps, "ranks": ranks,
-              "img_per_s_2_processes_median": img_per_s}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, {"model": args.model, "data": DATA[args.model], "batch_per_process": args.batch,
+                    "precision": "bf16", "threads_per_process": 1, "steps": args.steps, "ranks": ranks,
+                    "img_per_s_2_processes_median": img_per_s})  # fmt: skip
     return 0
 
 

@@ -31,18 +31,34 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Optional
 
 DATA = {"dcgan28-classic": "mnist", "dcgan28": "mnist", "dcgan32": "cifar10", "resnet32": "cifar10"}
 
 
-def command(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, name: str) -> list[str]:
+def command(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, name: str,
+            log_every: Optional[int] = 10) -> list[str]:  # fmt: skip
+    """`ganforge train` for `steps` steps of `batch` per process, monitor, sampling and checkpoints off while
+    timed; a metrics line every `log_every` steps (None: the config's default)."""
     cmd = [sys.executable, "-m", "ganforge", "train", "--model", model, "--data", DATA[model], "--steps", str(steps),
            "--batch-size", str(batch * nproc), "--precision", precision, "--no-progress", "--runs-dir", str(root),
-           "--name", name, "--set", "monitor.every=null", "train.log_every=10", f"train.sample_every={10 * steps}",
+           "--name", name, "--set", "monitor.every=null", f"train.sample_every={10 * steps}",
            f"train.checkpoint_every={10 * steps}", "train.device=cpu"]  # fmt: skip
+    if log_every is not None:
+        cmd.insert(cmd.index("monitor.every=null") + 1, f"train.log_every={log_every}")
     if nproc > 1:
         cmd[4:4] = ["--nproc", str(nproc)]
     return cmd
+
+
+def save(path: str, fields: dict) -> None:
+    """Write a benchmark's result as JSON, headed by the date, this machine and torch's version."""
+    import torch
+
+    out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "torch": torch.__version__, **fields}  # fmt: skip
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def rate(root: Path, name: str) -> float:
@@ -85,8 +101,6 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results/scaling.json")
     args = parser.parse_args()
 
-    import torch
-
     from ganforge import __version__
 
     results = []
@@ -121,15 +135,12 @@ def main() -> int:
                     line += "; " + says.format(ips, 100 * row[f"efficiency_{arm}"])
             results.append(row)
             print(line, flush=True)
-    out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-           "torch": torch.__version__, "ganforge": __version__, "threads_per_process": 1,
+    save(args.out, {"ganforge": __version__, "threads_per_process": 1,
            "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else "")
                       + (" (and the sum with gloo's barrier: *_gloo_barrier)" if args.gloo_barrier_too else "")
                       + (" (and ranks bound to their own cores: *_pinned)" if args.pinned_too else "")
                       + (" (and independent 1-process runs at once: *_independent)" if args.independent_too else ""),
-           "steps": args.steps, "reps": args.reps, "results": results}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+           "steps": args.steps, "reps": args.reps, "results": results})  # fmt: skip
     return 0
 
 
