@@ -137,11 +137,14 @@ def cache_dir() -> Path:
 def _candidate_dirs(name: str, root: Optional[str], extra: tuple[str, ...] = ()) -> list[Path]:
     """Folders to search, in order: --data-root, $GANFORGE_DATA/<name>, the user cache, extras."""
     dirs: list[Path] = []
-    if root:  # `~` expanded: the shell does it for --data-root, but not for a path given from Python or a YAML file
-        dirs += [Path(root).expanduser(), Path(root).expanduser() / name]
+    # `~` expanded: the shell does it for --data-root, but not for a path given from Python or a YAML file
+    if root:
+        top = Path(root).expanduser()
+        dirs += [top, top / name]
     env = os.environ.get("GANFORGE_DATA")
     if env:
-        dirs += [Path(env).expanduser() / name, Path(env).expanduser()]
+        top = Path(env).expanduser()
+        dirs += [top / name, top]
     dirs.append(cache_dir() / name)
     dirs += [Path(p) for p in extra]
     return dirs
