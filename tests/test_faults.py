@@ -99,7 +99,10 @@ def test_second_ctrl_c_quits_at_once_without_damaging_files(tmp_path, isolated_e
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    # 130 from ganforge, or death by SIGINT (a shell shows 130 for both): under `python -m`, CPython 3.11
+    # ends the process by SIGINT once a KeyboardInterrupt has been raised inside an `exec` of a string
+    # (as dataclasses and namedtuples do while modules import), even when ganforge caught it
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err
     assert "aborted" in err or "Resume with" in err  # the first signal's save may have finished already
     for ckpt in (run / "checkpoints").glob("*.pt"):
