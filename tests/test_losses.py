@@ -5,6 +5,11 @@ import torch
 from ganforge.losses import LOSSES
 
 
+def g_loss(pair, fake, real):
+    """G's loss of a pair; a paired (relativistic) G loss also sees the real scores."""
+    return pair.g_loss(fake, real) if pair.paired else pair.g_loss(fake)
+
+
 def test_non_saturating_on_hand_computed_logits():
     real = torch.tensor([0.0, 2.0])
     fake = torch.tensor([0.0, -1.0])
@@ -30,7 +35,7 @@ def test_losses_stay_finite_where_sigmoid_saturates():
     big = torch.tensor([100.0, -100.0])
     for pair in LOSSES.values():
         assert torch.isfinite(pair.d_loss(big, -big))
-        assert torch.isfinite(pair.g_loss(big))
+        assert torch.isfinite(g_loss(pair, big, -big))
 
 
 def test_non_saturating_gradient_does_not_vanish_when_d_wins():
@@ -65,5 +70,24 @@ def test_every_loss_pushes_the_right_way():
         assert (real.grad <= 0).all() and (real.grad < 0).any(), name
         assert (fake.grad >= 0).all() and (fake.grad > 0).any(), name
         fake2 = torch.tensor([0.1, 0.4], requires_grad=True)
-        pair.g_loss(fake2).backward()
+        g_loss(pair, fake2, real.detach()).backward()
         assert (fake2.grad < 0).all(), name
+
+
+def test_relativistic_pairs_each_fake_with_a_real():
+    real = torch.tensor([2.0, 0.5])
+    fake = torch.tensor([-1.0, 0.5])
+    pair = LOSSES["relativistic"]
+    assert pair.paired and not pair.probabilistic
+    sp = lambda t: math.log1p(math.exp(t))  # noqa: E731  softplus
+    # D: mean softplus(fake_i - real_i); G: mean softplus(real_i - fake_i)
+    assert math.isclose(pair.d_loss(real, fake).item(), (sp(-3.0) + sp(0.0)) / 2, rel_tol=1e-6)
+    assert math.isclose(pair.g_loss(fake, real).item(), (sp(3.0) + sp(0.0)) / 2, rel_tol=1e-6)
+    # only the differences count: a shift of every score changes nothing ...
+    assert math.isclose(pair.d_loss(real + 7.0, fake + 7.0).item(), pair.d_loss(real, fake).item(), rel_tol=1e-6)
+    # ... and the pairing does: real i is compared with fake i, not with the batch's mean
+    assert not math.isclose(pair.d_loss(real, fake.flip(0)).item(), pair.d_loss(real, fake).item())
+    # the gradient on fake i comes from its own pair only: sigmoid(real_i - fake_i) / N
+    f = fake.clone().requires_grad_(True)
+    pair.g_loss(f, real).backward()
+    torch.testing.assert_close(f.grad, -torch.sigmoid(real - fake) / 2)

@@ -1,5 +1,6 @@
 import gc
 import json
+import math
 import os
 import signal
 import subprocess
@@ -262,7 +263,7 @@ def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_pat
     assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 6
 
 
-@pytest.mark.parametrize("loss_name", ["non-saturating", "minimax", "wgan", "hinge"])
+@pytest.mark.parametrize("loss_name", ["non-saturating", "minimax", "wgan", "hinge", "relativistic"])
 def test_simultaneous_shared_backward_matches_two_tapes(loss_name):
     """One backward through a per-sample D, G's input gradient rescaled per sample, gives both nets
     the gradients of the two-tape form (same dropout masks: same seed); hinge has zero D slopes
@@ -368,6 +369,64 @@ def test_resume_of_a_checkpoint_with_an_older_adam_uses_this_runs_fused_kernel(t
     for opt in ("opt_G", "opt_D"):
         group = final[opt]["param_groups"][0]
         assert group["fused"] is True and group["base_lr"] == pytest.approx(2e-4)
+
+
+def test_relativistic_g_step_judges_each_fake_against_its_own_real():
+    """G's gradient is that of mean softplus(D(x_i) - D(G(z_i))), D's real scores taken afresh without a
+    graph; top-k keeps each kept fake with its own real; without a real batch the step says so."""
+    import copy
+
+    from ganforge.losses import LOSSES
+    from ganforge.models import build_models
+    from ganforge.train import g_step
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    loss = LOSSES["relativistic"]
+    z, real = torch.randn(6, 8), torch.rand(6, 1, 28, 28) * 2 - 1
+    sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731  (keep the weights, read .grad)
+    for keep in (None, 3):
+        G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+        fake_logits = D2(G2(z))
+        with torch.no_grad():
+            real_logits = D2(real)
+        if keep is not None:
+            fake_logits, kept = fake_logits.topk(keep)
+            real_logits = real_logits[kept]
+        ref = torch.autograd.grad(loss.g_loss(fake_logits, real_logits), list(G2.parameters()))
+        G3, D3 = copy.deepcopy(G), copy.deepcopy(D)
+        g_step(G3, D3, sgd(G3), loss, z, real_img=real, keep=keep)
+        for p, r in zip(G3.parameters(), ref):
+            torch.testing.assert_close(p.grad, r)
+        assert all(p.grad is None for p in D3.parameters())
+    with pytest.raises(ValueError, match="needs a real batch"):
+        g_step(G, D, sgd(G), loss, z)
+
+
+def test_r2_penalises_the_fakes_on_the_lazy_steps(tmp_path, isolated_env, monkeypatch):
+    import importlib
+
+    train_mod = importlib.import_module("ganforge.train")
+    calls = []
+    real_r1 = train_mod.r1_penalty
+    monkeypatch.setattr(train_mod, "r1_penalty", lambda D, x: calls.append(x) or real_r1(D, x))
+    counts = {}
+    for r2 in (0.0, 0.5):
+        calls.clear()
+        overrides = tiny(tmp_path / str(r2))
+        overrides["loss"] = {"name": "relativistic"}
+        overrides["reg"] = {"r1_gamma": 0.5, "r2_gamma": r2, "r1_interval": 2}
+        run = train(build_config(overrides=overrides), progress=False)
+        counts[r2] = len(calls)
+        assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 6
+    assert counts == {0.0: 3, 0.5: 6}  # D updates 0, 2 and 4: R1 alone, then R1 and R2
+    reals, fakes = calls[0::2], calls[1::2]
+    assert all(x.shape == y.shape == (8, 1, 28, 28) for x, y in zip(reals, fakes))
+    assert all(not torch.equal(x, y) for x, y in zip(reals, fakes))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["g_loss"]) for r in rows if "g_loss" in r)
+    with pytest.raises(ConfigError, match="reg.r2_gamma"):
+        build_config(overrides={"reg": {"r2_gamma": -1.0}})
 
 
 def test_mode_seeking_term_enters_the_g_step_and_is_refused_where_it_cannot(tmp_path, isolated_env, monkeypatch):

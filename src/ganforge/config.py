@@ -109,7 +109,10 @@ class RegConfig:
     gp_weight: float = 0.0
     # R1 penalty weight gamma on real images (Mescheder et al. 2018); 0 turns it off.
     r1_gamma: float = 0.0
-    # Apply R1 every this many D updates, its weight scaled up by the interval (lazy, StyleGAN2).
+    # R2: the same penalty on generated images (Mescheder et al. 2018); R1 + R2 with loss.name=relativistic
+    # is R3GAN's objective (Huang et al. 2024, the same gamma for both). 0 turns it off.
+    r2_gamma: float = 0.0
+    # Apply R1 (and R2) every this many D updates, the weight scaled up by the interval (lazy, StyleGAN2).
     r1_interval: int = 16
     # Mode-seeking term in G's loss (MSGAN, Mao et al. 2019), this weight times 1 / (|G(z1) - G(z2)| /
     # |z1 - z2|) for pairs of latents of the same class (conditional G) or latent code (model.latent_codes):
@@ -569,6 +572,7 @@ def validate(cfg: Config) -> None:
         )
     positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
     positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
+    positive("reg.r2_gamma", cfg.reg.r2_gamma, allow_zero=True)
     positive("reg.r1_interval", cfg.reg.r1_interval)
     positive("reg.mode_seeking", cfg.reg.mode_seeking, allow_zero=True)
     for key in ("topk", "topk_gamma"):
@@ -636,6 +640,7 @@ def _validate_family(cfg: Config, family: str) -> None:
     adversarial = {
         "reg.gp_weight": cfg.reg.gp_weight != 0,
         "reg.r1_gamma": cfg.reg.r1_gamma != 0,
+        "reg.r2_gamma": cfg.reg.r2_gamma != 0,
         "reg.diffaugment": bool(cfg.reg.diffaugment),
         "reg.mode_seeking": cfg.reg.mode_seeking != 0,
         "reg.topk": cfg.reg.topk != 1.0,

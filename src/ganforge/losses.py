@@ -20,12 +20,14 @@ class LossPair:
     d_loss: Callable[
         [torch.Tensor, torch.Tensor], torch.Tensor
     ]  # (real_logits, fake_logits) -> scalar
-    g_loss: Callable[[torch.Tensor], torch.Tensor]  # fake_logits -> scalar
+    g_loss: Callable[..., torch.Tensor]  # fake_logits -> scalar; (fake_logits, real_logits) when `paired`
     description: str
     probabilistic: bool = True  # sigmoid(logit) is a probability of "real" (False for critics)
     # dL_D/dlogit is never 0 for a fake, so G's gradient at D's input can be rescaled from D's own
     # (train.simultaneous_step's shared backward): not for hinge (0 beyond the margin) or LSGAN
     d_grad_nonzero: bool = False
+    # G's loss compares each fake with a real one (relativistic pairing): the G step scores a real batch too
+    paired: bool = False
 
 
 LOSSES: dict[str, LossPair] = {}
@@ -69,6 +71,18 @@ def g_loss_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((fake_logits - 1.0) ** 2).mean()
 
 
+def d_loss_relativistic(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Relativistic pairing (RpGAN; Jolicoeur-Martineau 2019): D maximises log sigmoid(D(x_i) - D(G(z_i))),
+    real i and fake i of the batch paired. With R1 and R2 it is R3GAN's loss (Huang et al. 2024), whose
+    landscape has no mode-dropping local minima (Sun et al. 2020): every fake is judged against a real."""
+    return F.softplus(fake_logits - real_logits).mean()
+
+
+def g_loss_relativistic(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """G maximises log sigmoid(D(G(z_i)) - D(x_i)): the same pairs, roles swapped."""
+    return F.softplus(real_logits - fake_logits).mean()
+
+
 LOSSES["non-saturating"] = LossPair(
     d_loss_bce, g_loss_non_saturating, "Goodfellow et al. 2014, -log D(G(z))", d_grad_nonzero=True
 )
@@ -81,6 +95,10 @@ LOSSES["wgan"] = LossPair(
 LOSSES["hinge"] = LossPair(d_loss_hinge, g_loss_wgan, "Lim & Ye 2017; Miyato et al. 2018", False)
 LOSSES["least-squares"] = LossPair(
     d_loss_least_squares, g_loss_least_squares, "Mao et al. 2017", False
+)
+LOSSES["relativistic"] = LossPair(
+    d_loss_relativistic, g_loss_relativistic, "RpGAN, Jolicoeur-Martineau 2019; with R1 + R2: R3GAN, Huang et al. 2024",
+    False, d_grad_nonzero=True, paired=True,
 )
 
 

@@ -221,7 +221,7 @@ def d_step(
     precision: Precision = FP32,
     fake_img: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One D update; `penalty(real_img, fake_img, c_real)` adds a regularizer. c_real/c_fake: class
+    """One D update; `penalty(real_img, fake_img, c_real, c_fake)` adds a regularizer. c_real/c_fake: class
     labels for conditional models. `fake_img`: G(z, c_fake) made by the caller (to reuse in the G
     step), else made here without a graph. Returns (d_loss, real_logits, fake_logits), detached;
     d_loss excludes the penalty."""
@@ -235,7 +235,7 @@ def d_step(
         real_logits = D(real_img, c_real).float()  # [N]; losses in fp32
         fake_logits = D(fake_img, c_fake).float()  # [N]
     d_loss = loss.d_loss(real_logits, fake_logits)
-    total = d_loss if penalty is None else d_loss + penalty(real_img, fake_img, c_real)  # fp32
+    total = d_loss if penalty is None else d_loss + penalty(real_img, fake_img, c_real, c_fake)  # fp32
     opt_D.zero_grad(set_to_none=True)
     precision.step(total, opt_D)
     return d_loss.detach(), real_logits.detach(), fake_logits.detach()
@@ -254,13 +254,16 @@ def g_step(
     mode_seeking: float = 0.0,
     z_pair: Optional[torch.Tensor] = None,
     keep: Optional[int] = None,
+    real_img: Optional[torch.Tensor] = None,
+    c_real: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One G update through a fresh D forward (D already updated), with D's parameters frozen, so no
     gradient is computed for them. `fake_img`: the D step's G(z, c) with its graph, reused (one G
     forward per step); else G(z, c) is made here. With `mode_seeking` > 0, G(z_pair, c) is made too
     and the mode-seeking term of (z, z_pair) is added with that weight (reg.mode_seeking). `keep`:
-    top-k training, the loss of the `keep` fakes with the highest logits only (reg.topk). Returns
-    g_loss (without the mode-seeking term)."""
+    top-k training, the loss of the `keep` fakes with the highest logits only (reg.topk). `real_img`
+    (labels `c_real`): for a paired loss (relativistic), the reals D scores, without a graph, for
+    the fakes to be judged against. Returns g_loss (without the mode-seeking term)."""
     D.requires_grad_(False)
     try:  # D unfrozen again even when the step fails (a compiled step's failure is redone: see train)
         with precision.autocast():
@@ -268,9 +271,16 @@ def g_step(
                 fake_img = G(z, c)
             fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
             paired = G(z_pair, c) if mode_seeking and z_pair is not None else None
+            real_logits = None
+            if loss.paired:
+                if real_img is None:
+                    raise ValueError(f"{loss.description}: G's loss needs a real batch (real_img)")
+                with torch.no_grad():  # no path from the reals to G
+                    real_logits = D(augment(real_img) if augment is not None else real_img, c_real).float()
         if keep is not None and keep < len(fake_logits):
-            fake_logits = fake_logits.topk(keep).values  # the others get no gradient
-        g_loss = loss.g_loss(fake_logits)
+            fake_logits, kept = fake_logits.topk(keep)  # the others get no gradient
+            real_logits = None if real_logits is None else real_logits[kept]  # (pairs stay pairs)
+        g_loss = loss.g_loss(fake_logits) if real_logits is None else loss.g_loss(fake_logits, real_logits)
         total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
         opt_G.zero_grad(set_to_none=True)
         precision.step(total, opt_G)
@@ -314,8 +324,9 @@ def simultaneous_step(
         d_fake_in = fake_in.detach().requires_grad_() if shared_backward else fake_in  # D's graph only
         real_logits = D(real_in, c_real).float()
         fake_logits = D(d_fake_in, c_fake).float()
-    d_loss, g_loss = loss.d_loss(real_logits, fake_logits), loss.g_loss(fake_logits)
-    total_d = d_loss if penalty is None else d_loss + penalty(real_in, fake_in.detach().float(), c_real)
+    d_loss = loss.d_loss(real_logits, fake_logits)
+    g_loss = loss.g_loss(fake_logits, real_logits.detach()) if loss.paired else loss.g_loss(fake_logits)
+    total_d = d_loss if penalty is None else d_loss + penalty(real_in, fake_in.detach().float(), c_real, c_fake)
     d_params = [p for p in D.parameters() if p.requires_grad]
     g_params = [p for p in G.parameters() if p.requires_grad]
     if not shared_backward:
@@ -982,13 +993,15 @@ def _train(
     augment = make_augment(reg.diffaugment, noise)  # draws from the saved latent generator
 
     def penalty(d_iter: int) -> Optional[Callable[..., torch.Tensor]]:
-        """The regularizers due at this D update, as one function of (real_img, fake_img, c_real)."""
+        """The regularizers due at this D update, as one function of (real_img, fake_img, c_real, c_fake)."""
         use_gp = reg.gp_weight > 0
-        use_r1 = reg.r1_gamma > 0 and d_iter % reg.r1_interval == 0
-        if not (use_gp or use_r1):
+        lazy = d_iter % reg.r1_interval == 0
+        use_r1, use_r2 = reg.r1_gamma > 0 and lazy, reg.r2_gamma > 0 and lazy
+        if not (use_gp or use_r1 or use_r2):
             return None
 
-        def total(real_img: torch.Tensor, fake_img: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        def total(real_img: torch.Tensor, fake_img: torch.Tensor, c: Optional[torch.Tensor],
+                  c_fake: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
             D_c = lambda x: D(x, c)  # noqa: E731  (conditional D judges with the real labels)
             out = torch.zeros((), device=real_img.device)
             if use_gp:
@@ -996,6 +1009,9 @@ def _train(
                 out = out + reg.gp_weight * gradient_penalty(D_c, real_img, fake_img, noise).mean()
             if use_r1:  # lazy: every r1_interval updates, weighted by the interval
                 out = out + 0.5 * reg.r1_gamma * reg.r1_interval * r1_penalty(D_c, real_img).mean()
+            if use_r2:  # the same penalty on the fakes (R2), with their own labels
+                D_f = lambda x: D(x, c_fake)  # noqa: E731
+                out = out + 0.5 * reg.r2_gamma * reg.r1_interval * r1_penalty(D_f, fake_img).mean()
             return out
 
         return total
@@ -1187,7 +1203,8 @@ def _train(
                         c_g = draw_c(z_g)
                     keep = topk_keep(len(z_g) // m.pack, nimg / n, cfg.reg.topk, cfg.reg.topk_gamma)
                     g_loss = g_step(G_run, D_run, opt_G, loss, z_g, augment, c_g, precision, fake_img=fakes,
-                                    mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g), keep=keep)  # fmt: skip
+                                    mode_seeking=cfg.reg.mode_seeking, z_pair=pair_of(z_g), keep=keep,
+                                    real_img=real_img, c_real=c_real)  # fmt: skip
                     del fakes
                 stepping = False
                 # D's (or the encoder's) gradients of this step: the G step computes none for D
