@@ -51,8 +51,9 @@ def _train_parser(sub: Any) -> None:
         default=None,
         help="fail on unreadable images instead of skipping them",
     )
-    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan28-classic, dcgan32, dcgan64, resnet28, resnet32, "
-                   "mlp, mlp-plain (2D points), vae28, vae32, vae64 (the VAE baseline; with loss.name=elbo)")
+    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan28-classic, dcgan28-deep-d, dcgan32, dcgan64, "
+                   "resnet28, resnet32, mlp, mlp-plain (2D points), vae28, vae32, vae64 (the VAE baseline; with "
+                   "loss.name=elbo)")
     p.add_argument("--epochs", type=int, help="length in passes over the dataset")
     p.add_argument(
         "--steps",

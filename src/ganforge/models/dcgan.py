@@ -163,9 +163,11 @@ class Generator28Classic(nn.Module):
 
 
 class Discriminator28Classic(Discriminator):
-    """Radford et al.'s D at 28x28: Conv 4x4 s2, LeakyReLU 0.2; Conv s2 + BN; a 7x7 conv to the logit."""
+    """Radford et al.'s D at 28x28: Conv 4x4 s2, LeakyReLU 0.2; Conv s2 + BN; a 7x7 conv to the logit.
+    `depth` > 0 adds that many 3x3 convs (LeakyReLU) at 7x7 before the logit (dcgan28-deep-d)."""
 
-    def __init__(self, channels: int = 1, base: int = 32, num_classes: int = 0, mbstd: bool = False):
+    def __init__(self, channels: int = 1, base: int = 32, num_classes: int = 0, mbstd: bool = False,
+                 depth: int = 0):  # fmt: skip
         features = nn.Sequential(
             nn.Conv2d(channels, base, 4, 2, 1),  # [N, b, 14, 14]
             nn.LeakyReLU(0.2, inplace=True),
@@ -173,6 +175,8 @@ class Discriminator28Classic(Discriminator):
             nn.BatchNorm2d(2 * base),
             nn.LeakyReLU(0.2, inplace=True),
         )
+        for _ in range(depth):
+            features.extend([nn.Conv2d(2 * base, 2 * base, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True)])
         head = nn.Conv2d(2 * base + mbstd, 1, 7, 1, 0)  # [N, 1, 1, 1]
         super().__init__(features, head, 2 * base, num_classes, mbstd)
         dcgan_init(self)
@@ -307,6 +311,20 @@ def dcgan28_classic(z_dim: int, channels: int, g_channels: int, d_channels: int,
     # No dropout here.
     return Generator28Classic(z_dim, channels, g_channels, num_classes), Discriminator28Classic(
         channels, d_channels, num_classes, mbstd
+    )
+
+
+@register_model(
+    "dcgan28-deep-d",
+    28,
+    "dcgan28-classic with a deeper D: two 3x3 convs at 7x7 before the logit",
+)
+def dcgan28_deep_d(z_dim: int, channels: int, g_channels: int, d_channels: int, dropout: float,
+                   num_classes: int = 0, mbstd: bool = False):  # fmt: skip
+    # dcgan28-classic's D is two convs and a linear read-out of its 7x7 map: whether a stroke makes a digit
+    # is judged by one linear layer. Two more layers let D judge shapes made of several strokes.
+    return Generator28Classic(z_dim, channels, g_channels, num_classes), Discriminator28Classic(
+        channels, d_channels, num_classes, mbstd, depth=2
     )
 
 
