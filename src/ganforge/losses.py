@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,10 @@ class LossPair:
     d_grad_nonzero: bool = False
     # G's loss compares each fake with a real one (relativistic pairing): the G step scores a real batch too
     paired: bool = False
+
+    def g(self, fake_logits: torch.Tensor, real_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """G's loss; a paired loss also reads the real scores (the others ignore them)."""
+        return self.g_loss(fake_logits, real_logits) if self.paired else self.g_loss(fake_logits)
 
 
 LOSSES: dict[str, LossPair] = {}

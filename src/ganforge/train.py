@@ -280,7 +280,7 @@ def g_step(
         if keep is not None and keep < len(fake_logits):
             fake_logits, kept = fake_logits.topk(keep)  # the others get no gradient
             real_logits = None if real_logits is None else real_logits[kept]  # (pairs stay pairs)
-        g_loss = loss.g_loss(fake_logits) if real_logits is None else loss.g_loss(fake_logits, real_logits)
+        g_loss = loss.g(fake_logits, real_logits)
         total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
         opt_G.zero_grad(set_to_none=True)
         precision.step(total, opt_G)
@@ -325,7 +325,7 @@ def simultaneous_step(
         real_logits = D(real_in, c_real).float()
         fake_logits = D(d_fake_in, c_fake).float()
     d_loss = loss.d_loss(real_logits, fake_logits)
-    g_loss = loss.g_loss(fake_logits, real_logits.detach()) if loss.paired else loss.g_loss(fake_logits)
+    g_loss = loss.g(fake_logits, real_logits.detach())
     total_d = d_loss if penalty is None else d_loss + penalty(real_in, fake_in.detach().float(), c_real, c_fake)
     d_params = [p for p in D.parameters() if p.requires_grad]
     g_params = [p for p in G.parameters() if p.requires_grad]
