@@ -42,10 +42,9 @@ def command(model: str, nproc: int, batch: int, steps: int, precision: str, root
     timed; a metrics line every `log_every` steps (None: the config's default)."""
     cmd = [sys.executable, "-m", "ganforge", "train", "--model", model, "--data", DATA[model], "--steps", str(steps),
            "--batch-size", str(batch * nproc), "--precision", precision, "--no-progress", "--runs-dir", str(root),
-           "--name", name, "--set", "monitor.every=null", f"train.sample_every={10 * steps}",
+           "--name", name, "--set", "monitor.every=null",
+           *([f"train.log_every={log_every}"] if log_every is not None else []), f"train.sample_every={10 * steps}",
            f"train.checkpoint_every={10 * steps}", "train.device=cpu"]  # fmt: skip
-    if log_every is not None:
-        cmd.insert(cmd.index("monitor.every=null") + 1, f"train.log_every={log_every}")
     if nproc > 1:
         cmd[4:4] = ["--nproc", str(nproc)]
     return cmd
