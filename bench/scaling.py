@@ -4,6 +4,7 @@ an N times larger global batch). Efficiency = img/s(N) / (N x img/s(1)).
 
     python bench/scaling.py                       # dcgan28-classic on MNIST, dcgan32 on CIFAR-10
     python bench/scaling.py --models dcgan28-classic --batch 128 --gloo-too --independent-too
+    python bench/scaling.py --updates alternating simultaneous   # one gradient sum per step vs two
 
 Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoints off during the
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
@@ -37,12 +38,12 @@ DATA = {"dcgan28-classic": "mnist", "dcgan28": "mnist", "dcgan32": "cifar10", "r
 
 
 def command(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, name: str,
-            log_every: Optional[int] = 10) -> list[str]:  # fmt: skip
-    """`ganforge train` for `steps` steps of `batch` per process, monitor, sampling and checkpoints off while
-    timed; a metrics line every `log_every` steps (None: the config's default)."""
+            log_every: Optional[int] = 10, update: str = "alternating") -> list[str]:  # fmt: skip
+    """`ganforge train` for `steps` steps of `batch` per process with the given update rule, monitor, sampling
+    and checkpoints off while timed; a metrics line every `log_every` steps (None: the config's default)."""
     cmd = [sys.executable, "-m", "ganforge", "train", "--model", model, "--data", DATA[model], "--steps", str(steps),
            "--batch-size", str(batch * nproc), "--precision", precision, "--no-progress", "--runs-dir", str(root),
-           "--name", name, "--set", "monitor.every=null",
+           "--name", name, "--set", "monitor.every=null", f"train.update={update}",
            *([f"train.log_every={log_every}"] if log_every is not None else []), f"train.sample_every={10 * steps}",
            f"train.checkpoint_every={10 * steps}", "train.device=cpu"]  # fmt: skip
     if nproc > 1:
@@ -67,13 +68,13 @@ def rate(root: Path, name: str) -> float:
 
 
 def run(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, env: dict[str, str],
-        independent: int = 1) -> float:  # fmt: skip
+        independent: int = 1, update: str = "alternating") -> float:  # fmt: skip
     """img/s of one `ganforge train` with `nproc` processes (`env` added to the environment); or, with
     independent=N, the summed img/s of N single-process trainings run at the same time (no communication:
     what sharing the machine alone costs)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GANFORGE_SHM_ALLREDUCE": "1", "GANFORGE_SHM_BARRIER": "spin", **env}
     names = [f"{model}-{nproc}-{i}-{time.time_ns()}" for i in range(independent)]
-    cmds = [command(model, nproc, batch, steps, precision, root, name) for name in names]
+    cmds = [command(model, nproc, batch, steps, precision, root, name, update=update) for name in names]
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for cmd in cmds]
     for cmd, proc in zip(cmds, procs):
         _, err = proc.communicate()
@@ -90,6 +91,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--updates", nargs="+", default=["alternating"], choices=("alternating", "simultaneous"),
+                        help="train.update of every arm; one row per model and update (the simultaneous update "
+                             "averages G's and D's gradients in one sum: one barrier per step instead of two)")
     parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
     parser.add_argument("--gloo-barrier-too", action="store_true",
                         help="also N processes whose shared-memory sum uses gloo's all-reduce as its barrier")
@@ -104,7 +108,7 @@ def main() -> int:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
+        for model, update in [(m, u) for m in args.models for u in args.updates]:
             one, many, gloo, gloo_barrier, pinned, apart = [], [], [], [], [], []
             arms = [(one, 1, {}, 1), (many, args.nproc, {}, 1)]
             arms += [(gloo, args.nproc, {"GANFORGE_SHM_ALLREDUCE": "0"}, 1)] if args.gloo_too else []
@@ -114,12 +118,14 @@ def main() -> int:
             for rep in range(args.reps):
                 for i in range(len(arms)):  # each repetition starts with the next arm: no arm always runs first
                     into, nproc, env, independent = arms[(rep + i) % len(arms)]
-                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), env, independent))
+                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), env, independent,
+                                    update))  # fmt: skip
             ips1, ipsn = statistics.median(one), statistics.median(many)
-            row = {"model": model, "data": DATA[model], "batch_per_process": args.batch, "precision": args.precision,
+            row = {"model": model, "data": DATA[model], "update": update, "batch_per_process": args.batch,
+                   "precision": args.precision,
                    "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn, "runs_1": one, f"runs_{args.nproc}": many,
                    "efficiency": ipsn / (args.nproc * ips1)}  # fmt: skip
-            line = (f"{model}: 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
+            line = (f"{model} ({update}): 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
                     f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
             extra = (("gloo", gloo, "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
                      ("gloo_barrier", gloo_barrier, "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),

@@ -39,11 +39,13 @@ POINTS = ["--data", "ring8", "--model", "mlp-plain", "--batch-size", "32", "--st
           "train.checkpoint_every=4", "monitor.every=null", "train.device=cpu"]  # fmt: skip
 
 
-@pytest.mark.parametrize("shm", [True, False], ids=["shared-memory-sum", "gloo-all-reduce"])
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, shm):
-    one = ganforge_cli("train", *POINTS, "--runs-dir", str(tmp_path), "--name", "one")
+@pytest.mark.parametrize("shm, update", [(True, "alternating"), (False, "alternating"), (True, "simultaneous")],
+                         ids=["shared-memory-sum", "gloo-all-reduce", "simultaneous-one-sum"])  # fmt: skip
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, shm, update):
+    points = [*POINTS, f"train.update={update}"]  # the simultaneous update sums G's and D's gradients at once
+    one = ganforge_cli("train", *points, "--runs-dir", str(tmp_path), "--name", "one")
     assert one.returncode == 0, one.stderr[-2000:]
-    two = ganforge_cli("train", "--nproc", "2", *POINTS, "--runs-dir", str(tmp_path), "--name", "two", shm=shm)
+    two = ganforge_cli("train", "--nproc", "2", *points, "--runs-dir", str(tmp_path), "--name", "two", shm=shm)
     assert two.returncode == 0, two.stderr[-2000:]
     assert f"global batch: 2 processes x 16, gloo{' + shared memory' if shm else ')'}" in two.stderr
     a = load_checkpoint(tmp_path / "one" / "checkpoints" / "final.pt")

@@ -238,7 +238,7 @@ def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
 def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_path, isolated_env):
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import simultaneous_step
+    from ganforge.train import Precision, simultaneous_step
 
     torch.manual_seed(0)
     G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
@@ -253,9 +253,13 @@ def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_pat
     d_ref = torch.autograd.grad(loss.d_loss(real_logits, fake_logits), list(D2.parameters()), retain_graph=True)
     g_ref = torch.autograd.grad(loss.g_loss(fake_logits), list(G2.parameters()))
     sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.0)  # noqa: E731  (lr 0: keep the weights, read .grad)
-    simultaneous_step(G, D, sgd(G), sgd(D), loss, real, z)
+    amp = Precision("fp32", torch.device("cpu"))
+    summed: list = []  # what several processes would average: both nets' gradients, in one sum
+    amp.sync = summed.append
+    simultaneous_step(G, D, sgd(G), sgd(D), loss, real, z, precision=amp)
     for p, ref in [*zip(D.parameters(), d_ref), *zip(G.parameters(), g_ref)]:
         torch.testing.assert_close(p.grad, ref)
+    assert [len(params) for params in summed] == [len(list(D.parameters())) + len(list(G.parameters()))]
     # and a run with it trains, logs and resumes like the alternating one
     with pytest.raises(ConfigError, match="set train.n_critic=1"):
         build_config(overrides=tiny(tmp_path, update="simultaneous", n_critic=2))

@@ -127,9 +127,10 @@ class Precision:
         self.sync: Optional[Callable[[list[nn.Parameter]], None]] = None
 
     def _sync(self, *optimizers: torch.optim.Optimizer) -> None:
+        # all the optimizers' gradients in one sum: the simultaneous update (and the VAE's two nets)
+        # then waits for the other ranks once per step, the alternating update once per net's step
         if self.sync is not None:
-            for opt in optimizers:
-                self.sync([p for group in opt.param_groups for p in group["params"]])
+            self.sync([p for opt in optimizers for group in opt.param_groups for p in group["params"]])
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.name == "fp32":
