@@ -92,8 +92,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--updates", nargs="+", default=["alternating"], choices=("alternating", "simultaneous"),
-                        help="train.update of every arm; one row per model and update (the simultaneous update "
-                             "averages G's and D's gradients in one sum: one barrier per step instead of two)")
+                        help="train.update of the arms; one row per model and update, every update's arms in one rotation "
+                             "(the simultaneous update averages G's and D's gradients in one sum: one barrier per "
+                             "step instead of two)")
     parser.add_argument("--gloo-too", action="store_true", help="also N processes with gloo's TCP all-reduce")
     parser.add_argument("--gloo-barrier-too", action="store_true",
                         help="also N processes whose shared-memory sum uses gloo's all-reduce as its barrier")
@@ -108,38 +109,40 @@ def main() -> int:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model, update in [(m, u) for m in args.models for u in args.updates]:
-            one, many, gloo, gloo_barrier, pinned, apart = [], [], [], [], [], []
-            arms = [(one, 1, {}, 1), (many, args.nproc, {}, 1)]
-            arms += [(gloo, args.nproc, {"GANFORGE_SHM_ALLREDUCE": "0"}, 1)] if args.gloo_too else []
-            arms += [(gloo_barrier, args.nproc, {"GANFORGE_SHM_BARRIER": "gloo"}, 1)] if args.gloo_barrier_too else []
-            arms += [(pinned, args.nproc, {"GANFORGE_PIN_CORES": "1"}, 1)] if args.pinned_too else []
-            arms += [(apart, 1, {}, args.nproc)] if args.independent_too else []
+        for model in args.models:
+            kinds = [("one", 1, {}, 1), ("many", args.nproc, {}, 1)]
+            kinds += [("gloo", args.nproc, {"GANFORGE_SHM_ALLREDUCE": "0"}, 1)] if args.gloo_too else []
+            kinds += [("gloo_barrier", args.nproc, {"GANFORGE_SHM_BARRIER": "gloo"}, 1)] if args.gloo_barrier_too else []
+            kinds += [("pinned", args.nproc, {"GANFORGE_PIN_CORES": "1"}, 1)] if args.pinned_too else []
+            kinds += [("independent", 1, {}, args.nproc)] if args.independent_too else []
+            arms = [(update, *kind) for update in args.updates for kind in kinds]  # one rotation for all updates
+            runs: dict[tuple[str, str], list[float]] = {(update, kind): [] for update, kind, *_ in arms}
             for rep in range(args.reps):
                 for i in range(len(arms)):  # each repetition starts with the next arm: no arm always runs first
-                    into, nproc, env, independent = arms[(rep + i) % len(arms)]
-                    into.append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), env, independent,
-                                    update))  # fmt: skip
-            ips1, ipsn = statistics.median(one), statistics.median(many)
-            row = {"model": model, "data": DATA[model], "update": update, "batch_per_process": args.batch,
-                   "precision": args.precision,
-                   "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn, "runs_1": one, f"runs_{args.nproc}": many,
-                   "efficiency": ipsn / (args.nproc * ips1)}  # fmt: skip
-            line = (f"{model} ({update}): 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
-                    f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
-            extra = (("gloo", gloo, "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
-                     ("gloo_barrier", gloo_barrier, "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),
-                     ("pinned", pinned, "bound to cores {:.0f} img/s -> {:.1f}%"),
-                     ("independent", apart, f"{args.nproc} independent 1-process runs at once {{:.0f}} img/s in all "
-                                            "-> {:.1f}% (the machine's own ceiling)"))  # fmt: skip
-            for arm, runs, says in extra:  # the optional arms, when run
-                if runs:
-                    ips = statistics.median(runs)
-                    row.update({f"img_per_s_{args.nproc}_{arm}": ips, f"runs_{args.nproc}_{arm}": runs,
-                                f"efficiency_{arm}": ips / (args.nproc * ips1)})  # fmt: skip
-                    line += "; " + says.format(ips, 100 * row[f"efficiency_{arm}"])
-            results.append(row)
-            print(line, flush=True)
+                    update, kind, nproc, env, independent = arms[(rep + i) % len(arms)]
+                    runs[update, kind].append(run(model, nproc, args.batch, args.steps, args.precision, Path(tmp), env,
+                                                  independent, update))  # fmt: skip
+            for update in args.updates:
+                one, many = runs[update, "one"], runs[update, "many"]
+                ips1, ipsn = statistics.median(one), statistics.median(many)
+                row = {"model": model, "data": DATA[model], "update": update, "batch_per_process": args.batch,
+                       "precision": args.precision, "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn,
+                       "runs_1": one, f"runs_{args.nproc}": many, "efficiency": ipsn / (args.nproc * ips1)}  # fmt: skip
+                line = (f"{model} ({update}): 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
+                        f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
+                extra = (("gloo", "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
+                         ("gloo_barrier", "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),
+                         ("pinned", "bound to cores {:.0f} img/s -> {:.1f}%"),
+                         ("independent", f"{args.nproc} independent 1-process runs at once {{:.0f}} img/s in all "
+                                         "-> {:.1f}% (the machine's own ceiling)"))  # fmt: skip
+                for arm, says in extra:  # the optional arms, when run
+                    if runs.get((update, arm)):
+                        ips = statistics.median(runs[update, arm])
+                        row.update({f"img_per_s_{args.nproc}_{arm}": ips, f"runs_{args.nproc}_{arm}": runs[update, arm],
+                                    f"efficiency_{arm}": ips / (args.nproc * ips1)})  # fmt: skip
+                        line += "; " + says.format(ips, 100 * row[f"efficiency_{arm}"])
+                results.append(row)
+                print(line, flush=True)
     save(args.out, {"ganforge": __version__, "threads_per_process": 1,
            "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else "")
                       + (" (and the sum with gloo's barrier: *_gloo_barrier)" if args.gloo_barrier_too else "")
