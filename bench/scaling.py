@@ -8,7 +8,8 @@ an N times larger global batch). Efficiency = img/s(N) / (N x img/s(1)).
 
 Each configuration is a fresh `ganforge train` (monitor, sampling and checkpoints off during the
 timed steps); img/s is the median of the run's logged windows after the first two (start-up, warm-up).
-The arms run REPS times, each repetition starting with the next arm (no fixed order). The N processes
+The arms run REPS times (default 7), each repetition starting with the next arm (no fixed order); the
+efficiency is the ratio of the medians, and each repetition's own ratio is printed as a range. The N processes
 sum their gradients through shared memory (ganforge's default on one machine); `--gloo-too` adds N-process
 runs that use gloo's TCP all-reduce instead (GANFORGE_SHM_ALLREDUCE=0), `--gloo-barrier-too` N-process runs
 whose shared-memory sum waits at gloo's all-reduce instead of polling the file (GANFORGE_SHM_BARRIER=gloo;
@@ -89,7 +90,9 @@ def main() -> int:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="images per process per step")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=7,
+                        help="repetitions of every arm (this VM's runs drift by 10-20 %%: medians of 3 moved the "
+                             "efficiency by +-8 points between runs, medians of 7 by less)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--updates", nargs="+", default=["alternating"], choices=("alternating", "simultaneous"),
                         help="train.update of the arms; one row per model and update, every update's arms in one rotation "
@@ -127,9 +130,13 @@ def main() -> int:
                 ips1, ipsn = statistics.median(one), statistics.median(many)
                 row = {"model": model, "data": DATA[model], "update": update, "batch_per_process": args.batch,
                        "precision": args.precision, "img_per_s_1": ips1, f"img_per_s_{args.nproc}": ipsn,
-                       "runs_1": one, f"runs_{args.nproc}": many, "efficiency": ipsn / (args.nproc * ips1)}  # fmt: skip
+                       "runs_1": one, f"runs_{args.nproc}": many, "efficiency": ipsn / (args.nproc * ips1),
+                       # each repetition's own ratio: how far this VM moves the figure
+                       "efficiency_per_rep": [b / (args.nproc * a) for a, b in zip(one, many)]}  # fmt: skip
+                spread = row["efficiency_per_rep"]
                 line = (f"{model} ({update}): 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
-                        f"efficiency {100 * row['efficiency']:.1f}%")  # fmt: skip
+                        f"efficiency {100 * row['efficiency']:.1f}% (repetitions {100 * min(spread):.0f}-"
+                        f"{100 * max(spread):.0f}%)")  # fmt: skip
                 extra = (("gloo", "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
                          ("gloo_barrier", "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),
                          ("pinned", "bound to cores {:.0f} img/s -> {:.1f}%"),
