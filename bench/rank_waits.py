@@ -7,7 +7,8 @@
 Runs one `ganforge train --nproc 2` (one thread per process, bf16, 64 images per process, monitor and sampling
 off) with a `sitecustomize` on PYTHONPATH that times, on each rank, every wait at the shared-memory sum's polling
 barrier (`SharedMemorySum._spin_barrier`) and the time between leaving one barrier and reaching the next (the
-rank's own work: a D or a G update's forward, backward, the copy of its gradients, the optimizer step, and
+rank's own work: a D or a G update's (with `--update simultaneous`, a whole step's) forward, backward, the copy of
+its gradients, the optimizer step, and
 the job's rarer collectives: the vote on stopping every 8 steps and the logged means every 10). The first 50 barriers
 are dropped as warm-up. Two sums per alternating step, so "per step" is twice "per barrier"; one per step with
 `--update simultaneous` (G's and D's gradients averaged in one sum).

@@ -107,6 +107,7 @@ def main() -> int:
                         help="also N independent 1-process trainings at once: the ceiling that sharing the machine sets")
     parser.add_argument("--out", default="bench/results/scaling.json")
     args = parser.parse_args()
+    args.updates = list(dict.fromkeys(args.updates))  # each update once
 
     from ganforge import __version__
 

@@ -40,9 +40,10 @@ POINTS = ["--data", "ring8", "--model", "mlp-plain", "--batch-size", "32", "--st
 
 
 @pytest.mark.parametrize("shm, update", [(True, "alternating"), (False, "alternating"), (True, "simultaneous")],
-                         ids=["shared-memory-sum", "gloo-all-reduce", "simultaneous-one-sum"])  # fmt: skip
+                         ids=["shared-memory-sum", "gloo-all-reduce", "simultaneous"])  # fmt: skip
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, shm, update):
-    points = [*POINTS, f"train.update={update}"]  # the simultaneous update sums G's and D's gradients at once
+    # the simultaneous update averages G's and D's gradients in one sum (that it is one: tests/test_train.py)
+    points = [*POINTS, f"train.update={update}"]
     one = ganforge_cli("train", *points, "--runs-dir", str(tmp_path), "--name", "one")
     assert one.returncode == 0, one.stderr[-2000:]
     two = ganforge_cli("train", "--nproc", "2", *points, "--runs-dir", str(tmp_path), "--name", "two", shm=shm)

@@ -128,7 +128,7 @@ class Precision:
 
     def _sync(self, *optimizers: torch.optim.Optimizer) -> None:
         # all the optimizers' gradients in one sum: the simultaneous update (and the VAE's two nets)
-        # then waits for the other ranks once per step, the alternating update once per net's step
+        # then waits for the other ranks once per step, the alternating update once per D and per G update
         if self.sync is not None:
             self.sync([p for opt in optimizers for group in opt.param_groups for p in group["params"]])
 
