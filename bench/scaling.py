@@ -37,6 +37,20 @@ from typing import Optional
 
 DATA = {"dcgan28-classic": "mnist", "dcgan28": "mnist", "dcgan32": "cifar10", "resnet32": "cifar10"}
 
+# the optional arms: (name, the option that adds it, its environment, N independent 1-process runs instead of one
+# N-process run, what the printed line says of it, what the result file's "backend" says of it)
+OPTIONAL_ARMS = (
+    ("gloo", "gloo_too", {"GANFORGE_SHM_ALLREDUCE": "0"}, False,
+     "with gloo's all-reduce {ips:.0f} img/s -> {eff:.1f}%", "gloo alone"),
+    ("gloo_barrier", "gloo_barrier_too", {"GANFORGE_SHM_BARRIER": "gloo"}, False,
+     "shared memory with gloo's barrier {ips:.0f} img/s -> {eff:.1f}%", "the sum with gloo's barrier"),
+    ("pinned", "pinned_too", {"GANFORGE_PIN_CORES": "1"}, False,
+     "bound to cores {ips:.0f} img/s -> {eff:.1f}%", "ranks bound to their own cores"),
+    ("independent", "independent_too", {}, True,
+     "{nproc} independent 1-process runs at once {ips:.0f} img/s in all -> {eff:.1f}% (the machine's own ceiling)",
+     "independent 1-process runs at once"),
+)  # fmt: skip
+
 
 def command(model: str, nproc: int, batch: int, steps: int, precision: str, root: Path, name: str,
             log_every: Optional[int] = 10, update: str = "alternating") -> list[str]:  # fmt: skip
@@ -115,10 +129,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             kinds = [("one", 1, {}, 1), ("many", args.nproc, {}, 1)]
-            kinds += [("gloo", args.nproc, {"GANFORGE_SHM_ALLREDUCE": "0"}, 1)] if args.gloo_too else []
-            kinds += [("gloo_barrier", args.nproc, {"GANFORGE_SHM_BARRIER": "gloo"}, 1)] if args.gloo_barrier_too else []
-            kinds += [("pinned", args.nproc, {"GANFORGE_PIN_CORES": "1"}, 1)] if args.pinned_too else []
-            kinds += [("independent", 1, {}, args.nproc)] if args.independent_too else []
+            kinds += [(name, 1, env, args.nproc) if independent else (name, args.nproc, env, 1)
+                      for name, option, env, independent, *_ in OPTIONAL_ARMS if getattr(args, option)]  # fmt: skip
             arms = [(update, *kind) for update in args.updates for kind in kinds]  # one rotation for all updates
             runs: dict[tuple[str, str], list[float]] = {(update, kind): [] for update, kind, *_ in arms}
             for rep in range(args.reps):
@@ -138,24 +150,17 @@ def main() -> int:
                 line = (f"{model} ({update}): 1 process {ips1:.0f} img/s, {args.nproc} processes {ipsn:.0f} img/s -> "
                         f"efficiency {100 * row['efficiency']:.1f}% (repetitions {100 * min(spread):.0f}-"
                         f"{100 * max(spread):.0f}%)")  # fmt: skip
-                extra = (("gloo", "with gloo's all-reduce {:.0f} img/s -> {:.1f}%"),
-                         ("gloo_barrier", "shared memory with gloo's barrier {:.0f} img/s -> {:.1f}%"),
-                         ("pinned", "bound to cores {:.0f} img/s -> {:.1f}%"),
-                         ("independent", f"{args.nproc} independent 1-process runs at once {{:.0f}} img/s in all "
-                                         "-> {:.1f}% (the machine's own ceiling)"))  # fmt: skip
-                for arm, says in extra:  # the optional arms, when run
+                for arm, _, _, _, says, _ in OPTIONAL_ARMS:  # the optional arms, when run
                     if runs.get((update, arm)):
                         ips = statistics.median(runs[update, arm])
                         row.update({f"img_per_s_{args.nproc}_{arm}": ips, f"runs_{args.nproc}_{arm}": runs[update, arm],
                                     f"efficiency_{arm}": ips / (args.nproc * ips1)})  # fmt: skip
-                        line += "; " + says.format(ips, 100 * row[f"efficiency_{arm}"])
+                        line += "; " + says.format(nproc=args.nproc, ips=ips, eff=100 * row[f"efficiency_{arm}"])
                 results.append(row)
                 print(line, flush=True)
     save(args.out, {"ganforge": __version__, "threads_per_process": 1,
-           "backend": "gloo + shared-memory gradient sum" + (" (and gloo alone: *_gloo)" if args.gloo_too else "")
-                      + (" (and the sum with gloo's barrier: *_gloo_barrier)" if args.gloo_barrier_too else "")
-                      + (" (and ranks bound to their own cores: *_pinned)" if args.pinned_too else "")
-                      + (" (and independent 1-process runs at once: *_independent)" if args.independent_too else ""),
+           "backend": "gloo + shared-memory gradient sum" + "".join(
+               f" (and {note}: *_{arm})" for arm, option, *_, note in OPTIONAL_ARMS if getattr(args, option)),
            "steps": args.steps, "reps": args.reps, "results": results})  # fmt: skip
     return 0
 
