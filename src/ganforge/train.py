@@ -271,7 +271,7 @@ def g_step(
             if fake_img is None:
                 fake_img = G(z, c)
             fake_logits = D(augment(fake_img) if augment is not None else fake_img, c).float()
-            paired = G(z_pair, c) if mode_seeking and z_pair is not None else None
+            pair_img = G(z_pair, c) if mode_seeking and z_pair is not None else None  # mode seeking's second fakes
             real_logits = None
             if loss.paired:
                 if real_img is None:
@@ -282,7 +282,7 @@ def g_step(
             fake_logits, kept = fake_logits.topk(keep)  # the others get no gradient
             real_logits = None if real_logits is None else real_logits[kept]  # (pairs stay pairs)
         g_loss = loss.g(fake_logits, real_logits)
-        total = g_loss if paired is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, paired, z, z_pair)
+        total = g_loss if pair_img is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, pair_img, z, z_pair)
         opt_G.zero_grad(set_to_none=True)
         precision.step(total, opt_G)
     finally:
