@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,9 +47,10 @@ CASES: dict[str, list[str]] = {
     "latent-codes": ["model.latent_codes=4", "reg.mode_seeking=0.5"],
     "vae": ["model.name=vae28", "loss.name=elbo"],
     "clusters": ["model.clusters=4"],
-    "rollback": ["optim.d_lr=0.05", "monitor.on_collapse=rollback", "monitor.diversity_threshold=2",
-                 "monitor.patience=1", "monitor.max_rollbacks=2"],  # fmt: skip
+    "rollback": ["monitor.on_collapse=rollback", "monitor.diversity_threshold=0.99", "monitor.patience=1",
+                 "monitor.max_rollbacks=2"],  # fmt: skip
     "two-processes": ["--nproc", "2"],
+    "resume": [],  # 12 steps, then `--resume --steps 24` (see run_case)
 }
 # after COMMON, a case's own "--set" values continue the list; "--nproc 2" goes before "--set"
 WALL_KEYS = {"time", "img_per_s", "seconds", "train_seconds"}
@@ -58,15 +60,22 @@ def run_case(name: str, out: Path, pythonpath: str | None) -> None:
     args = CASES[name]
     flags = [a for a in args if a.startswith("--") or a.isdigit()]
     sets = [a for a in args if a not in flags]
-    cmd = [sys.executable, "-m", "ganforge", "train", *flags, "--runs-dir", str(out), "--name", name,
-           *COMMON, *sets]  # fmt: skip
+    train = [sys.executable, "-m", "ganforge", "train"]
+    cmds = [[*train, *flags, "--runs-dir", str(out), "--name", name, *COMMON, *sets]]
+    if name == "resume":  # a run stopped at step 12 and resumed to 24 must be the run of 24 steps
+        cmds = [[*cmds[0], "train.steps=12"], [*train, "--resume", str(out / name), "--steps", "24", "--no-progress"]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode not in (0, 3):  # 3: a run the monitor stopped is still a result to compare
-        sys.exit(f"case {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    (out / name / "stderr.txt").write_text(result.stderr)
+    stderr = ""
+    for cmd in cmds:
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if result.returncode not in (0, 3):  # 3: a run the monitor stopped is still a result to compare
+            sys.exit(f"case {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        stderr += f"$ exit {result.returncode}\n" + result.stdout + result.stderr
+    # what the user sees, with the run folder's parent and the timings taken out
+    stderr = re.sub(r"\d+(\.\d+)? s\b", "T s", stderr.replace(str(out), "RUNS"))
+    (out / name / "output.txt").write_text(stderr)
 
 
 def run_matrix(out: Path, cases: list[str], pythonpath: str | None = None) -> None:
@@ -109,8 +118,8 @@ def compare_case(a: Path, b: Path) -> list[str]:
         if set(ta) != set(tb):
             problems.append(f"{name}: keys differ: {sorted(set(ta) ^ set(tb))[:5]}")
         for key in sorted(set(ta) & set(tb)):
-            if key.endswith(("/train_seconds", "/log_bytes")) or key.startswith("/config/run/"):
-                continue  # wall time; the log's size follows its time fields; the run folder's path
+            if key.endswith(("/train_seconds", "/log_bytes", "/payload_sha256")) or key.startswith("/config/run/"):
+                continue  # wall time; the log's size follows its time fields, the file's hash both; the run folder
             va, vb = ta[key], tb[key]
             if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
                 same = (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)
@@ -121,6 +130,8 @@ def compare_case(a: Path, b: Path) -> list[str]:
                 problems.append(f"{name}: {key} differs")
     if _log(a / "metrics.jsonl") != _log(b / "metrics.jsonl"):
         problems.append("metrics.jsonl differs (wall-time fields dropped)")
+    if (a / "output.txt").read_text() != (b / "output.txt").read_text():
+        problems.append("the printed output and exit codes differ (timings and the runs folder taken out)")
     return problems
 
 

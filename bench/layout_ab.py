@@ -16,7 +16,8 @@ import torch
 
 from ganforge.losses import LOSSES
 from ganforge.models import build_models
-from ganforge.train import Precision, d_step, g_step
+from ganforge.precision import Precision
+from ganforge.steps import d_step, g_step
 
 
 def img_per_s(model: str, channels: int, width: int, layout: torch.memory_format, batch: int, steps: int) -> float:

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from ganforge.data import to_float
 from ganforge.losses import LOSSES
 from ganforge.models import MODELS, build_models
-from ganforge.train import Precision, cuda_speedups, d_step, g_step, make_adam
+from ganforge.precision import Precision, cuda_speedups, make_adam
+from ganforge.steps import d_step, g_step
 
 WIDTH = {"dcgan28": 64, "dcgan28-classic": 32, "dcgan32": 64, "dcgan64": 64, "resnet32": 128}
 

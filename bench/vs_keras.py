@@ -99,7 +99,8 @@ def ganforge_worker(batch: int, iters: int, threads: int, precision: str, update
 
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import Precision, d_step, g_step, make_adam, simultaneous_step
+    from ganforge.precision import Precision, make_adam
+    from ganforge.steps import d_step, g_step, simultaneous_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

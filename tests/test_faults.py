@@ -115,7 +115,7 @@ def test_a_second_interrupt_swallowed_by_a_weakref_callback_still_aborts(capsys)
     Python would print "Exception ignored ... Traceback" and go on. It must abort, silently, instead."""
     import weakref
 
-    from ganforge.train import StopFlag
+    from ganforge.guards import StopFlag
 
     before = signal.getsignal(signal.SIGINT)
     flag = StopFlag()
@@ -147,7 +147,7 @@ def test_uninstall_cancels_a_pending_redelivery():
     late KeyboardInterrupt in the caller's code, SIGINT's handler and the unraisable hook as they were."""
     from types import SimpleNamespace
 
-    from ganforge.train import StopFlag
+    from ganforge.guards import StopFlag
 
     before, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     flag = StopFlag()
@@ -163,7 +163,7 @@ def test_uninstall_cancels_a_pending_redelivery():
 
 
 def test_trim_log_cuts_back_to_the_checkpoint_and_drops_torn_lines(tmp_path):
-    from ganforge.train import trim_log
+    from ganforge.runlog import trim_log
 
     log = tmp_path / "metrics.jsonl"
     first = b'{"step": 1}\n{"event": "rollback", "from_step": 9}\n'

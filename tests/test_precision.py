@@ -7,7 +7,9 @@ import torch
 
 from ganforge.checkpoint import load_checkpoint
 from ganforge.config import ConfigError, build_config
-from ganforge.train import Precision, cpu_has_fast_bf16, d_step, resolve_precision, train
+from ganforge.precision import Precision, cpu_has_fast_bf16, resolve_precision
+from ganforge.steps import d_step
+from ganforge.train import train
 
 from .conftest import tiny
 from .test_train import _assert_same_state
@@ -148,7 +150,7 @@ def test_an_error_after_the_step_is_not_taken_for_a_compile_failure(tmp_path, is
 
 
 def test_raised_in_torch_compile_reads_the_traceback():
-    from ganforge.train import raised_in_torch_compile
+    from ganforge.guards import raised_in_torch_compile
 
     try:
         raise ValueError("plain")
@@ -165,12 +167,12 @@ def test_an_error_of_the_run_itself_is_not_hidden_by_the_compile_fallback(tmp_pa
     """The plain step fails as well: that error stops the run (the fallback does not loop or swallow it)."""
     import importlib
 
-    train_mod = importlib.import_module("ganforge.train")  # the module; ganforge.train is the function
+    objectives = importlib.import_module("ganforge.objectives")  # where the GAN objective calls d_step
 
     def broken_d_step(*args, **kwargs):
         raise ValueError("a bug in the step")
 
-    monkeypatch.setattr(train_mod, "d_step", broken_d_step)
+    monkeypatch.setattr(objectives, "d_step", broken_d_step)
     monkeypatch.setattr(torch, "compile", lambda module: module)
     with pytest.raises(ValueError, match="a bug in the step"):
         train(build_config(overrides=tiny(tmp_path, steps=2, compile=True)), progress=False)
@@ -179,7 +181,7 @@ def test_an_error_of_the_run_itself_is_not_hidden_by_the_compile_fallback(tmp_pa
 def test_cuda_speedups_sets_tf32_and_autotuner():
     """train.tf32 and cuDNN's autotuner, as `ganforge train` sets them on a CUDA device (the flags are
     process-wide and settable without a GPU)."""
-    from ganforge.train import cuda_speedups
+    from ganforge.precision import cuda_speedups
 
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:

@@ -105,7 +105,7 @@ def test_mode_seeking_loss_by_hand_and_its_gradient_spreads_the_outputs():
 
 
 def test_topk_schedule_decays_per_epoch_to_its_floor():
-    from ganforge.train import topk_keep
+    from ganforge.steps import topk_keep
 
     assert topk_keep(64, 0.0, 1.0, 0.99) is None  # reg.topk = 1: off
     assert topk_keep(64, 0.0, 0.5, 0.99) == 64  # k starts at the whole batch
@@ -117,7 +117,7 @@ def test_topk_schedule_decays_per_epoch_to_its_floor():
 def test_g_step_with_topk_trains_on_the_fakes_d_rates_most_real():
     """The loss is the G loss of the k highest logits, and the dropped fakes get no gradient."""
     from ganforge.losses import LOSSES
-    from ganforge.train import g_step
+    from ganforge.steps import g_step
 
     class D(Linear):  # D(x, c) as the training steps call it
         def forward(self, x, c=None):
@@ -144,15 +144,15 @@ def test_topk_config_is_checked_and_a_run_trains_with_it(tmp_path, monkeypatch):
     from ganforge.config import ConfigError, build_config
     from ganforge.train import train
 
-    train_mod = importlib.import_module("ganforge.train")  # the module; ganforge.train is the function
+    objectives = importlib.import_module("ganforge.objectives")  # where the GAN objective calls g_step
     kept = []
-    real_g_step = train_mod.g_step
+    real_g_step = objectives.g_step
 
     def g_step(*args, **kwargs):
         kept.append(kwargs.get("keep"))
         return real_g_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "g_step", g_step)
+    monkeypatch.setattr(objectives, "g_step", g_step)
 
     from .conftest import tiny
 

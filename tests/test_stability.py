@@ -21,6 +21,7 @@ from ganforge.train import TrainingStopped
 from tests.conftest import tiny
 
 train_mod = importlib.import_module("ganforge.train")  # the module; ganforge.train is the function
+objectives = importlib.import_module("ganforge.objectives")  # where the GAN objective calls the steps
 
 
 def _events(run_dir, kind):
@@ -147,7 +148,7 @@ def test_collapse_with_policy_warn_logs_and_goes_on(tmp_path, isolated_env, monk
 
 def _inject_nan_at(monkeypatch, bad_step: int):
     """Poison G's weights with NaN after the G update of step `bad_step` (once)."""
-    real_g_step = train_mod.g_step
+    real_g_step = objectives.g_step
     calls = {"n": 0}
 
     def g_step(G, *args, **kwargs):
@@ -158,7 +159,7 @@ def _inject_nan_at(monkeypatch, bad_step: int):
                 next(G.parameters()).fill_(float("nan"))
         return out
 
-    monkeypatch.setattr(train_mod, "g_step", g_step)
+    monkeypatch.setattr(objectives, "g_step", g_step)
 
 
 def test_nan_is_caught_the_step_it_happens_and_stops(tmp_path, isolated_env, monkeypatch):
@@ -194,13 +195,13 @@ def test_rollback_restores_the_last_healthy_state_and_lowers_the_learning_rates(
 
     monkeypatch.setattr(train_mod, "load_checkpoint", spy)
     weights_seen = []  # G's first weight at the start of every D step
-    real_d_step = train_mod.d_step
+    real_d_step = objectives.d_step
 
     def d_step(G, *args, **kwargs):
         weights_seen.append(next(G.parameters()).detach().clone())
         return real_d_step(G, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "d_step", d_step)
+    monkeypatch.setattr(objectives, "d_step", d_step)
     run = train(build_config(overrides=overrides), progress=False)
     (div,) = _events(run, "divergence")
     (rb,) = _events(run, "rollback")

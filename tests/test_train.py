@@ -13,7 +13,8 @@ import torch
 import ganforge
 from ganforge.checkpoint import load_checkpoint, save_checkpoint
 from ganforge.config import ConfigError, build_config
-from ganforge.train import LoopGarbageCollector, lr_scale, train
+from ganforge.guards import LoopGarbageCollector
+from ganforge.train import lr_scale, train
 
 from .conftest import tiny
 
@@ -213,7 +214,7 @@ def test_critic_losses_log_raw_scores(tmp_path, isolated_env):
 def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import d_step, g_step
+    from ganforge.steps import d_step, g_step
 
     torch.manual_seed(0)
     G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
@@ -238,7 +239,8 @@ def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
 def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_path, isolated_env):
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import Precision, simultaneous_step
+    from ganforge.precision import Precision
+    from ganforge.steps import simultaneous_step
 
     torch.manual_seed(0)
     G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
@@ -276,7 +278,7 @@ def test_simultaneous_shared_backward_matches_two_tapes(loss_name):
 
     from ganforge.losses import LOSSES
     from ganforge.models import build_models, per_sample
-    from ganforge.train import simultaneous_step
+    from ganforge.steps import simultaneous_step
 
     torch.manual_seed(0)
     G, D = build_models("dcgan28", 8, 1, 4, 4, 0.3)  # the seed's D: dropout, no batch norm
@@ -312,7 +314,8 @@ def test_simultaneous_shared_backward_is_exact_when_d_rejects_the_fakes(logit, p
 
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import Precision, simultaneous_step
+    from ganforge.precision import Precision
+    from ganforge.steps import simultaneous_step
 
     torch.manual_seed(0)
     G, D = build_models("dcgan28", 8, 1, 4, 4, 0.0)
@@ -382,7 +385,7 @@ def test_relativistic_g_step_judges_each_fake_against_its_own_real():
 
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
-    from ganforge.train import g_step
+    from ganforge.steps import g_step
 
     torch.manual_seed(0)
     G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
@@ -410,10 +413,10 @@ def test_relativistic_g_step_judges_each_fake_against_its_own_real():
 def test_r2_penalises_the_fakes_on_the_lazy_steps(tmp_path, isolated_env, monkeypatch):
     import importlib
 
-    train_mod = importlib.import_module("ganforge.train")
+    steps = importlib.import_module("ganforge.steps")  # where make_penalty calls r1_penalty
     calls = []
-    real_r1 = train_mod.r1_penalty
-    monkeypatch.setattr(train_mod, "r1_penalty", lambda D, x: calls.append(x) or real_r1(D, x))
+    real_r1 = steps.r1_penalty
+    monkeypatch.setattr(steps, "r1_penalty", lambda D, x: calls.append(x) or real_r1(D, x))
     counts = {}
     for r2 in (0.0, 0.5):
         calls.clear()
@@ -436,15 +439,15 @@ def test_r2_penalises_the_fakes_on_the_lazy_steps(tmp_path, isolated_env, monkey
 def test_mode_seeking_term_enters_the_g_step_and_is_refused_where_it_cannot(tmp_path, isolated_env, monkeypatch):
     import importlib
 
-    train_mod = importlib.import_module("ganforge.train")
+    objectives = importlib.import_module("ganforge.objectives")  # where the GAN objective calls g_step
     seen = []
-    real_g_step = train_mod.g_step
+    real_g_step = objectives.g_step
 
     def spy(G, D, opt_G, loss, z, *args, **kwargs):
         seen.append((kwargs["mode_seeking"], kwargs["z_pair"]))
         return real_g_step(G, D, opt_G, loss, z, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "g_step", spy)
+    monkeypatch.setattr(objectives, "g_step", spy)
     finals = {}
     for weight in (0.0, 1.0):
         overrides = tiny(tmp_path / str(weight), steps=3)

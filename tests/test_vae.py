@@ -12,7 +12,8 @@ from ganforge.checkpoint import load_checkpoint
 from ganforge.config import ConfigError, build_config
 from ganforge.losses import gaussian_kl, reconstruction_nll
 from ganforge.models import MODELS, build_models, model_for_resolution
-from ganforge.train import train, vae_step
+from ganforge.steps import vae_step
+from ganforge.train import train
 
 from .conftest import tiny
 from .test_train import _assert_same_state

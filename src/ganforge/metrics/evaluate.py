@@ -10,6 +10,8 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,24 +29,88 @@ from ganforge.metrics.features import (
     register_with_torch_fidelity,
 )
 from ganforge.metrics.inception import load_inception
-from ganforge.sample import load, save_grid
+from ganforge.sample import TrainedGenerator, load, save_grid
 
-METRICS = ("fid", "kid", "is", "pr", "modes", "sharpness", "memorization", "cas")
 register_with_torch_fidelity()  # the domain extractors become torch-fidelity's "ganforge-<name>" too
-DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes", "sharpness")
 
 
 class EvalError(ValueError):
     """A bad evaluation request (unknown metric, reference, extractor); the message lists the choices."""
 
 
-def parse_metrics(text: Optional[str]) -> list[str]:
-    if not text:
-        return list(DEFAULT_METRICS)
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in names if m not in METRICS]
+@dataclass
+class MetricInputs:
+    """What the metrics of one evaluation share, made once by `evaluate` before any metric runs."""
+
+    gen: TrainedGenerator
+    path: str | Path  # the run folder or checkpoint as given (memorization writes its PNG next to it)
+    run_data: dict[str, Any]  # the run's config["data"]
+    ext: Any  # the feature extractor: uint8 images -> (features, logits)
+    ext_name: str
+    n: int  # generated samples
+    n_ref: int  # reference images
+    ref_set: ImageDataset
+    protocol: dict[str, Any]  # carried by every result
+    seed: int
+    cas_per_class: int
+    # None unless some requested metric has features=True (below); generated images only with images=True
+    ref_feats: Optional[dict[str, torch.Tensor]] = None  # {"features": [n_ref, D], "logits": [n_ref, K]}
+    gen_f: Optional[torch.Tensor] = None  # [n, D] float64
+    gen_logits: Optional[torch.Tensor] = None  # [n, K] float64
+    gen_images: Optional[torch.Tensor] = None  # [n, C, H, W] uint8
+
+    def row(self, metric: str, value: float, **extra: Any) -> dict[str, Any]:
+        """One result of the report: the metric, its value, its own fields, then the protocol."""
+        return {"metric": metric, "value": value, **extra, **self.protocol}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    compute: Callable[[MetricInputs], list[dict[str, Any]]]  # the shared inputs -> the report's rows
+    default: bool  # in `ganforge eval`'s default list
+    conditional: bool  # for class-conditional generators only (`compare` adds it by default, n/a elsewhere)
+    features: bool  # reads the shared generated and reference features
+    images: bool  # reads the generated images too (uint8)
+
+
+# name -> spec, in registration order: the order of `--metrics`' help and of the default lists
+METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(
+    name: str, default: bool = True, conditional: bool = False, features: bool = True, images: bool = False
+) -> Callable:
+    """Register the decorated function as metric `name` (what `--metrics NAME` asks for)."""
+
+    def wrap(fn: Callable[[MetricInputs], list[dict[str, Any]]]):
+        METRICS[name] = MetricSpec(fn, default, conditional, features, images)
+        return fn
+
+    return wrap
+
+
+def is_valid_metric(name: str) -> bool:
+    return name in METRICS
+
+
+def default_metrics(conditional: bool = False) -> list[str]:
+    """The metrics computed when none are named; with `conditional`, also the ones for class-conditional
+    generators only (`compare`'s default: it reports those as n/a for the other runs instead of failing)."""
+    return [name for name, spec in METRICS.items() if spec.default or (conditional and spec.conditional)]
+
+
+def check_metrics(names: list[str]) -> None:
+    bad = [m for m in names if not is_valid_metric(m)]
     if bad:
         raise EvalError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}.")
+
+
+def parse_metrics(text: Optional[str]) -> list[str]:
+    """`--metrics fid,kid`: the names, checked (None or empty: the default list)."""
+    if not text:
+        return default_metrics()
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    check_metrics(names)
     return names
 
 

@@ -1,0 +1,244 @@
+"""The objectives the training loop can run, and the inputs their steps draw.
+
+An objective is what train.py's loop asks for one training iteration: it takes the run's live state
+(nets, optimizers, precision, step) and returns that iteration's statistics. The loop owns everything
+else (learning rates, EMA, health checks, logs, grids, checkpoints), the same for every objective.
+
+    GANObjective   the adversarial game: n_critic D updates then one G update (seed section 3.2), or
+                   both at once (train.update=simultaneous); losses, penalties, DiffAugment, top-k,
+                   mode seeking as configured
+    VAEObjective   the VAE baseline: the negative ELBO, encoder in D's place and decoder in G's
+
+A new objective (image-to-image translation, say) supplies the same few members: `nets`, `norm_keys`,
+`real_batches_per_step`, `images_per_step`, `step(run)`, `grid(G, device)`, `extra_state()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+import torch
+import torch.nn as nn
+
+from ganforge.data import to_float
+from ganforge.distributed import Dist
+from ganforge.losses import LossPair
+from ganforge.models import LatentCodes
+from ganforge.steps import d_step, g_step, make_penalty, simultaneous_step, topk_keep, vae_step
+
+if TYPE_CHECKING:
+    from ganforge.train import Run
+
+
+@dataclass
+class StepOut:
+    """What one training iteration reports: its statistics (averaged over the log window and logged,
+    in this order) and, for the health monitor, D's last logits on the reals and the fakes."""
+
+    stats: dict[str, torch.Tensor]
+    real_logits: Optional[torch.Tensor] = None  # [N]
+    fake_logits: Optional[torch.Tensor] = None  # [N]
+
+
+class Objective(Protocol):
+    nets: tuple[str, str]  # what D's and G's places are called in messages: ("D", "G"), ("encoder", "decoder")
+    norm_keys: tuple[str, str]  # the log's keys of their gradient norms
+    real_batches_per_step: int  # real batches one step consumes (n_critic for the alternating GAN)
+    images_per_step: int  # real images one step consumes, over all processes
+
+    def step(self, run: Run) -> StepOut: ...
+
+    def grid(self, G: nn.Module, device: torch.device) -> torch.Tensor: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+@dataclass
+class Feed:
+    """The inputs of a run's steps: its real batches in their fixed order, and latents and labels drawn
+    from the run's saved generator `noise`. Every draw is made for the global batch and this process
+    takes its shard (Dist.shard), so that N processes see what one process with the global batch sees."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W] on the device (float [N, 2] for points)
+    labels: torch.Tensor  # [N] the classes (or model.clusters' pseudo-classes) D and the reals carry
+    batch: int  # the global batch
+    seed: int
+    z_dim: int
+    nc: int  # classes of D and the real batches (0: none)
+    noise: torch.Generator
+    dist: Dist
+    device: torch.device
+    memory_format: torch.memory_format
+    G: nn.Module  # the plain G: its cluster_of and same_code
+    clusters: bool = False  # model.clusters: G picks its class from z
+    _order: tuple[int, Optional[torch.Tensor]] = field(default=(-1, None), repr=False)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.images) // self.batch  # the incomplete last batch of an epoch is dropped
+
+    def real_batch(self, b: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The b-th real batch of the run, this rank's share (and its labels, where D takes them)."""
+        epoch, i = divmod(b, self.batches_per_epoch)
+        if epoch != self._order[0]:
+            self._order = (epoch, epoch_order(self.seed, epoch, len(self.images)).to(self.device))
+        idx = self.dist.shard(self._order[1][i * self.batch : (i + 1) * self.batch])
+        real_img = to_float(self.images[idx])
+        if real_img.dim() == 4:  # channels_last below fp32, to match the models
+            real_img = real_img.contiguous(memory_format=self.memory_format)
+        return real_img, (self.labels[idx] if self.nc else None)
+
+    def draw_z(self) -> torch.Tensor:
+        """This rank's latents [batch / processes, z_dim]."""
+        return self.dist.shard(torch.randn(self.batch, self.z_dim, generator=self.noise)).to(self.device)
+
+    def draw_c(self, z: torch.Tensor) -> Optional[torch.Tensor]:
+        """This rank's class labels for the fakes of latents z: drawn uniformly for a conditional model,
+        the cluster G picks for z with model.clusters; None for an unconditional one."""
+        if self.clusters:
+            return self.G.cluster_of(z)
+        if not self.nc:
+            return None
+        return self.dist.shard(torch.randint(self.nc, (self.batch,), generator=self.noise)).to(self.device)
+
+    def pair_of(self, z: torch.Tensor) -> torch.Tensor:
+        """Mode seeking's second latents: fresh noise with z's latent code (the class is shared by passing
+        the same labels)."""
+        fresh = self.draw_z()
+        return self.G.same_code(z, fresh) if isinstance(self.G, LatentCodes) else fresh
+
+
+class LatentGrid:
+    """The fixed latents (and labels: column k shows class k) of a run's sample grids."""
+
+    def __init__(self, n: int, z_dim: int, seed: int, nc: int):
+        self.z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed + 2))
+        self.c = torch.arange(n) % nc if nc else None
+
+    def grid(self, G: nn.Module, device: torch.device) -> torch.Tensor:
+        """G's images of the fixed latents, [n, C, H, W] float on the CPU (G in eval mode meanwhile)."""
+        G.eval()
+        with torch.no_grad():
+            fake = G(self.z.to(device), None if self.c is None else self.c.to(device))
+        return fake.float().cpu()
+
+
+@dataclass
+class Regularizers:
+    """The D penalties and G-side terms of reg.* (the numbers only; see config.RegConfig)."""
+
+    gp_weight: float = 0.0
+    r1_gamma: float = 0.0
+    r2_gamma: float = 0.0
+    r1_interval: int = 16
+    mode_seeking: float = 0.0
+    topk: float = 1.0
+    topk_gamma: float = 0.99
+
+
+class GANObjective:
+    """The adversarial game: alternating (n_critic D updates on fresh real batches, then one G update
+    against the updated D) or simultaneous (one forward of both serves both updates)."""
+
+    nets = ("D", "G")
+    norm_keys = ("d_grad_norm", "g_grad_norm")
+
+    def __init__(self, feed: Feed, loss: LossPair, reg: Regularizers, grid: LatentGrid,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, n_critic: int = 1,
+                 reuse_fakes: bool = True, simultaneous: bool = False, pack: int = 1,
+                 clusters: int = 0, cluster_labels: Optional[torch.Tensor] = None):  # fmt: skip
+        self.feed, self.loss, self.reg, self.augment, self.grid = feed, loss, reg, augment, grid.grid
+        self.n_critic, self.reuse_fakes, self.simultaneous, self.pack = n_critic, reuse_fakes, simultaneous, pack
+        self.clusters, self.cluster_labels = clusters, cluster_labels
+        self.real_batches_per_step = n_critic
+        self.images_per_step = feed.batch * n_critic
+        # D's mean output: a probability for probabilistic losses, the raw score for critics
+        self.real_key, self.fake_key = (("d_real", "d_fake") if loss.probabilistic
+                                        else ("d_real_score", "d_fake_score"))  # fmt: skip
+
+    def penalty(self, D: nn.Module, d_iter: int) -> Optional[Callable[..., torch.Tensor]]:
+        r = self.reg
+        return make_penalty(D, d_iter, self.feed.noise, r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval)
+
+    def step(self, run: Run) -> StepOut:
+        if self.simultaneous:
+            return self._simultaneous(run)
+        feed, G, D, precision = self.feed, run.G_run, run.D_run, run.precision
+        fakes = None  # the last D update's fakes, with G's graph, when the G step reuses them
+        for k in range(self.n_critic):  # D phase
+            b = run.step * self.n_critic + k  # global index of this real batch (and of this D update)
+            real_img, c_real = feed.real_batch(b)
+            z_d = feed.draw_z()
+            c_fake = feed.draw_c(z_d)
+            if self.reuse_fakes and k == self.n_critic - 1:
+                with precision.autocast():
+                    fakes = G(z_d, c_fake)
+            d_loss, real_logits, fake_logits = d_step(
+                G, D, run.opt_D, self.loss, real_img, z_d, self.penalty(run.D, b), self.augment, c_real, c_fake,
+                precision, fake_img=fakes)  # fmt: skip
+        # G phase: one G forward per step when the fakes are reused (pytorch/examples' DCGAN does the same)
+        if fakes is not None:
+            z_g, c_g = z_d, c_fake
+        else:
+            z_g = feed.draw_z()
+            c_g = feed.draw_c(z_g)
+        keep = topk_keep(len(z_g) // self.pack, run.nimg / len(feed.images), self.reg.topk, self.reg.topk_gamma)
+        g_loss = g_step(G, D, run.opt_G, self.loss, z_g, self.augment, c_g, precision, fake_img=fakes,
+                        mode_seeking=self.reg.mode_seeking,
+                        z_pair=feed.pair_of(z_g) if self.reg.mode_seeking else None, keep=keep,
+                        real_img=real_img, c_real=c_real)  # fmt: skip
+        del fakes
+        return self._out(d_loss, g_loss, real_logits, fake_logits)
+
+    def _simultaneous(self, run: Run) -> StepOut:
+        real_img, c_real = self.feed.real_batch(run.step)
+        z = self.feed.draw_z()
+        c_fake = self.feed.draw_c(z)
+        d_loss, g_loss, real_logits, fake_logits = simultaneous_step(
+            run.G_run, run.D_run, run.opt_G, run.opt_D, self.loss, real_img, z, self.penalty(run.D, run.step),
+            self.augment, c_real, c_fake, run.precision)  # fmt: skip
+        return self._out(d_loss, g_loss, real_logits, fake_logits)
+
+    def _out(self, d_loss: torch.Tensor, g_loss: torch.Tensor, real_logits: torch.Tensor,
+             fake_logits: torch.Tensor) -> StepOut:  # fmt: skip
+        d_output = torch.sigmoid if self.loss.probabilistic else torch.Tensor.float  # .float(): identity here
+        stats = {"d_loss": d_loss, "g_loss": g_loss, self.real_key: d_output(real_logits).mean(),
+                 self.fake_key: d_output(fake_logits).mean()}  # fmt: skip
+        return StepOut(stats, real_logits, fake_logits)
+
+    def extra_state(self) -> dict[str, Any]:
+        if self.cluster_labels is None:
+            return {}
+        # model.clusters: each image's cluster, so that a resume conditions on the very same ones
+        return {"cluster_labels": self.cluster_labels.to(torch.int16 if self.clusters < 2**15 else torch.int32)}
+
+
+class VAEObjective:
+    """The VAE baseline (Kingma & Welling 2014): the encoder takes D's place and the decoder G's; one
+    update of both per step on the negative ELBO."""
+
+    nets = ("encoder", "decoder")
+    norm_keys = ("enc_grad_norm", "dec_grad_norm")
+    real_batches_per_step = 1
+
+    def __init__(self, feed: Feed, grid: LatentGrid, likelihood: str, kl_weight: float = 1.0):
+        self.feed, self.likelihood, self.kl_weight, self.grid = feed, likelihood, kl_weight, grid.grid
+        self.images_per_step = feed.batch
+
+    def step(self, run: Run) -> StepOut:
+        real_img, c_real = self.feed.real_batch(run.step)
+        eps = self.feed.draw_z()  # the reparameterisation noise
+        stats = vae_step(run.G_run, run.D_run, run.opt_G, run.opt_D, real_img, eps, self.likelihood,
+                         self.kl_weight, c_real, run.precision)  # fmt: skip
+        return StepOut(stats)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
