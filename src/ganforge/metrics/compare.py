@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from ganforge.checkpoint import atomic_write_bytes
 from ganforge.data import DATASETS
-from ganforge.metrics.evaluate import MODE_BENCHMARKS, EvalError, evaluate
+from ganforge.metrics.evaluate import MODE_BENCHMARKS, EvalError, default_metrics, evaluate
 from ganforge.models import MODELS
 from ganforge.sample import load, make_grid
 
@@ -36,7 +36,8 @@ ROWS = {
     "memorization_ratio": ("memorization ratio", True),
     "near_copy_fraction": ("near copies", False),
 }
-DEFAULT_METRICS = ("fid", "kid", "is", "pr", "modes", "sharpness", "cas")
+# eval's defaults and CAS: reported for the class-conditional runs, n/a for the others
+DEFAULT_METRICS = tuple(default_metrics(conditional=True))
 
 
 def _label(path: Path, taken: set[str]) -> str:

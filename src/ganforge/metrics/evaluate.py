@@ -209,6 +209,8 @@ def evaluate(
     start_time = time.perf_counter()
     if n < 2:
         raise EvalError(f"--n must be at least 2, got {n}.")
+    metrics = list(metrics) if metrics else default_metrics()
+    check_metrics(metrics)
     gen = load(path, device=device)
     run_data = gen.config["data"]
     if run_data["name"] in MODE_BENCHMARKS:
@@ -218,7 +220,6 @@ def evaluate(
         atomic_write_bytes(out_path, json.dumps(report, indent=2, default=float).encode())
         report["path"] = str(out_path)
         return report
-    metrics = metrics or list(DEFAULT_METRICS)
     if "cas" in metrics:
         from ganforge.metrics.cas import NOT_APPLICABLE
 
@@ -242,18 +243,18 @@ def evaluate(
     ref_set = load_reference(ref_dataset, ref_split, run_data)
     n_ref = min(n, len(ref_set))
     key = _stats_key(ref_dataset, ref_split, ext_name, ext_info["weights_sha256"], n_ref)
-    needs_features = any(metric != "cas" for metric in metrics)  # CAS makes its own samples
+    needs_features = any(METRICS[metric].features for metric in metrics)  # CAS makes its own samples
+    ref_feats = gen_f = gen_logits = gen_images = None
     if needs_features:
         ref_feats = _cached_features(
             key, lambda: dict(zip(("features", "logits"), extract(ext, ref_set.images[:n_ref])))
         )
-    if needs_features:
         z_gen = torch.Generator().manual_seed(seed)  # drawn batch by batch, as the published figures were
         z = torch.cat(
             [torch.randn(min(500, n - s), gen.z_dim, generator=z_gen) for s in range(0, n, 500)]
         )
         gen_f, gen_logits, gen_images = generated_features(
-            gen.G, z, ext, gen.device, keep_images=bool({"memorization", "sharpness"} & set(metrics)),
+            gen.G, z, ext, gen.device, keep_images=any(METRICS[metric].images for metric in metrics),
             c=gen.labels(n),
         )
 
@@ -273,56 +274,77 @@ def evaluate(
         "checkpoint": str(gen.path),
         "versions": versions,
     }
-    results: list[dict[str, Any]] = []
-
-    def add(metric: str, value: float, **extra: Any) -> None:
-        results.append({"metric": metric, "value": value, **extra, **protocol})
-
-    for metric in metrics:
-        if metric == "fid":
-            add("fid", fidelity.fid(gen_f, ref_feats["features"]))
-        elif metric == "kid":
-            if min(n, n_ref) < 2048:
-                print(f"ganforge: note: KID from {min(n, n_ref)} samples (< 2,048) is noisy; its subset size "
-                      "is clamped to the sample count. Compare only KIDs with the same subset size.",
-                      file=sys.stderr)  # fmt: skip
-            size = min(fidelity.KID_DEFAULT_SUBSET, n, n_ref)
-            mean, std, size = fidelity.kid(gen_f, ref_feats["features"], subset_size=size)
-            add("kid", mean, std=std, subset_size=size, subsets=100)
-        elif metric == "is":
-            mean, std = fidelity.inception_score(gen_logits)
-            add("is", mean, std=std, splits=10, max_value=gen_logits.shape[1])
-        elif metric == "pr":
-            precision, recall = fidelity.precision_recall(gen_f, ref_feats["features"], k=3)
-            add("precision", precision, k=3)
-            add("recall", recall, k=3)
-        elif metric == "modes":
-            real_counts = np.bincount(ref_set.labels[:n_ref].numpy(), minlength=gen_logits.shape[1])
-            m = modes.class_modes(gen_logits, real_counts)
-            add(
-                "classes_covered",
-                m["classes_covered"],
-                n_classes=m["n_classes"],
-                histogram=m["histogram"],
-            )
-            add("class_kl_to_real", m["kl_to_real"])
-            add("confident_fraction", m["confident_fraction"], threshold=0.9)
-        elif metric == "sharpness":
-            from ganforge.metrics.sharpness import sharpness_ratio
-
-            add("sharpness_ratio", sharpness_ratio(gen_images, ref_set.images[:n_ref]), ideal=1.0,
-                measure="variance of the Laplacian, generated / real")  # fmt: skip
-        elif metric == "cas":
-            results.append(_cas(gen, run_data, cas_per_class, seed, protocol))
-        elif metric == "memorization":
-            results.extend(
-                _memorization(gen_f, gen_images, ext, ext_name, run_data, protocol, path)
-            )
+    inputs = MetricInputs(
+        gen=gen, path=path, run_data=run_data, ext=ext, ext_name=ext_name, n=n, n_ref=n_ref, ref_set=ref_set,
+        protocol=protocol, seed=seed, cas_per_class=cas_per_class, ref_feats=ref_feats, gen_f=gen_f,
+        gen_logits=gen_logits, gen_images=gen_images,
+    )  # fmt: skip
+    results = [row for metric in metrics for row in METRICS[metric].compute(inputs)]
     report = {"protocol": protocol, "results": results, "seconds": time.perf_counter() - start_time}
     out_path = Path(out) if out else _default_out(path)
     atomic_write_bytes(out_path, json.dumps(report, indent=2, default=float).encode())
     report["path"] = str(out_path)
     return report
+
+
+# The metrics, in the order `--metrics` lists them. Each returns its rows of the report.
+
+
+@register_metric("fid")
+def _fid(x: MetricInputs) -> list[dict[str, Any]]:
+    return [x.row("fid", fidelity.fid(x.gen_f, x.ref_feats["features"]))]
+
+
+@register_metric("kid")
+def _kid(x: MetricInputs) -> list[dict[str, Any]]:
+    if min(x.n, x.n_ref) < 2048:
+        print(f"ganforge: note: KID from {min(x.n, x.n_ref)} samples (< 2,048) is noisy; its subset size "
+              "is clamped to the sample count. Compare only KIDs with the same subset size.",
+              file=sys.stderr)  # fmt: skip
+    size = min(fidelity.KID_DEFAULT_SUBSET, x.n, x.n_ref)
+    mean, std, size = fidelity.kid(x.gen_f, x.ref_feats["features"], subset_size=size)
+    return [x.row("kid", mean, std=std, subset_size=size, subsets=100)]
+
+
+@register_metric("is")
+def _inception_score(x: MetricInputs) -> list[dict[str, Any]]:
+    mean, std = fidelity.inception_score(x.gen_logits)
+    return [x.row("is", mean, std=std, splits=10, max_value=x.gen_logits.shape[1])]
+
+
+@register_metric("pr")
+def _precision_recall(x: MetricInputs) -> list[dict[str, Any]]:
+    precision, recall = fidelity.precision_recall(x.gen_f, x.ref_feats["features"], k=3)
+    return [x.row("precision", precision, k=3), x.row("recall", recall, k=3)]
+
+
+@register_metric("modes")
+def _modes(x: MetricInputs) -> list[dict[str, Any]]:
+    real_counts = np.bincount(x.ref_set.labels[: x.n_ref].numpy(), minlength=x.gen_logits.shape[1])
+    m = modes.class_modes(x.gen_logits, real_counts)
+    return [
+        x.row("classes_covered", m["classes_covered"], n_classes=m["n_classes"], histogram=m["histogram"]),
+        x.row("class_kl_to_real", m["kl_to_real"]),
+        x.row("confident_fraction", m["confident_fraction"], threshold=0.9),
+    ]
+
+
+@register_metric("sharpness", images=True)
+def _sharpness(x: MetricInputs) -> list[dict[str, Any]]:
+    from ganforge.metrics.sharpness import sharpness_ratio
+
+    return [x.row("sharpness_ratio", sharpness_ratio(x.gen_images, x.ref_set.images[: x.n_ref]), ideal=1.0,
+                  measure="variance of the Laplacian, generated / real")]  # fmt: skip
+
+
+@register_metric("memorization", default=False, images=True)
+def _memorization_metric(x: MetricInputs) -> list[dict[str, Any]]:
+    return _memorization(x.gen_f, x.gen_images, x.ext, x.ext_name, x.run_data, x.protocol, x.path)
+
+
+@register_metric("cas", default=False, conditional=True, features=False)  # it makes its own samples
+def _cas_metric(x: MetricInputs) -> list[dict[str, Any]]:
+    return [_cas(x.gen, x.run_data, x.cas_per_class, x.seed, x.protocol)]
 
 
 MODE_BENCHMARKS = ("ring8", "grid25", "stacked-mnist")
