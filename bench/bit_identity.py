@@ -105,8 +105,9 @@ def _log(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in WALL_KEYS} for r in records]
 
 
-def compare_case(a: Path, b: Path) -> list[str]:
-    """What differs between two runs of one case (empty: bit-identical)."""
+def compare_case(a: Path, b: Path, new_keys: tuple[str, ...] = ()) -> list[str]:
+    """What differs between two runs of one case (empty: bit-identical). `new_keys`: top-level checkpoint
+    keys that the second side may add (a change that adds to the format on purpose)."""
     problems = []
     ckpts_a = sorted(p.name for p in (a / "checkpoints").glob("*.pt"))
     ckpts_b = sorted(p.name for p in (b / "checkpoints").glob("*.pt"))
@@ -115,6 +116,8 @@ def compare_case(a: Path, b: Path) -> list[str]:
     for name in sorted(set(ckpts_a) & set(ckpts_b)):
         ta = _tensors(torch.load(a / "checkpoints" / name, weights_only=True))
         tb = _tensors(torch.load(b / "checkpoints" / name, weights_only=True))
+        added = {k for k in set(tb) - set(ta) if k.split("/")[1] in new_keys}
+        tb = {k: v for k, v in tb.items() if k not in added}
         if set(ta) != set(tb):
             problems.append(f"{name}: keys differ: {sorted(set(ta) ^ set(tb))[:5]}")
         for key in sorted(set(ta) & set(tb)):
@@ -135,10 +138,10 @@ def compare_case(a: Path, b: Path) -> list[str]:
     return problems
 
 
-def compare(dir_a: Path, dir_b: Path, cases: list[str]) -> bool:
+def compare(dir_a: Path, dir_b: Path, cases: list[str], new_keys: tuple[str, ...] = ()) -> bool:
     ok = True
     for name in cases:
-        problems = compare_case(dir_a / name, dir_b / name)
+        problems = compare_case(dir_a / name, dir_b / name, new_keys)
         n_ckpt = len(list((dir_a / name / "checkpoints").glob("*.pt")))
         n_log = len(_log(dir_a / name / "metrics.jsonl"))
         status = "identical" if not problems else "DIFFERENT"
@@ -155,9 +158,11 @@ def main() -> None:
     p.add_argument("--out", metavar="DIR", help="run the matrix here into DIR (no comparison)")
     p.add_argument("--compare", nargs=2, metavar="DIR", help="compare two earlier outputs")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--new-keys", nargs="+", default=[], metavar="KEY",
+                   help="checkpoint keys this checkout adds on purpose (e.g. monitor_streak)")
     args = p.parse_args()
     if args.compare:
-        sys.exit(0 if compare(Path(args.compare[0]), Path(args.compare[1]), args.cases) else 1)
+        sys.exit(0 if compare(Path(args.compare[0]), Path(args.compare[1]), args.cases, tuple(args.new_keys)) else 1)
     if args.out:
         run_matrix(Path(args.out), args.cases)
         return
@@ -177,7 +182,7 @@ def main() -> None:
             here = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                   text=True).stdout.strip()  # fmt: skip
             print(f"\n{rev} vs {here}, torch {torch.__version__}:")
-            ok = compare(tmp / "before", tmp / "after", args.cases)
+            ok = compare(tmp / "before", tmp / "after", args.cases, tuple(args.new_keys))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "tree")], cwd=ROOT)
     print("all identical" if ok else "SOME CASES DIFFER")

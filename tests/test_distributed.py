@@ -39,11 +39,14 @@ POINTS = ["--data", "ring8", "--model", "mlp-plain", "--batch-size", "32", "--st
           "train.checkpoint_every=4", "monitor.every=null", "train.device=cpu"]  # fmt: skip
 
 
-@pytest.mark.parametrize("shm, update", [(True, "alternating"), (False, "alternating"), (True, "simultaneous")],
-                         ids=["shared-memory-sum", "gloo-all-reduce", "simultaneous"])  # fmt: skip
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, shm, update):
-    # the simultaneous update averages G's and D's gradients in one sum (that it is one: tests/test_train.py)
-    points = [*POINTS, f"train.update={update}"]
+@pytest.mark.parametrize("shm, update, extra", [(True, "alternating", ()), (False, "alternating", ()),
+                                               (True, "simultaneous", ()),
+                                               (True, "alternating", ("loss.name=wgan", "reg.gp_weight=10"))],
+                         ids=["shared-memory-sum", "gloo-all-reduce", "simultaneous", "wgan-gp"])  # fmt: skip
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, shm, update, extra):
+    # the simultaneous update averages G's and D's gradients in one sum (that it is one: tests/test_train.py);
+    # wgan-gp: GP's interpolation weights are drawn for the global batch, each rank taking its share (issue #28)
+    points = [*POINTS, f"train.update={update}", *extra]
     one = ganforge_cli("train", *points, "--runs-dir", str(tmp_path), "--name", "one")
     assert one.returncode == 0, one.stderr[-2000:]
     two = ganforge_cli("train", "--nproc", "2", *points, "--runs-dir", str(tmp_path), "--name", "two", shm=shm)

@@ -166,3 +166,94 @@ def test_topk_config_is_checked_and_a_run_trains_with_it(tmp_path, monkeypatch):
     run = train(build_config(overrides=cfg), progress=False)
     assert (run / "checkpoints" / "final.pt").is_file()
     assert kept == [8, 5, 4, 4, 4, 4]  # 8 * max(0.5, 0.01 ** (8 * step / 64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue #28: penalties per PacGAN pack, draws for the global batch, penalties through DiffAugment,
+# the projection embedding under spectral norm.
+
+
+def test_packed_penalties_are_per_pack_and_gp_is_zero_at_a_packed_critics_optimum():
+    from ganforge.models import PackedD
+
+    # a critic of packs of 2 with a unit-norm weight over the whole pack: its gradient norm is 1 per pack,
+    # 1/sqrt(2) per image
+    w = torch.full((1, 2, 2, 2), 0.5 / math.sqrt(2.0))  # [1, pack * C, H, W], ||w|| = 1
+    D = PackedD(Linear(w), 2)
+    real, fake = torch.randn(6, 1, 2, 2), torch.randn(6, 1, 2, 2)
+    gp = gradient_penalty(D, real, fake, torch.Generator().manual_seed(0), pack=2)
+    assert gp.shape == (3,) and torch.allclose(gp, torch.zeros(3), atol=1e-6)
+    r1 = r1_penalty(D, real, pack=2)
+    assert r1.shape == (3,) and torch.allclose(r1, torch.ones(3))
+    # per image (the old behaviour) R1 would be 1/2 per image: gamma quietly halved
+    assert torch.allclose(r1_penalty(D, real), torch.full((6,), 0.5))
+
+
+def test_gp_draws_one_interpolation_weight_per_pack():
+    seen = []
+
+    def D(x):
+        seen.append(x.detach().clone())
+        return x.flatten(1).sum(1).view(-1, 2).sum(1)  # a critic of packs of 2
+
+    gradient_penalty(D, torch.ones(8, 1, 1, 1), torch.zeros(8, 1, 1, 1), torch.Generator().manual_seed(1), pack=2)
+    eps = seen[0].flatten()  # x_hat = eps * 1 + (1 - eps) * 0
+    assert torch.equal(eps[0::2], eps[1::2]) and len(set(eps[0::2].tolist())) == 4
+
+
+def test_two_ranks_draw_what_one_process_draws_for_the_global_batch():
+    from ganforge.augment import make_augment
+    from ganforge.draws import Draws
+
+    x = torch.rand(8, 3, 8, 8) * 2 - 1
+    whole = make_augment("color,translation,cutout", torch.Generator().manual_seed(5))(x)
+    parts = [make_augment("color,translation,cutout", Draws(torch.Generator().manual_seed(5), 2, r))(x[4 * r : 4 * r + 4])
+             for r in range(2)]  # fmt: skip
+    assert torch.equal(torch.cat(parts), whole)
+    # GP's interpolation weights alike, and each rank's generator ends where one process's does
+    D = Linear(torch.randn(1, 3, 8, 8))
+    fake = torch.rand(8, 3, 8, 8)
+    one_gen = torch.Generator().manual_seed(7)
+    one = gradient_penalty(D, x, fake, one_gen)
+    gens = [torch.Generator().manual_seed(7) for _ in range(2)]
+    two = torch.cat([gradient_penalty(D, x[4 * r : 4 * r + 4], fake[4 * r : 4 * r + 4], Draws(gens[r], 2, r))
+                     for r in range(2)])  # fmt: skip
+    assert torch.allclose(one, two)
+    assert all(torch.equal(g.get_state(), one_gen.get_state()) for g in gens)
+
+
+def test_penalties_differentiate_through_diffaugment_at_the_unaugmented_image():
+    from ganforge.steps import make_penalty
+
+    w = torch.tensor([3.0, 4.0, 0.0, 0.0]).view(1, 2, 2)  # ||w|| = 5
+    D = Linear(w)
+    D_c = lambda x, c: D(x)  # noqa: E731
+    double = lambda x: 2 * x  # noqa: E731  (an "augmentation" whose input gradient is known: 2)
+    real, fake = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    plain = make_penalty(D_c, 0, gen, r1_gamma=2.0)(real, fake, None, None)
+    through = make_penalty(D_c, 0, gen, r1_gamma=2.0, augment=double)(real, fake, None, None)
+    assert torch.allclose(plain, torch.tensor(25.0)) and torch.allclose(through, torch.tensor(100.0))
+
+
+def test_d_step_hands_the_penalty_the_images_before_augmentation():
+    from ganforge.losses import LOSSES
+    from ganforge.steps import d_step
+
+    torch.manual_seed(0)
+    G, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0)
+    real, z = torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 8)
+    got = []
+    d_step(G, D, torch.optim.SGD(D.parameters(), lr=0.0), LOSSES["non-saturating"], real, z,
+           penalty=lambda r, f, c, cf: got.append(r) or torch.zeros(()), augment=lambda x: x.flip(-1))  # fmt: skip
+    assert torch.equal(got[0], real)
+
+
+def test_spectral_norm_normalises_the_projection_embedding():
+    torch.manual_seed(0)
+    _, D = build_models("dcgan28-classic", 8, 1, 4, 4, 0.0, spectral_norm=True, num_classes=10)
+    x, c = torch.randn(4, 1, 28, 28), torch.arange(4)
+    for _ in range(30):  # power iterations run in training mode forwards
+        D(x, c)
+    sigma = torch.linalg.matrix_norm(D.embed.weight.detach(), ord=2)
+    assert abs(sigma.item() - 1.0) < 0.05

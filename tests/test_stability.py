@@ -244,3 +244,21 @@ def test_rollback_with_lr_decay_lowers_the_base_rate_and_resumes_the_schedule(tm
     final = load_checkpoint(run / "checkpoints" / "final.pt")
     group = final["opt_G"]["param_groups"][0]
     assert group["base_lr"] == pytest.approx(1e-4) and group["lr"] == pytest.approx(1e-4 * 1 / 20)
+
+
+def test_a_resume_keeps_the_monitors_collapse_patience(tmp_path, isolated_env):
+    """Issue #28: the run of unhealthy checks counts across a resume (it was reset to 0), so an
+    interrupted run flags a collapse at the step an uninterrupted one does."""
+
+    def overrides(name, steps):
+        o = tiny(tmp_path, steps=steps)
+        o["monitor"] = {"every": 2, "warmup": 0, "n": 32, "diversity_threshold": 0.99, "patience": 3}
+        o["run"]["name"] = name
+        return o
+
+    whole = train(build_config(overrides=overrides("whole", 6)), progress=False)
+    assert [e["step"] for e in _events(whole, "collapse")] == [6]  # checks at 2, 4, 6: the third in a row
+    part = train(build_config(overrides=overrides("part", 4)), progress=False)
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["monitor_streak"] == 2
+    train(resume=part, overrides={"train": {"steps": 6}}, progress=False)
+    assert [e["step"] for e in _events(part, "collapse")] == [6]

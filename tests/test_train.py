@@ -416,7 +416,7 @@ def test_r2_penalises_the_fakes_on_the_lazy_steps(tmp_path, isolated_env, monkey
     steps = importlib.import_module("ganforge.steps")  # where make_penalty calls r1_penalty
     calls = []
     real_r1 = steps.r1_penalty
-    monkeypatch.setattr(steps, "r1_penalty", lambda D, x: calls.append(x) or real_r1(D, x))
+    monkeypatch.setattr(steps, "r1_penalty", lambda D, x, *a: calls.append(x) or real_r1(D, x, *a))
     counts = {}
     for r2 in (0.0, 0.5):
         calls.clear()

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ganforge.data import to_float
 from ganforge.distributed import Dist
+from ganforge.draws import Draws
 from ganforge.losses import LossPair
 from ganforge.models import LatentCodes
 from ganforge.steps import d_step, g_step, make_penalty, simultaneous_step, topk_keep, vae_step
@@ -158,6 +159,7 @@ class GANObjective:
         self.feed, self.loss, self.reg, self.augment, self.grid = feed, loss, reg, augment, grid.grid
         self.n_critic, self.reuse_fakes, self.simultaneous, self.pack = n_critic, reuse_fakes, simultaneous, pack
         self.clusters, self.cluster_labels = clusters, cluster_labels
+        self.draws = Draws(feed.noise, feed.dist.world, feed.dist.rank)  # GP's: for the global batch
         self.real_batches_per_step = n_critic
         self.images_per_step = feed.batch * n_critic
         # D's mean output: a probability for probabilistic losses, the raw score for critics
@@ -166,7 +168,8 @@ class GANObjective:
 
     def penalty(self, D: nn.Module, d_iter: int) -> Optional[Callable[..., torch.Tensor]]:
         r = self.reg
-        return make_penalty(D, d_iter, self.feed.noise, r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval)
+        return make_penalty(D, d_iter, self.draws, r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval,
+                            self.augment, self.pack)  # fmt: skip
 
     def step(self, run: Run) -> StepOut:
         if self.simultaneous:

@@ -1,4 +1,5 @@
-"""Discriminator regularizers as pure functions returning per-sample penalties [N].
+"""Discriminator regularizers as pure functions returning per-sample penalties [N] (per pack of
+`pack` images [N / pack] for a PacGAN D, which scores a pack as one sample).
 
 gradient_penalty: WGAN-GP (Gulrajani et al. 2017), (||grad D(x_hat)|| - 1)^2 on random interpolates.
 r1_penalty: R1 (Mescheder et al. 2018), ||grad D(x)||^2 on real images; applied lazily every
@@ -13,30 +14,38 @@ from collections.abc import Callable
 
 import torch
 
+from ganforge.draws import Draws, as_draws
 
-def _input_grad_norm_sq(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+
+def _input_grad_norm_sq(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pack: int = 1) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     scores = D(x)
     (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
-    return grad.pow(2).flatten(1).sum(1)  # [N]
+    per_image = grad.pow(2).flatten(1).sum(1)  # [N]
+    # a pack's gradient is its images' gradients side by side: its squared norm is their sum
+    return per_image if pack == 1 else per_image.view(-1, pack).sum(1)  # [N / pack]
 
 
-def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real_img: torch.Tensor) -> torch.Tensor:
-    """||grad_x D(x)||^2 per real image."""
-    return _input_grad_norm_sq(D, real_img)
+def r1_penalty(D: Callable[[torch.Tensor], torch.Tensor], real_img: torch.Tensor, pack: int = 1) -> torch.Tensor:
+    """||grad_x D(x)||^2 per real image (per pack of `pack` consecutive images, as PackedD groups them)."""
+    return _input_grad_norm_sq(D, real_img, pack)
 
 
 def gradient_penalty(
     D: Callable[[torch.Tensor], torch.Tensor],
     real_img: torch.Tensor,
     fake_img: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | Draws,
+    pack: int = 1,
 ) -> torch.Tensor:
-    """(||grad D(x_hat)||_2 - 1)^2 per sample, x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]."""
-    shape = (real_img.shape[0],) + (1,) * (real_img.dim() - 1)  # [N, 1, 1, 1], or [N, 1] for points
-    eps = torch.rand(shape, generator=generator).to(real_img.device)
+    """(||grad D(x_hat)||_2 - 1)^2 per sample, x_hat = eps * real + (1 - eps) * fake, eps ~ U[0, 1]. With
+    `pack` > 1, per pack: one eps per pack, and the norm of the whole pack's gradient (the critic's input
+    is the pack), so that the penalty is 0 at the WGAN-GP optimum of a packed critic."""
+    n = real_img.shape[0] // pack
+    eps = as_draws(generator).rand(n, *(1,) * (real_img.dim() - 1))  # [N / pack, 1, 1, 1], or [N / pack, 1]
+    eps = (eps if pack == 1 else eps.repeat_interleave(pack, dim=0)).to(real_img.device)
     x_hat = eps * real_img.detach() + (1.0 - eps) * fake_img.detach()
-    return (_input_grad_norm_sq(D, x_hat).add(1e-12).sqrt() - 1.0).pow(2)
+    return (_input_grad_norm_sq(D, x_hat, pack).add(1e-12).sqrt() - 1.0).pow(2)
 
 
 def mode_seeking_loss(

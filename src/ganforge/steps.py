@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ganforge.draws import Draws
 from ganforge.losses import LossPair, gaussian_kl, reconstruction_nll
 from ganforge.models import per_sample
 from ganforge.precision import FP32, Precision
@@ -34,16 +35,25 @@ def topk_keep(batch: int, epoch: float, floor: float, gamma: float) -> Optional[
 def make_penalty(
     D: nn.Module,
     d_iter: int,
-    noise: torch.Generator,
+    noise: torch.Generator | Draws,
     gp_weight: float = 0.0,
     r1_gamma: float = 0.0,
     r2_gamma: float = 0.0,
     r1_interval: int = 1,
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    pack: int = 1,
 ) -> Optional[Penalty]:
     """The regularizers due at D update `d_iter` (0-based), as one function of (real_img, fake_img,
     c_real, c_fake); None when none is due. GP at every update; R1 (and R2, its twin on the fakes) lazily,
     every `r1_interval` updates, weighted up by the interval (StyleGAN2). GP's interpolation weights
-    are drawn from `noise`, the run's saved latent generator, so that a resume is exact."""
+    are drawn from `noise`, the run's saved latent generator (a Draws over it with several processes),
+    so that a resume is exact.
+
+    The images are the un-augmented ones: with DiffAugment (`augment`) every penalty is the gradient
+    with respect to the image in data space, through the augmentation D sees (a fresh draw of it), as
+    stylegan2-ada-pytorch and DiffAugment's code take R1, so that gamma values carry over. With PacGAN
+    (`pack` > 1) the penalties are per pack, the sample a packed D scores. A conditional D's GP
+    interpolates the images and judges them with the real labels."""
     use_gp = gp_weight > 0
     lazy = d_iter % r1_interval == 0
     use_r1, use_r2 = r1_gamma > 0 and lazy, r2_gamma > 0 and lazy
@@ -52,15 +62,16 @@ def make_penalty(
 
     def total(real_img: torch.Tensor, fake_img: torch.Tensor, c: Optional[torch.Tensor],
               c_fake: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
-        D_c = lambda x: D(x, c)  # noqa: E731  (conditional D judges with the real labels)
+        seen = augment if augment is not None else (lambda x: x)  # what D sees of an image
+        D_c = lambda x: D(seen(x), c)  # noqa: E731  (conditional D judges with the real labels)
         out = torch.zeros((), device=real_img.device)
         if use_gp:
-            out = out + gp_weight * gradient_penalty(D_c, real_img, fake_img, noise).mean()
+            out = out + gp_weight * gradient_penalty(D_c, real_img, fake_img, noise, pack).mean()
         if use_r1:
-            out = out + 0.5 * r1_gamma * r1_interval * r1_penalty(D_c, real_img).mean()
+            out = out + 0.5 * r1_gamma * r1_interval * r1_penalty(D_c, real_img, pack).mean()
         if use_r2:  # the same penalty on the fakes (R2), with their own labels
-            D_f = lambda x: D(x, c_fake)  # noqa: E731
-            out = out + 0.5 * r2_gamma * r1_interval * r1_penalty(D_f, fake_img).mean()
+            D_f = lambda x: D(seen(x), c_fake)  # noqa: E731
+            out = out + 0.5 * r2_gamma * r1_interval * r1_penalty(D_f, fake_img, pack).mean()
         return out
 
     return total
@@ -87,19 +98,18 @@ def d_step(
     precision: Precision = FP32,
     fake_img: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One D update; `penalty(real_img, fake_img, c_real, c_fake)` adds a regularizer. c_real/c_fake: class
-    labels for conditional models. `fake_img`: G(z, c_fake) made by the caller (to reuse in the G
+    """One D update; `penalty(real_img, fake_img, c_real, c_fake)` adds a regularizer (given the images
+    before augmentation: it augments them itself). c_real/c_fake: class labels for conditional models. `fake_img`: G(z, c_fake) made by the caller (to reuse in the G
     step), else made here without a graph. Returns (d_loss, real_logits, fake_logits), detached;
     d_loss excludes the penalty."""
     if fake_img is None:
         with torch.no_grad(), precision.autocast():
             fake_img = G(z, c_fake)  # no graph: G is not updated in this phase
     fake_img = fake_img.detach().float()  # [N, C, H, W]
-    if augment is not None:  # DiffAugment: D only ever sees augmented images
-        real_img, fake_img = augment(real_img), augment(fake_img)
-    with precision.autocast():
-        real_logits = D(real_img, c_real).float()  # [N]; losses in fp32
-        fake_logits = D(fake_img, c_fake).float()  # [N]
+    real_in, fake_in = (augment(real_img), augment(fake_img)) if augment is not None else (real_img, fake_img)
+    with precision.autocast():  # DiffAugment: D only ever sees augmented images
+        real_logits = D(real_in, c_real).float()  # [N]; losses in fp32
+        fake_logits = D(fake_in, c_fake).float()  # [N]
     d_loss = loss.d_loss(real_logits, fake_logits)
     total = d_loss if penalty is None else d_loss + penalty(real_img, fake_img, c_real, c_fake)  # fp32
     opt_D.zero_grad(set_to_none=True)
@@ -192,7 +202,7 @@ def simultaneous_step(
         fake_logits = D(d_fake_in, c_fake).float()
     d_loss = loss.d_loss(real_logits, fake_logits)
     g_loss = loss.g(fake_logits, real_logits.detach())
-    total_d = d_loss if penalty is None else d_loss + penalty(real_in, fake_in.detach().float(), c_real, c_fake)
+    total_d = d_loss if penalty is None else d_loss + penalty(real_img, fake_img.detach().float(), c_real, c_fake)
     d_params = [p for p in D.parameters() if p.requires_grad]
     g_params = [p for p in G.parameters() if p.requires_grad]
     if not shared_backward:

@@ -27,6 +27,7 @@ from ganforge.checkpoint import CheckpointError, load_checkpoint
 from ganforge.config import Config, ConfigError, OptimConfig, from_dict, planned_resolution, resolve
 from ganforge.data import ImageDataset, load_dataset
 from ganforge.distributed import VOTE_EVERY, Dist, init_distributed, shutdown
+from ganforge.draws import Draws
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
 from ganforge.guards import LoopGarbageCollector, StopFlag, raised_in_torch_compile
 from ganforge.losses import LOSSES
@@ -301,7 +302,10 @@ class Setup:
     pre_seconds: float = 0.0  # training time spent before the loop (model.clusters' k-means)
 
     def state(self, run: Run) -> dict[str, Any]:
-        return run_state(run, self.cfg, self.ds, self.files, self.objective, self.recalibrate)
+        state = run_state(run, self.cfg, self.ds, self.files, self.objective, self.recalibrate)
+        if self.monitor is not None:  # the collapse patience carries over a resume
+            state["monitor_streak"] = self.monitor.unhealthy_streak
+        return state
 
     def show(self, run: Run) -> nn.Module:
         return G_show(run, self.recalibrate)
@@ -443,6 +447,7 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     if mon.every:
         mon_z = torch.randn(mon.n, m.z_dim, generator=torch.Generator().manual_seed(t.seed + 4))
         monitor = HealthMonitor(mon, ds, mon_z, torch.arange(mon.n) % g_nc if g_nc else None)
+        monitor.unhealthy_streak = ckpt.get("monitor_streak", 0) if ckpt is not None else 0
     # how many latents G_ema's BN statistics are averaged over. 2D points need them precise (grid25's clusters
     # have std 0.05 on a span of 8: from 2,048 latents one seed's G_ema gave 73.7 % high-quality samples with
     # one draw and 94.6 % with another, from 100,000 latents 99.6 %), and a point G costs next to nothing to run
@@ -462,7 +467,8 @@ def make_objective(cfg: Config, feed: Feed, grid: LatentGrid, noise: torch.Gener
         return VAEObjective(feed, grid, cfg.loss.likelihood, cfg.loss.kl_weight)
     r, t = cfg.reg, cfg.train
     reg = Regularizers(r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval, r.mode_seeking, r.topk, r.topk_gamma)
-    return GANObjective(feed, LOSSES[cfg.loss.name], reg, grid, make_augment(r.diffaugment, noise),
+    augment = make_augment(r.diffaugment, Draws(noise, feed.dist.world, feed.dist.rank))  # global-batch draws
+    return GANObjective(feed, LOSSES[cfg.loss.name], reg, grid, augment,
                         t.n_critic, t.reuse_fakes, t.update == "simultaneous", cfg.model.pack,
                         cfg.model.clusters, cluster_labels)  # fmt: skip
 

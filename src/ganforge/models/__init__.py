@@ -199,11 +199,12 @@ def per_sample(D: nn.Module) -> bool:
 
 
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
-    """Spectral normalisation (Miyato et al. 2018) on every conv and linear layer of `module`."""
+    """Spectral normalisation (Miyato et al. 2018) on every conv and linear layer of `module`, and on a
+    projection D's class embedding (Miyato & Koyama 2018 normalise it too: their SNEmbedID)."""
     from torch.nn.utils.parametrizations import spectral_norm
 
     for name, child in list(module.named_children()):
-        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             setattr(module, name, spectral_norm(child))
         else:
             apply_spectral_norm(child)
