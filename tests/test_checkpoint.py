@@ -145,3 +145,71 @@ def test_the_k_newest_step_checkpoints_are_kept(tmp_path, isolated_env):
     kept = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
     assert kept == ["step_0000006.pt", "step_0000008.pt"]  # 2 and 4 were pruned
     assert load_checkpoint(run / "checkpoints" / "step_0000006.pt")["step"] == 6
+
+
+def test_an_empty_checkpoint_and_an_empty_sibling_give_the_clear_message(tmp_path):
+    # an empty file raises errors whose text is empty; the message once took its first line (IndexError)
+    good, empty = tmp_path / "step_00000007.pt", tmp_path / "last.pt"
+    save_checkpoint(good, _state())
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"damaged or truncated \(an empty file, 0 bytes\)") as e:
+        load_checkpoint(empty)
+    assert "step_00000007.pt (step 7)" in str(e.value)  # the intact sibling is offered
+    save_checkpoint(empty, _state())
+    (tmp_path / "healthy.pt").write_bytes(b"")  # an empty sibling is skipped, not a crash in the advice
+    data = empty.read_bytes()
+    empty.write_bytes(data[:100])
+    with pytest.raises(CheckpointError, match="Intact checkpoints of this run: step_00000007.pt"):
+        load_checkpoint(empty)
+
+
+def _raw(path, record):
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"format_version": "1", "step": 3}, r"format_version is str '1', not a positive integer"),
+        ({"format_version": 0}, r"format_version is int 0"),
+        ({"format_version": 99}, r"format 99, newer than this ganforge understands"),
+        ({"step": 3}, r"not a ganforge checkpoint \(no format_version\)"),
+        ({"format_version": 1, "step": "7"}, r"its 'step' entry is str '7', not a non-negative integer"),
+        ({"format_version": 1, "G": {"w": [1.0]}}, r"its 'G' entry is dict .*, not a state dict"),
+        ({"format_version": 1, "opt_D": {"state": {}}}, r"'opt_D' entry .* not an optimizer state dict"),
+    ],
+)
+def test_a_crafted_checkpoint_is_refused_with_what_is_wrong(tmp_path, record, message):
+    path = tmp_path / "crafted.pt"
+    _raw(path, record)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path, verify=False)
+
+
+def test_a_missing_entry_names_the_file_and_the_entry(tmp_path):
+    from ganforge.checkpoint import MissingEntryError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 3})
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 3 and ckpt.get("G") is None and "G" not in ckpt  # still a plain dict to read
+    with pytest.raises(MissingEntryError, match=r"'.*last.pt' has no 'G' entry, which is needed here"):
+        ckpt["G"]
+    with pytest.raises(KeyError):  # what code catching a dict's KeyError expects
+        ckpt["opt_G"]
+
+
+def test_sampling_from_a_checkpoint_without_weights_is_a_clear_cli_error(tmp_path, isolated_env, capsys):
+    from ganforge import build_config, train
+    from ganforge.cli import main
+    from tests.conftest import tiny
+
+    run = train(build_config(overrides=tiny(tmp_path, steps=2)), progress=False)
+    ckpt = load_checkpoint(run / "checkpoints" / "final.pt")
+    crafted = tmp_path / "crafted.pt"
+    save_checkpoint(crafted, {k: v for k, v in ckpt.items() if k not in ("G", "G_ema")})  # valid, no weights
+    code = main(["sample", str(crafted), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "has no 'G' entry" in err, err

@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,100 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_checkpoint(path: Path, verify: bool = True, advise: bool = True) -> dict[str, Any]:
+def _first_line(e: BaseException) -> str:
+    """An exception as one line for a message: its type, and its text's first line when it has one
+    (an empty file raises errors whose text is empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+class MissingEntryError(CheckpointError, KeyError):
+    """A checkpoint lacks an entry that the code reading it needs (also a KeyError, as dicts raise)."""
+
+    __str__ = RuntimeError.__str__  # the message as written, not KeyError's repr of it
+
+
+class Checkpoint(dict):
+    """A loaded checkpoint: a plain dict, except that a missing entry raises MissingEntryError naming
+    the file and the entry, not a bare KeyError. Entries are only required where they are read, so
+    checkpoints of older versions (fewer entries) load as before."""
+
+    def __init__(self, record: dict[str, Any], path: Path, advise: bool):
+        super().__init__(record)
+        self.path, self.advise = path, advise
+
+    def __missing__(self, key: Any) -> Any:
+        raise MissingEntryError(
+            f"checkpoint '{self.path}' has no '{key}' entry, which is needed here (it holds "
+            f"{', '.join(map(str, self)) or 'nothing'}): it was not written by ganforge's training, or was "
+            "edited. " + (_alternatives(self.path) if self.advise else "")
+        )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_state_dict(x: Any) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in x.items())
+
+
+def _is_optimizer_state(x: Any) -> bool:
+    return isinstance(x, dict) and isinstance(x.get("state"), dict) and isinstance(x.get("param_groups"), list)
+
+
+# The entries that training and sampling read, each checked when present (what an entry must be, and
+# the check). Absent entries are caught where they are read (see Checkpoint): older versions lack some.
+ENTRY_TYPES: dict[str, tuple[str, Any]] = {
+    "G": ("a state dict (names to tensors)", _is_state_dict),
+    "D": ("a state dict (names to tensors)", _is_state_dict),
+    "G_ema": ("a state dict (names to tensors)", _is_state_dict),
+    "opt_G": ("an optimizer state dict (with 'state' and 'param_groups')", _is_optimizer_state),
+    "opt_D": ("an optimizer state dict (with 'state' and 'param_groups')", _is_optimizer_state),
+    "step": ("a non-negative integer", lambda x: _is_int(x) and x >= 0),
+    "nimg": ("a non-negative integer", lambda x: _is_int(x) and x >= 0),
+    "rng": ("a dict of generator states", lambda x: isinstance(x, dict)),
+    "config": ("a dict (the resolved config)", lambda x: isinstance(x, dict)),
+    "dataset": ("a dict with the image count 'n'", lambda x: isinstance(x, dict) and _is_int(x.get("n"))),
+    "cluster_labels": ("a tensor", lambda x: isinstance(x, torch.Tensor)),
+}
+
+
+def _describe(x: Any) -> str:
+    text = repr(x)
+    return f"{type(x).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_record(path: Path, record: Any) -> None:
+    """Refuse a record that is not a ganforge checkpoint of a format this version reads, or whose
+    entries are of the wrong kind (a crafted or edited file), before any code uses it."""
+    if not isinstance(record, dict) or "format_version" not in record:
+        raise CheckpointError(
+            f"'{path}' is not a ganforge checkpoint (no format_version); pass a .pt file written by "
+            "`ganforge train`, or its run folder."
+        )
+    version = record["format_version"]
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(
+            f"'{path}' is not a ganforge checkpoint of a known format: its format_version is "
+            f"{_describe(version)}, not a positive integer (this ganforge writes {FORMAT_VERSION}). "
+            "The file was edited or written by another program; use a checkpoint written by `ganforge train`."
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}' has checkpoint format {version}, newer than this ganforge "
+            f"understands ({FORMAT_VERSION}); upgrade ganforge."
+        )
+    for key, (what, ok) in ENTRY_TYPES.items():
+        if key in record and not ok(record[key]):
+            raise CheckpointError(
+                f"checkpoint '{path}' is malformed: its '{key}' entry is {_describe(record[key])}, "
+                f"not {what}. The file was edited or written by another program; use a checkpoint "
+                "written by `ganforge train`."
+            )
+
+
+def load_checkpoint(path: Path, verify: bool = True, advise: bool = True) -> Checkpoint:
     """Load and verify a checkpoint; a damaged one raises CheckpointError naming the run's intact
     checkpoints (`advise`; off when probing those alternatives themselves)."""
     path = Path(path)
@@ -113,21 +205,17 @@ def load_checkpoint(path: Path, verify: bool = True, advise: bool = True) -> dic
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load '{path}': it contains objects other than tensors and plain data "
-            f"(weights_only=True rejected it: {str(e).splitlines()[0]}). ganforge never runs code from a "
+            f"(weights_only=True rejected it: {_first_line(e)}). ganforge never runs code from a "
             "model file; only load checkpoints written by ganforge."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # damage surfaces as many kinds (EOFError, IndexError, KeyError, TypeError, ...)
+        size = path.stat().st_size
         raise CheckpointError(
-            f"checkpoint '{path}' is damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            f"checkpoint '{path}' is damaged or truncated "
+            f"({'an empty file, 0 bytes' if size == 0 else f'{size} bytes; {_first_line(e)}'}). "
             + (_alternatives(path) if advise else "")
         ) from None
-    if not isinstance(record, dict) or "format_version" not in record:
-        raise CheckpointError(f"'{path}' is not a ganforge checkpoint (no format_version).")
-    if record["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"'{path}' has checkpoint format {record['format_version']}, newer than this ganforge "
-            f"understands ({FORMAT_VERSION}); upgrade ganforge."
-        )
+    _check_record(path, record)
     if verify:
         expected = record.get("payload_sha256")
         payload = {k: v for k, v in record.items() if k not in ("format_version", "payload_sha256")}
@@ -136,7 +224,7 @@ def load_checkpoint(path: Path, verify: bool = True, advise: bool = True) -> dic
                 f"checkpoint '{path}' failed its checksum: the file was changed or damaged after it was "
                 "written. " + (_alternatives(path) if advise else "")
             )
-    return record
+    return Checkpoint(record, path, advise)
 
 
 def _alternatives(path: Path) -> str:
