@@ -138,8 +138,8 @@ def test_help_explains():
 
 
 def test_train_help_names_every_model_and_dataset():
-    """--model and --data list every registered architecture and dataset (their help is static text, kept
-    static so that `--help` answers without importing torch)."""
+    """--model and --data list every registered architecture and dataset, from the registries (made when
+    the help is printed, so that building the parser imports neither)."""
     from ganforge.data import DATASETS
     from ganforge.models import MODELS
 
@@ -148,8 +148,30 @@ def test_train_help_names_every_model_and_dataset():
     lines = r.stdout.splitlines()
     model_help = next(line for line in lines if line.lstrip().startswith("--model"))
     data_help = next(line for line in lines if line.lstrip().startswith("--data "))
-    assert [m for m in MODELS if m not in model_help.replace(",", " ").split()] == []
+    assert [m for m in MODELS if m not in model_help.replace(",", " ").replace(";", " ").split()] == []
     assert [d for d in DATASETS if d not in data_help.replace(",", " ").split()] == []
+
+
+def test_choices_and_lists_come_from_the_config_types_and_registries():
+    import typing
+
+    from ganforge.cli import build_parser
+    from ganforge.config import TrainConfig
+    from ganforge.metrics.evaluate import METRICS, default_metrics
+    from ganforge.metrics.features import DOMAIN_EXTRACTORS
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    options = {a.dest: a for a in train._actions}
+    hints = typing.get_type_hints(TrainConfig)
+    assert tuple(options["device"].choices) == typing.get_args(hints["device"])
+    assert tuple(options["precision"].choices) == typing.get_args(hints["precision"])
+    for command, defaults in (("eval", default_metrics()), ("compare", default_metrics(conditional=True))):
+        text = parser._subparsers._group_actions[0].choices[command].format_help().replace("\n", " ")
+        text = " ".join(text.split())
+        assert f"from {','.join(METRICS)} (default {','.join(defaults)})" in text, text
+        assert all(name in text for name in DOMAIN_EXTRACTORS)
+    assert "cas" in default_metrics(conditional=True) and "cas" not in default_metrics()
 
 
 def test_quick_start_uses_the_fast_preset_only_without_data_model_or_preset(offline_env):

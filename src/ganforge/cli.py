@@ -20,22 +20,76 @@ EXAMPLES = """examples:
 """
 
 
+class _Lazy(str):
+    """A help text made only when `--help` prints it, for the lists that registries hold (models,
+    datasets, metrics, extractors): their modules import torch and torch-fidelity, which building the
+    parser for every command would otherwise pay for."""
+
+    def __new__(cls, make: Any) -> _Lazy:
+        text = super().__new__(cls, "(computed when printed)")
+        text.make = make
+        return text
+
+    def __mod__(self, params: Any) -> str:  # argparse expands a help text with `help % params`
+        return self.make() % params
+
+
+def _config_choices(section: str, key: str) -> tuple[str, ...]:
+    """The values a `Literal[...]` config field accepts, for the CLI option that sets it."""
+    import typing
+
+    from ganforge.config import Config
+
+    section_type = typing.get_type_hints(Config)[section]
+    return typing.get_args(typing.get_type_hints(section_type)[key])
+
+
+def _dataset_help() -> str:
+    from ganforge.data import DATASETS
+
+    names = [f"{n} (2D points)" if spec.resolution == 0 else n for n, spec in DATASETS.items()]
+    return f"{', '.join(names)}, folder:PATH or a folder path"
+
+
+def _model_help() -> str:
+    from ganforge.models import MODELS
+
+    def of(keep: Any) -> str:
+        return ", ".join(name for name, spec in MODELS.items() if keep(spec))
+
+    return (f"architecture: auto (chosen for the data's resolution), {of(lambda s: s.family == 'gan' and s.resolution)}; "
+            f"for 2D points {of(lambda s: not s.resolution)}; the VAE baseline (with loss.name=elbo) "
+            f"{of(lambda s: s.family == 'vae')}")  # fmt: skip
+
+
+def _metrics_help(defaults: str) -> str:
+    from ganforge.metrics.evaluate import METRICS, default_metrics
+
+    chosen = ",".join(default_metrics(conditional=defaults == "compare"))
+    return (f"comma-separated from {','.join(METRICS)} (default {chosen}); cas = Classification Accuracy "
+            "Score, for class-conditional generators")  # fmt: skip
+
+
+def _extractor_help() -> str:
+    from ganforge.metrics.features import DOMAIN_EXTRACTORS
+
+    return f"auto (the run's domain extractor, else inception), {', '.join(DOMAIN_EXTRACTORS)}, inception"
+
+
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a GAN (default: DCGAN on MNIST digits)",
         description="Train a GAN. Everything lands in RUNS_DIR/NAME/: config.yaml, metrics.jsonl, "
-        "samples.png (newest fixed-noise grid), samples/ (one grid per epoch), losses.png and "
-        "checkpoints/ (last.pt, final.pt). Ctrl-C saves a checkpoint; --resume continues.",
+        "samples.png (newest fixed-noise grid), samples/ (a grid per epoch, or per train.sample_every steps), losses.png and "
+        "checkpoints/: last.pt (newest), final.pt (at the end), step_NNNNNNN.pt (the train.keep_checkpoints "
+        "newest), healthy.pt (the last state that passed the health check: the rollback target) and best.pt "
+        "(best FID, with --eval-every). Ctrl-C saves a checkpoint; --resume continues (--from picks another).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
     p.add_argument("--preset", help="start from a preset (see `ganforge presets`)")
-    p.add_argument(
-        "--data",
-        help="dataset: auto, mnist, mnist-5k, fashion-mnist, cifar10, stacked-mnist (1,000 modes), ring8, grid25 "
-        "(2D points), folder:PATH, or a folder path",
-    )
+    p.add_argument("--data", help=_Lazy(lambda: "dataset: auto, " + _dataset_help()))
     p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
     p.add_argument(
         "--resolution", type=int, help="resize + centre-crop images to R x R (must match the model)"
@@ -51,9 +105,7 @@ def _train_parser(sub: Any) -> None:
         default=None,
         help="fail on unreadable images instead of skipping them",
     )
-    p.add_argument("--model", help="architecture: auto, dcgan28, dcgan28-classic, dcgan28-deep-d, dcgan32, dcgan64, "
-                   "resnet28, resnet32, mlp, mlp-plain (2D points), vae28, vae32, vae64 (the VAE baseline; with "
-                   "loss.name=elbo)")
+    p.add_argument("--model", help=_Lazy(_model_help))
     p.add_argument("--epochs", type=int, help="length in passes over the dataset")
     p.add_argument(
         "--steps",
@@ -65,12 +117,12 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="random seed (same seed, same run on CPU)")
     p.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda", "mps"),
+        choices=_config_choices("train", "device"),
         help="where to train (auto: cuda, mps, cpu)",
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16", "auto"),
+        choices=_config_choices("train", "precision"),
         help="forward-pass arithmetic: auto (default: bf16 on CPUs that have it; on GPUs fp32 with TF32 "
         "tensor cores from Ampere on, fp16 on Volta/Turing; else fp32), fp32, bf16 autocast, fp16 with loss "
         "scaling (GPUs only)",
@@ -207,7 +259,7 @@ def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int
     if preset and not args.preset and os.environ.get("RANK", "0") == "0":  # once, not per process
         print(f"ganforge: quick start: preset {preset} (digits; `ganforge presets` lists the others)", file=sys.stderr)
     cfg = build_config(preset, overrides)
-    from ganforge.train import pick_device
+    from ganforge.precision import pick_device
 
     pick_device(cfg.train.device)  # an unavailable device fails before any data is loaded or folder made
     if args.dry_run:
@@ -381,20 +433,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ganforge import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="ganforge",
-        description="Train GANs on image data, keep training stable, measure quality and diversity.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLES,
-    )
-    parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    _train_parser(sub)
-
+def _sample_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sample",
         help="generate images from a trained run or checkpoint",
@@ -416,18 +455,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "typical, less varied images (e.g. 1.0; default off)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
 
+
+def _presets_parser(sub: Any) -> None:
     sub.add_parser(
         "presets", help="list the training presets", description="List the training presets."
     )
 
+
+def _data_parser(sub: Any) -> None:
     p = sub.add_parser(
         "data",
         help="show a dataset: size, shape, label counts, and a grid of real images",
         description="Load a dataset, print its size, shape and label counts, write a grid.",
     )
-    p.add_argument(
-        "name", help="mnist, mnist-5k, fashion-mnist, cifar10, stacked-mnist, ring8, grid25, folder:PATH or a folder path"
-    )
+    p.add_argument("name", help=_Lazy(_dataset_help))
     p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument(
@@ -437,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="images in the grid (default 64)")
     p.add_argument("--no-download", action="store_true", help="never download")
 
+
+def _eval_parser(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
         help="measure a trained generator: FID, KID, IS, precision/recall, modes, memorisation",
@@ -451,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ganforge eval RUN --extractor inception --inception-weights weights-inception-2015-12-05-6726825d.pth",
     )
     p.add_argument("path", help="a run folder (its newest checkpoint) or a checkpoint file")
-    _protocol_args(p, "fid,kid,is,pr,modes,sharpness")
+    _protocol_args(p, "eval")
     p.add_argument(
         "--inception-weights",
         metavar="PATH",
@@ -459,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="where to write the JSON report (default RUN/eval.json)")
 
+
+def _train_classifier_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train-classifier",
         help="(re)build a domain feature extractor for the metrics",
@@ -474,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the weights (default: inside the package)")
     p.add_argument("--no-progress", action="store_true")
 
+
+def _export_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="write a run's generator for sharing (.safetensors: weights + config, no pickle; or ONNX)",
@@ -487,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "runtimes (needs the onnx package)")  # fmt: skip
     p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors or .onnx)")
 
+
+def _compare_parser(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
         help="compare runs (e.g. a GAN and a VAE) under one evaluation protocol",
@@ -500,9 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  ganforge compare runs/a runs/b runs/c --metrics fid,pr,cas --n 5000 --out results/abc",
     )
     p.add_argument("paths", nargs="+", metavar="RUN", help="run folders or checkpoint files (two or more)")
-    _protocol_args(p, "fid,kid,is,pr,modes,sharpness,cas")
+    _protocol_args(p, "compare")
     p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
 
+
+def _serve_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
         help="a local web app: generate images in the browser, run real-or-fake studies with people",
@@ -524,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite file for studies and votes (default ./ganforge-studies.db)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
 
+
+def _study_parser(sub: Any) -> None:
     p = sub.add_parser(
         "study",
         help="real-or-fake study results from the command line (studies are run with `ganforge serve`)",
@@ -539,22 +592,43 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--db", default="ganforge-studies.db", metavar="PATH", help="the serve database")
     q.add_argument("--csv", metavar="PATH", help="also write every vote as CSV")
     q.add_argument("--json", action="store_true", help="print the full JSON report instead of the table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ganforge import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ganforge",
+        description="Train GANs on image data, keep training stable, measure quality and diversity.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _train_parser(sub)
+    _sample_parser(sub)
+    _presets_parser(sub)
+    _data_parser(sub)
+    _eval_parser(sub)
+    _train_classifier_parser(sub)
+    _export_parser(sub)
+    _compare_parser(sub)
+    _serve_parser(sub)
+    _study_parser(sub)
     return parser
 
 
-def _protocol_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
-    """The evaluation protocol's options, shared by `eval` and `compare`."""
-    p.add_argument(
-        "--metrics",
-        help=f"comma-separated from fid,kid,is,pr,modes,sharpness,memorization,cas (default {default_metrics}); "
-        "cas = Classification Accuracy Score, for class-conditional generators",
-    )
+def _protocol_args(p: argparse.ArgumentParser, command: str) -> None:
+    """The evaluation protocol's options, shared by `eval` and `compare` (the command picks the default
+    metrics: compare adds those for class-conditional runs, n/a for the others)."""
+    p.add_argument("--metrics", help=_Lazy(lambda: _metrics_help(command)))
     p.add_argument("--n", type=int, default=10000, help="generated samples per run (default 10,000)")
     p.add_argument("--ref", metavar="DATASET:SPLIT", help="real reference (default: the run's dataset, test split)")
     p.add_argument(
         "--extractor",
         default="auto",
-        help="auto (the run's domain extractor, else inception), mnist, fashion-mnist, cifar10, inception",
+        help=_Lazy(_extractor_help),
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluated latents (default 0)")
     p.add_argument("--cas-per-class", type=int, default=1000, metavar="N",

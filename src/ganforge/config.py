@@ -28,8 +28,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # Dataset name: auto (full MNIST if found or downloadable, else mnist-5k), mnist, mnist-5k,
-    # fashion-mnist, cifar10, or folder:PATH for a folder of images.
+    # Dataset name: auto (full MNIST if found or downloadable, else mnist-5k), a registered dataset
+    # (`ganforge data --help` lists them: mnist, mnist-5k, fashion-mnist, cifar10, stacked-mnist, and the
+    # 2D point mixtures ring8 and grid25), or folder:PATH for a folder of images.
     name: str = "auto"
     # Folder searched first for the dataset files (None: $GANFORGE_DATA/<name>, then the user cache).
     root: Optional[str] = None
@@ -167,7 +168,7 @@ class TrainConfig:
     # Stop after this many seconds of training in this process (None: no limit), saving the run as
     # finished; for comparisons at an equal compute budget. A resumed run gets a fresh limit.
     time_limit: Optional[float] = None
-    # Length of the run in optimisation steps (one D update + one G update), when epochs is None.
+    # Length of the run in optimisation steps (n_critic D updates + one G update), when epochs is None.
     # 5000 steps of 64 = 320k images: about 5 epochs of MNIST.
     steps: int = 5000
     # Seed for weights, data order, latents and dropout: the same seed gives the same run on CPU.

@@ -293,7 +293,7 @@ def _load_safetensors(path: Path) -> tuple[dict, dict]:
 
 
 def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
-    """Load the generator of a run folder (its final, else last, checkpoint), a checkpoint file, or
+    """Load the generator of a run folder (its newest checkpoint: last.pt, else final.pt), a checkpoint file, or
     a `ganforge export` .safetensors file."""
     if Path(path).suffix == ".safetensors" and Path(path).is_file():
         weights, config = _load_safetensors(Path(path))
