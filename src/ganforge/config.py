@@ -441,17 +441,28 @@ def _refuse_unconditional_model(name: str, key: str, says: str, resolution: Opti
 
 
 def validate(cfg: Config) -> None:
+    """Refuse a config that cannot run, saying which key is wrong and what it accepts (first problem found)."""
+    _check_choices(cfg)
+    _check_model_and_optim(cfg)
+    _check_conditioning(cfg)
+    _check_monitor(cfg)
+    _check_regularizers(cfg)
+    _check_train(cfg)
+
+
+def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        need = "zero or more" if allow_zero else "greater than zero"
+        raise ConfigError(f"{key}: must be {need}, got {value}.")
+
+
+def _check_choices(cfg: Config) -> None:
+    """The named choices (dataset, model, loss) exist and fit together: sizes, points or images, family."""
     from ganforge.data import DATASETS
     from ganforge.losses import LOSSES
-    from ganforge.metrics.features import EXTRACTOR_FOR_DATASET
     from ganforge.models import MODELS
-
-    def positive(key: str, value: Any, allow_zero: bool = False) -> None:
-        if value is None:
-            return
-        if value < 0 or (value == 0 and not allow_zero):
-            need = "zero or more" if allow_zero else "greater than zero"
-            raise ConfigError(f"{key}: must be {need}, got {value}.")
 
     data_name = cfg.data.name
     if not (data_name == "auto" or data_name in DATASETS or data_name.startswith("folder:")):
@@ -462,8 +473,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels: must be 1 or 3, got {cfg.data.channels}.")
-    positive("data.resolution", cfg.data.resolution)
-    positive("data.limit", cfg.data.limit)
+    _positive("data.resolution", cfg.data.resolution)
+    _positive("data.limit", cfg.data.limit)
     if cfg.model.name != "auto" and cfg.model.name not in MODELS:
         choices = ["auto", *MODELS]
         raise ConfigError(
@@ -506,13 +517,16 @@ def validate(cfg: Config) -> None:
             + _suggest(cfg.loss.name, [*LOSSES, ELBO])
         )
     _validate_family(cfg, family)
-    positive("model.z_dim", cfg.model.z_dim)
-    positive("model.g_channels", cfg.model.g_channels)
-    positive("model.d_channels", cfg.model.d_channels)
+
+
+def _check_model_and_optim(cfg: Config) -> None:
+    _positive("model.z_dim", cfg.model.z_dim)
+    _positive("model.g_channels", cfg.model.g_channels)
+    _positive("model.d_channels", cfg.model.d_channels)
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}.")
-    positive("optim.g_lr", cfg.optim.g_lr)
-    positive("optim.d_lr", cfg.optim.d_lr)
+    _positive("optim.g_lr", cfg.optim.g_lr)
+    _positive("optim.d_lr", cfg.optim.d_lr)
     for key in ("beta1", "beta2"):
         value = getattr(cfg.optim, key)
         if not 0.0 <= value < 1.0:
@@ -521,14 +535,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.decay_start: it only applies with a schedule; set optim.lr_decay=linear or drop it.")
     if not 0.0 <= cfg.optim.decay_start < 1.0:
         raise ConfigError(f"optim.decay_start: must be in [0, 1) (a fraction of the run), got {cfg.optim.decay_start}.")
-    positive("train.batch_size", cfg.train.batch_size)
-    positive("train.n_critic", cfg.train.n_critic)
+    _positive("train.batch_size", cfg.train.batch_size)
+    _positive("train.n_critic", cfg.train.n_critic)
     if cfg.train.update == "simultaneous" and cfg.train.n_critic != 1:
         raise ConfigError(
             f"train.update: the simultaneous update makes one D update per G update; set train.n_critic=1 "
             f"(got {cfg.train.n_critic}) or use train.update=alternating."
         )
-    positive("model.pack", cfg.model.pack)
+
+
+def _check_conditioning(cfg: Config) -> None:
+    """Packing, class conditioning, latent codes and clusters: each valid, and the ones that clash refused."""
+    from ganforge.losses import ELBO
+
+    _positive("model.pack", cfg.model.pack)
     if cfg.model.conditional and cfg.model.pack > 1:
         raise ConfigError(
             "model.pack: PacGAN packing mixes samples of different classes, so it does not combine with "
@@ -536,13 +556,13 @@ def validate(cfg: Config) -> None:
         )
     if cfg.model.conditional:
         _refuse_unconditional_model(cfg.model.name, "model.conditional", "has no class-conditional variant")
-    positive("model.num_classes", cfg.model.num_classes)
-    positive("model.latent_codes", cfg.model.latent_codes, allow_zero=True)
+    _positive("model.num_classes", cfg.model.num_classes)
+    _positive("model.latent_codes", cfg.model.latent_codes, allow_zero=True)
     if cfg.model.latent_codes == 1:
         raise ConfigError("model.latent_codes: 1 code is the plain latent; use 0 (off) or at least 2.")
     if cfg.model.latent_codes and cfg.loss.name == ELBO:
         raise ConfigError("model.latent_codes: the VAE's latent is its encoder's Gaussian; latent codes are for GANs.")
-    positive("model.clusters", cfg.model.clusters, allow_zero=True)
+    _positive("model.clusters", cfg.model.clusters, allow_zero=True)
     if cfg.model.clusters:
         if cfg.model.clusters == 1:
             raise ConfigError("model.clusters: 1 cluster is the unconditional model; use 0 (off) or at least 2.")
@@ -554,28 +574,34 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.clusters: self-conditioning on clusters does not combine with {clash[0]}; "
                               f"use one of them{hint}.")  # fmt: skip
         _refuse_unconditional_model(cfg.model.name, "model.clusters", "has no conditional variant to condition on clusters")
+    if cfg.train.batch_size % cfg.model.pack:
+        raise ConfigError(
+            f"model.pack: the batch ({cfg.train.batch_size}) must be a multiple of the pack size ({cfg.model.pack})."
+        )
+
+
+def _check_monitor(cfg: Config) -> None:
     mon = cfg.monitor
-    positive("monitor.every", mon.every)
-    positive("monitor.n", mon.n)
+    _positive("monitor.every", mon.every)
+    _positive("monitor.n", mon.n)
     if mon.n < 2:
         raise ConfigError(f"monitor.n: must be at least 2, got {mon.n}.")
-    positive("monitor.patience", mon.patience)
-    positive("monitor.warmup", mon.warmup, allow_zero=True)
-    positive("monitor.max_rollbacks", mon.max_rollbacks, allow_zero=True)
+    _positive("monitor.patience", mon.patience)
+    _positive("monitor.warmup", mon.warmup, allow_zero=True)
+    _positive("monitor.max_rollbacks", mon.max_rollbacks, allow_zero=True)
     for key in ("diversity_threshold", "entropy_threshold"):
         if not 0.0 <= getattr(mon, key) <= 1.0:
             raise ConfigError(f"monitor.{key}: must be in [0, 1], got {getattr(mon, key)}.")
     if not 0.0 < mon.lr_factor <= 1.0:
         raise ConfigError(f"monitor.lr_factor: must be in (0, 1], got {mon.lr_factor}.")
-    if cfg.train.batch_size % cfg.model.pack:
-        raise ConfigError(
-            f"model.pack: the batch ({cfg.train.batch_size}) must be a multiple of the pack size ({cfg.model.pack})."
-        )
-    positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
-    positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
-    positive("reg.r2_gamma", cfg.reg.r2_gamma, allow_zero=True)
-    positive("reg.r1_interval", cfg.reg.r1_interval)
-    positive("reg.mode_seeking", cfg.reg.mode_seeking, allow_zero=True)
+
+
+def _check_regularizers(cfg: Config) -> None:
+    _positive("reg.gp_weight", cfg.reg.gp_weight, allow_zero=True)
+    _positive("reg.r1_gamma", cfg.reg.r1_gamma, allow_zero=True)
+    _positive("reg.r2_gamma", cfg.reg.r2_gamma, allow_zero=True)
+    _positive("reg.r1_interval", cfg.reg.r1_interval)
+    _positive("reg.mode_seeking", cfg.reg.mode_seeking, allow_zero=True)
     for key in ("topk", "topk_gamma"):
         if not 0.0 < getattr(cfg.reg, key) <= 1.0:
             raise ConfigError(f"reg.{key}: must be in (0, 1] (e.g. 0.5; 1 turns top-k training off), "
@@ -594,20 +620,27 @@ def validate(cfg: Config) -> None:
             f"reg.diffaugment: unknown transform(s) {', '.join(bad)}; use a comma-separated subset of "
             f"{','.join(POLICIES)}." + _suggest(bad[0].strip(), list(POLICIES))
         )
+
+
+def _check_train(cfg: Config) -> None:
+    """The EMA, the run's length and its cadences, and in-training evaluation."""
+    from ganforge.metrics.features import EXTRACTOR_FOR_DATASET
+
+    data_name = cfg.data.name
     if cfg.train.ema_beta is not None and not 0.0 <= cfg.train.ema_beta <= 1.0:
         raise ConfigError(
             f"train.ema_beta: must be in [0, 1] (e.g. 0.999) or null, got {cfg.train.ema_beta}."
         )
-    positive("train.epochs", cfg.train.epochs)
-    positive("train.steps", cfg.train.steps)
-    positive("train.time_limit", cfg.train.time_limit)
-    positive("train.log_every", cfg.train.log_every)
-    positive("train.sample_every", cfg.train.sample_every)
-    positive("train.checkpoint_every", cfg.train.checkpoint_every)
-    positive("train.keep_checkpoints", cfg.train.keep_checkpoints, allow_zero=True)
-    positive("train.n_samples", cfg.train.n_samples)
-    positive("train.eval_every", cfg.train.eval_every)
-    positive("train.eval_n", cfg.train.eval_n)
+    _positive("train.epochs", cfg.train.epochs)
+    _positive("train.steps", cfg.train.steps)
+    _positive("train.time_limit", cfg.train.time_limit)
+    _positive("train.log_every", cfg.train.log_every)
+    _positive("train.sample_every", cfg.train.sample_every)
+    _positive("train.checkpoint_every", cfg.train.checkpoint_every)
+    _positive("train.keep_checkpoints", cfg.train.keep_checkpoints, allow_zero=True)
+    _positive("train.n_samples", cfg.train.n_samples)
+    _positive("train.eval_every", cfg.train.eval_every)
+    _positive("train.eval_n", cfg.train.eval_n)
     if cfg.train.eval_n < 2:
         raise ConfigError(f"train.eval_n: must be at least 2, got {cfg.train.eval_n}.")
     if cfg.train.eval_every is not None and not (
