@@ -8,7 +8,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +197,8 @@ def _real_pool(run: ServedRun, n: int, seed: int) -> tuple[torch.Tensor, dict[st
 
 
 def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") -> FastAPI:
+    """The app: JSON errors and security headers, the pages, generation, and the studies (the evaluator's
+    endpoints, behind each study's key, and the raters')."""
     from ganforge import __version__
 
     app = FastAPI(title="ganforge", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
@@ -209,6 +211,17 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
             raise StudyError(f"no run '{key[:20]}'; the runs are {', '.join(by_key)} (GET /api/runs)", 404)
         return by_key[key]
 
+    _add_errors_and_headers(app)
+    _add_pages(app)
+    _add_generation(app, runs, get_run, lock, device)
+    _add_evaluator(app, store, get_run, lock, device)
+    _add_raters(app, store)
+    app.state.runs, app.state.store = runs, store
+    return app
+
+
+def _add_errors_and_headers(app: FastAPI) -> None:
+    """Every error as JSON {"error": ...} with its status; security headers on every response."""
     @app.exception_handler(StudyError)
     async def study_error(request: Request, exc: StudyError):
         return _json_error(exc.status, str(exc))
@@ -235,8 +248,8 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    # -- pages ----------------------------------------------------------------------------------
 
+def _add_pages(app: FastAPI) -> None:
     def page(name: str) -> FileResponse:
         return FileResponse(STATIC[PAGES[name]], media_type="text/html")
 
@@ -269,8 +282,9 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
         kind = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
         return FileResponse(STATIC[name], media_type=kind[STATIC[name].suffix])
 
-    # -- generation -----------------------------------------------------------------------------
 
+def _add_generation(app: FastAPI, runs: list[ServedRun], get_run: Callable[[str], ServedRun],
+                    lock: threading.Lock, device: str) -> None:  # fmt: skip
     @app.get("/api/runs")
     def list_runs():
         return {"runs": [r.describe() for r in runs]}
@@ -315,8 +329,11 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
             images = gen.interpolate(seed_a, seed_b, frames, classes=_classes(gen, cls), truncation=truncation)
         return _png_response(images, frames, f"{r.name}-seed{seed_a}-to-{seed_b}.png", download, seed_a)
 
-    # -- studies: the evaluator -----------------------------------------------------------------
 
+def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], ServedRun],
+                   lock: threading.Lock, device: str) -> None:  # fmt: skip
+    """Studies, the evaluator's side: create one (draws and stores the images), list them, read the
+    results and the votes (with the study's key)."""
     @app.post("/api/studies", status_code=201)
     def create_study(body: StudyIn):
         chosen = [get_run(k) for k in body.runs]
@@ -358,8 +375,9 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
             headers={"Content-Disposition": f'attachment; filename="study-{study}.csv"'},
         )  # fmt: skip
 
-    # -- studies: the raters (nothing here says which images are real) --------------------------
 
+def _add_raters(app: FastAPI, store: StudyStore) -> None:
+    """Studies, the raters' side: nothing here says which images are real."""
     @app.get("/api/studies/{study}/tutorial")
     def tutorial(study: str):
         return {"examples": store.tutorial(study)}
@@ -380,9 +398,6 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
     def image(image: str):
         return Response(store.image_png(image), media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600", **SECURITY_HEADERS})  # fmt: skip
-
-    app.state.runs, app.state.store = runs, store
-    return app
 
 
 @contextmanager
