@@ -1,7 +1,15 @@
-"""Memory layout A/B: ganforge's training step (D update + G update reusing the fakes) in NCHW vs
-channels_last (NHWC), interleaved in one process, fp32 on the CPU.
+"""Memory layout A/B: ganforge's training step in NCHW vs channels_last (NHWC), interleaved in one
+process, on the CPU (fp32 unless --precision says otherwise).
 
     python bench/layout_ab.py --model dcgan28 --width 64 --pairs 6
+
+Each measurement builds the run `ganforge train` builds for the config (bench/throughput.py's
+`bench_run`: train.build_run's nets, make_adam's Adam, the precision and autocast train.precision
+resolves to, the GAN objective with its defaults: non-saturating loss, one D update and a G update
+reusing its fakes) on random uint8 images, and times `objective.step(run)` as train.loop calls it.
+The one thing set by hand is the layout under test: training takes it from the precision and device
+(`Precision.memory_format`: channels_last on CPUs), so this script puts the nets, the precision and the
+real batches (`Feed.memory_format`) into the layout of the arm before the first step.
 
 Prints img/s of each pair and the ratio of the medians (channels_last / NCHW).
 """
@@ -13,34 +21,33 @@ import statistics
 import time
 
 import torch
+from throughput import bench_run, train_step
 
-from ganforge.losses import LOSSES
-from ganforge.models import build_models
-from ganforge.precision import Precision
-from ganforge.steps import d_step, g_step
+from ganforge import build_config
+from ganforge.models import MODELS
 
 
-def img_per_s(model: str, channels: int, width: int, layout: torch.memory_format, batch: int, steps: int) -> float:
+def img_per_s(model: str, channels: int, width: int, layout: torch.memory_format, batch: int, steps: int,
+              precision: str) -> float:  # fmt: skip
     torch.manual_seed(0)
-    G, D = build_models(model, 100, channels, width, width, 0.3)
-    amp = Precision("fp32", torch.device("cpu"))
-    G, D = G.to(memory_format=layout), D.to(memory_format=layout)
-    opt_G, opt_D = torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-4)
-    res = 28 if "28" in model else 32
-    real = (torch.rand(batch, channels, res, res) * 2 - 1).contiguous(memory_format=layout)
-    loss = LOSSES["non-saturating"]
-
-    def step() -> None:
-        z = torch.randn(batch, 100)
-        fakes = G(z, None)
-        d_step(G, D, opt_D, loss, real, z, None, None, None, None, amp, fake_img=fakes)
-        g_step(G, D, opt_G, loss, z, None, None, amp, fake_img=fakes)
+    cfg = build_config(overrides={
+        "model": {"name": model, "g_channels": width, "d_channels": width},
+        "train": {"batch_size": batch, "precision": precision, "device": "cpu"},
+        "monitor": {"every": None},
+    })  # fmt: skip
+    res = MODELS[model].resolution
+    run, objective = bench_run(cfg, torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8))
+    # the arm's layout, before the first step (Adam's state does not exist yet)
+    for net in (run.G, run.D, run.G_ema):
+        if net is not None:
+            net.to(memory_format=layout)
+    run.precision.memory_format = objective.feed.memory_format = layout
 
     for _ in range(3):
-        step()
+        train_step(run, objective)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        train_step(run, objective)
     return batch * steps / (time.perf_counter() - start)
 
 
@@ -52,12 +59,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--precision", default="fp32", help="train.precision (fp32, bf16 or auto)")
     args = parser.parse_args()
     nchw, nhwc = [], []
     for _ in range(args.pairs):
-        nchw.append(img_per_s(args.model, args.channels, args.width, torch.contiguous_format, args.batch, args.steps))
-        nhwc.append(img_per_s(args.model, args.channels, args.width, torch.channels_last, args.batch, args.steps))
-    print(f"{args.model} width {args.width} batch {args.batch} fp32, {torch.get_num_threads()} threads")
+        for layout, out in ((torch.contiguous_format, nchw), (torch.channels_last, nhwc)):
+            out.append(img_per_s(args.model, args.channels, args.width, layout, args.batch, args.steps, args.precision))
+    print(f"{args.model} width {args.width} batch {args.batch} {args.precision}, {torch.get_num_threads()} threads")
     print("NCHW          ", [round(x) for x in nchw])
     print("channels_last ", [round(x) for x in nhwc])
     print(f"median ratio channels_last / NCHW: {statistics.median(nhwc) / statistics.median(nchw):.3f}")

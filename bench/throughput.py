@@ -4,26 +4,34 @@
     python bench/throughput.py --models dcgan28 --batches 128 --precisions fp32 bf16
     python bench/throughput.py --device cuda --models dcgan32 resnet32 --batches 64 256 1024 --precisions fp32 bf16 fp16
 
-For each (model, batch size, precision) a fresh subprocess times one training iteration (a D update
-and a G update) of ganforge's loop (`d_step` + `g_step` reusing the fakes, non-saturating loss), in the same
-process, the same nets trained the usual plain-PyTorch way in eager fp32 (pytorch/examples' DCGAN
-loop: G's graph built during the D step, D run on the fakes twice, D's parameter gradients computed
-during the G step). Medians of REPS repetitions; the ratio is ganforge / plain. For bf16 (not compiled),
-ganforge's own fp32 step on its own copy of the nets is timed in the same alternation too: "vs ganforge
-fp32" is the precision's gain measured within one run (img/s of that fp32 step in brackets; this row's
-peak RSS then includes that third set of nets). FLOPs of an iteration
-are counted with torch.utils.flop_counter and set against the measured peak of a 2048^3 matmul in
-the same precision. Peak RSS is the subprocess's. Also: the share of a step spent fetching the batch
-(index slicing of the in-memory uint8 set + conversion). Writes bench/results/throughput.json.
+For each (model, batch size, precision) a fresh subprocess builds the run `ganforge train` builds for that
+config (`train.build_run`: the nets at the WIDTH below, dropout 0.3, z 100; `make_adam`'s Adam 2e-4, betas
+(0.5, 0.999); the precision, autocast and memory layout `train.precision` resolves to; the GAN objective with
+its defaults: non-saturating loss, one D update and a G update reusing its fakes), on random uint8 images in
+place of a dataset, and times one training iteration as `train.loop` calls it: `objective.step(run)` (which
+fetches the real batch and draws the latents itself), then the step counters. The loop's EMA, health checks,
+logs and garbage collection are outside the timed step. In the same process, the same nets are trained the
+usual plain-PyTorch way in eager fp32 (pytorch/examples' DCGAN loop: G's graph built during the D step, D run
+on the fakes twice, D's parameter gradients computed during the G step; PyTorch's default Adam). Medians of
+REPS repetitions; the ratio is ganforge / plain. For bf16 and fp16 (not compiled), ganforge's own fp32 step
+on a run of its own (its own nets) is timed in the same alternation too: "vs ganforge fp32" is the precision's
+gain measured within one run (img/s of that fp32 step in brackets; this row's peak RSS then includes that
+third set of nets). With --compile the run is built with train.compile, so the step calls the compiled nets,
+as training does. FLOPs of an iteration are counted with torch.utils.flop_counter (on the plain modules) and
+set against the measured peak of a 2048^3 matmul in the same precision. Peak RSS is the subprocess's. Also:
+the share of a step spent fetching the batch (`Feed.real_batch`: index slicing of the in-memory uint8 set +
+conversion). Writes bench/results/throughput.json.
 
 On CUDA (--device cuda) the timings synchronize the GPU, the matmul peak is an 8192^3 product, and peak
 memory is the GPU's (torch.cuda.max_memory_allocated over the whole row). ganforge's steps run as
-`ganforge train` runs them there: TF32 for fp32 matmuls and convolutions, the cuDNN autotuner, NCHW in
-fp32 and channels_last in bf16/fp16 (fp16 with a GradScaler). The plain loop runs with PyTorch's
+`ganforge train` runs them there: TF32 for fp32 matmuls and convolutions (train.tf32), the cuDNN autotuner,
+NCHW in fp32 and channels_last in bf16/fp16 (fp16 with a GradScaler). The plain loop runs with PyTorch's
 defaults (no TF32 for matmuls, cuDNN's TF32 convolutions, no autotuner), switched per call; cuDNN's cache of
 chosen convolution plans is per process and not keyed by the autotuner switch, so the plain loop may run plans
 that ganforge's step autotuned (docs/benchmarks.md). The fp32 peak is measured with TF32 allowed (the peak
 ganforge's fp32 step can reach).
+
+`bench_run` and `train_step` are shared with bench/layout_ab.py and bench/vs_keras.py.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -43,16 +52,41 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ganforge.data import to_float
-from ganforge.losses import LOSSES
+from ganforge import build_config
+from ganforge.config import Config, resolve
+from ganforge.data import ImageDataset, to_float
+from ganforge.distributed import Dist
 from ganforge.models import MODELS, build_models
-from ganforge.precision import Precision, cuda_speedups, make_adam
-from ganforge.steps import d_step, g_step
+from ganforge.objectives import Objective
+from ganforge.precision import cuda_speedups
+from ganforge.runlog import RunFiles
+from ganforge.train import Run, build_run
 
 WIDTH = {"dcgan28": 64, "dcgan28-classic": 32, "dcgan32": 64, "dcgan64": 64, "resnet32": 128}
 
 
 CPU = torch.device("cpu")
+
+
+def bench_run(cfg: Config, images: torch.Tensor) -> tuple[Run, Objective]:
+    """The run `ganforge train` builds for `cfg` (train.build_run: nets, optimizers, precision, memory
+    layout, objective and its Feed), on `images` (uint8 [N, C, H, W]) in place of a dataset from disk: one
+    process, no run folder, nothing written. The callers turn the health monitor off (monitor.every=None):
+    it runs between steps, not in them, and would only featurize the random images at set-up."""
+    ds = ImageDataset(images, torch.zeros(len(images), dtype=torch.long), name="random", source="bench: random uint8")
+    cfg = resolve(cfg, ds.name, images.shape[1], len(ds))
+    run, setup = build_run(cfg, ds, Dist(), RunFiles(Path(tempfile.gettempdir()), main=False), None)
+    run.G.train()  # as train.loop does before its first step
+    run.D.train()
+    return run, setup.objective
+
+
+def train_step(run: Run, objective: Objective) -> None:
+    """One training iteration as train.loop runs it: the objective's step (train.iterate), then the
+    counters that the next step's real batch and schedules read."""
+    objective.step(run)
+    run.step += 1
+    run.nimg += objective.images_per_step
 
 
 def sync(dev: torch.device) -> None:
@@ -112,37 +146,22 @@ def with_settings(fn, settings, dev: torch.device):
     return run
 
 
-def ganforge_step(model: str, batch: int, precision: str, images: torch.Tensor):
-    """One training iteration of ganforge's loop (as train.py runs it, train.reuse_fakes) on fresh nets
-    (seed 0) on the device of `images`: returns (step, nets, batch_of_reals); the step runs nets["G"] and
-    nets["D"], which may be swapped for compiled modules that share their parameters."""
-    torch.manual_seed(0)
-    dev = images.device
-    amp = Precision(precision, dev)
-    G, D = build_models(model, 100, images.shape[1], WIDTH[model], WIDTH[model], 0.3)
-    G, D = G.to(dev, memory_format=amp.memory_format), D.to(dev, memory_format=amp.memory_format)
-    opt_G, opt_D = make_adam(G, 2e-4, (0.5, 0.999), dev), make_adam(D, 2e-4, (0.5, 0.999), dev)  # as train() does
-    loss = LOSSES["non-saturating"]
-    gen = torch.Generator().manual_seed(0)
-    state = {"i": 0}
-    nets = {"G": G, "D": D}
-
-    def batch_of_reals() -> torch.Tensor:
-        state["i"] = (state["i"] + 1) % (len(images) // batch)
-        idx = torch.arange(state["i"] * batch, (state["i"] + 1) * batch, device=dev)
-        return to_float(images[idx]).contiguous(memory_format=amp.memory_format)
+def ganforge_step(model: str, batch: int, precision: str, images: torch.Tensor, device: str, compiled: bool = False):
+    """ganforge's training iteration for (model, batch, precision) on `images`, run by `train_step` on the run
+    `bench_run` builds (seed 0, the train.* defaults otherwise): returns (step, run, objective)."""
+    cfg = build_config(overrides={
+        "model": {"name": model, "g_channels": WIDTH[model], "d_channels": WIDTH[model]},
+        "train": {"batch_size": batch, "precision": precision, "device": device, "compile": compiled},
+        "monitor": {"every": None},
+    })  # fmt: skip
+    run, objective = bench_run(cfg, images)
 
     def step() -> None:
-        real = batch_of_reals()
-        z = torch.randn(batch, 100, generator=gen).to(dev)  # as train.py: latents drawn on the CPU
-        with amp.autocast():
-            fakes = nets["G"](z)
-        d_step(nets["G"], nets["D"], opt_D, loss, real, z, precision=amp, fake_img=fakes)
-        g_step(nets["G"], nets["D"], opt_G, loss, z, precision=amp, fake_img=fakes)
+        train_step(run, objective)
 
-    if dev.type == "cuda":
-        return with_settings(step, lambda: cuda_speedups(True), dev), nets, batch_of_reals
-    return step, nets, batch_of_reals
+    if run.device.type == "cuda":  # the plain loop switches to PyTorch's defaults for its calls: back to train's
+        return with_settings(step, lambda: cuda_speedups(cfg.train.tf32), run.device), run, objective
+    return step, run, objective
 
 
 def one(model: str, batch: int, precision: str, reps: int, compiled: bool = False, device: str = "cpu") -> dict:
@@ -150,24 +169,27 @@ def one(model: str, batch: int, precision: str, reps: int, compiled: bool = Fals
     dev = torch.device(device)
     res = MODELS[model].resolution
     channels = 1 if res == 28 else 3
-    images = torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8).to(dev)
-    step, nets, batch_of_reals = ganforge_step(model, batch, precision, images)
+    images = torch.randint(0, 256, (max(batch * 8, 2048), channels, res, res), dtype=torch.uint8)
+    step, run, objective = ganforge_step(model, batch, precision, images, device, compiled)
+    feed = objective.feed
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:  # counted on the eager modules
+    compiled_nets = run.G_run, run.D_run
+    run.G_run, run.D_run = run.G, run.D  # counted on the plain modules (a compiled step runs the same maths)
+    with FlopCounterMode(display=False) as counter:
         step()
+    run.G_run, run.D_run = compiled_nets
     flops = counter.get_total_flops()
-    if compiled:  # as train.compile does: the steps call compiled modules that share the parameters
-        nets["G"], nets["D"] = torch.compile(nets["G"]), torch.compile(nets["D"])
     start = time.perf_counter()
     step()  # the first iterations: they include torch.compile's compile time when compiled
     step()
     sync(dev)
     first = time.perf_counter() - start
-    t_data = timed(batch_of_reals, reps, 20, dev)
+    t_data = timed(lambda: feed.real_batch(run.step), reps, 20, dev)  # the next step's real batch
 
     # plain eager fp32, the same nets (their own copies), timed in alternation with ours
+    images = feed.images  # (on the device)
     G2, D2 = build_models(model, 100, channels, WIDTH[model], WIDTH[model], 0.3)
     G2, D2 = G2.to(dev), D2.to(dev)
     opt_G2 = torch.optim.Adam(G2.parameters(), 2e-4, betas=(0.5, 0.999))  # the plain loop's default Adam
@@ -187,12 +209,12 @@ def one(model: str, batch: int, precision: str, reps: int, compiled: bool = Fals
         opt_G2.step()
 
     fns = [step, with_settings(plain, pytorch_defaults, dev)]
-    if precision != "fp32" and not compiled:  # ganforge's own fp32 step too: the precision's gain, in the same run
-        fns.append(ganforge_step(model, batch, "fp32", images)[0])
+    if run.precision.name != "fp32" and not compiled:  # ganforge's own fp32 step too: the precision's gain, in the same run
+        fns.append(ganforge_step(model, batch, "fp32", images.cpu(), device)[0])
     times = interleaved(fns, reps, 5 if dev.type == "cpu" else 20, dev)
     t_ours, t_plain = times[:2]
     row = {
-        "model": model, "resolution": res, "batch": batch, "precision": precision, "compiled": compiled,
+        "model": model, "resolution": res, "batch": batch, "precision": run.precision.name, "compiled": compiled,
         "first_iterations_s": first,
         "img_per_s": batch / t_ours, "plain_fp32_img_per_s": batch / t_plain, "ratio_vs_plain": t_plain / t_ours,
         "gflop_per_iter": flops / 1e9, "gflop_per_s": flops / t_ours / 1e9, "data_share": t_data / t_ours,

@@ -7,11 +7,18 @@ The peer is the tutorial's code (seed section 4.1): its make_generator_model /
 make_discriminator_model and its `@tf.function train_step` (one G forward, D on real and fake, both
 tapes' gradients, two Adam 1e-4 updates). TensorFlow lives in its own virtual environment
 (default ~/.cache/ganforge/tf-venv, created and filled with tensorflow-cpu on first use; skipped
-with a message when that fails, e.g. offline). ganforge's side is `--preset seed-mnist`'s nets
-(dcgan28, widths 64) and train.py's step functions at the given precision, under each --updates value
-(the preset's own is the tutorial's simultaneous update; alternating is ganforge's default, seed section 3.2). Both run in separate
-processes with the same number of threads, the same batch size and random data, alternating in
-blocks (TF, ganforge, TF, ...) so that drifts of the machine hit both; medians over blocks.
+with a message when that fails, e.g. offline). ganforge's side is the run `ganforge train --preset
+seed-mnist` builds (bench/throughput.py's `bench_run`, through train.build_run: dcgan28 at widths 64,
+make_adam's Adam 1e-4 with betas (0.9, 0.999), the precision and autocast the given train.precision
+resolves to), with --batch and each --updates value as train.batch_size and train.update (the preset's own is
+the tutorial's simultaneous update; alternating is ganforge's default, seed section 3.2), timed as train.loop
+calls it: `objective.step(run)`. `simultaneous-two-tape` is the simultaneous update without its shared
+backward through D; no config switch selects that, so for it the worker hands the objective
+`steps.simultaneous_step` with `shared_backward=False` and otherwise runs the same step. The tutorial's step
+trains on one fixed batch; ganforge's fetches its real batch from random uint8 images as training does
+(`Feed.real_batch`, 0.0-0.3 % of a step in bench/throughput.py). Both run in separate processes with the
+same number of threads, the same batch size and random data, alternating in blocks (TF, ganforge, TF, ...)
+so that drifts of the machine hit both; medians over blocks.
 Writes bench/results/vs_keras.json.
 """
 
@@ -96,39 +103,31 @@ def ganforge_worker(batch: int, iters: int, threads: int, precision: str, update
     import time
 
     import torch
+    from throughput import bench_run, train_step
 
-    from ganforge.losses import LOSSES
-    from ganforge.models import build_models
-    from ganforge.precision import Precision, make_adam
-    from ganforge.steps import d_step, g_step, simultaneous_step
+    from ganforge import build_config
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    G, D = build_models("dcgan28", 100, 1, 64, 64, 0.3)  # --preset seed-mnist's nets
-    amp = Precision(precision, torch.device("cpu"))
-    G, D = G.to(memory_format=amp.memory_format), D.to(memory_format=amp.memory_format)
-    cpu = torch.device("cpu")
-    opt_G = make_adam(G, 1e-4, (0.9, 0.999), cpu)  # the seed's (Keras default) Adam, as train() builds it
-    opt_D = make_adam(D, 1e-4, (0.9, 0.999), cpu)
-    loss = LOSSES["non-saturating"]
-    real = (torch.rand(batch, 1, 28, 28) * 2 - 1).contiguous(memory_format=amp.memory_format)
+    two_tapes = update == "simultaneous-two-tape"
+    cfg = build_config("seed-mnist", {
+        "train": {"batch_size": batch, "precision": precision, "device": "cpu",
+                  "update": "simultaneous" if two_tapes else update},
+        "monitor": {"every": None},
+    })  # fmt: skip
+    if two_tapes:  # the same objective step, its simultaneous_step without the shared backward
+        import functools
 
-    def step() -> None:
-        z = torch.randn(batch, 100)
-        if update.startswith("simultaneous"):  # "simultaneous-two-tape": without the shared backward
-            shared = None if update == "simultaneous" else False
-            simultaneous_step(G, D, opt_G, opt_D, loss, real, z, precision=amp, shared_backward=shared)
-            return
-        with amp.autocast():
-            fakes = G(z)
-        d_step(G, D, opt_D, loss, real, z, precision=amp, fake_img=fakes)
-        g_step(G, D, opt_G, loss, z, precision=amp, fake_img=fakes)
+        import ganforge.objectives
+        from ganforge.steps import simultaneous_step
+
+        ganforge.objectives.simultaneous_step = functools.partial(simultaneous_step, shared_backward=False)
+    run, objective = bench_run(cfg, torch.randint(0, 256, (max(batch * 8, 2048), 1, 28, 28), dtype=torch.uint8))
 
     for _ in range(3):
-        step()
+        train_step(run, objective)
     start = time.perf_counter()
     for _ in range(iters):
-        step()
+        train_step(run, objective)
     return {"img_per_s": batch * iters / (time.perf_counter() - start), "torch": torch.__version__}
 
 
