@@ -63,6 +63,8 @@ class ModelConfig:
     dropout: float = 0.3
     # Image channels the models make and read (None: the dataset's; set by resolve()).
     channels: Optional[int] = None
+    # Translation models: the channels of G's input images (set by resolve() from the paired dataset).
+    in_channels: Optional[int] = None
     # Spectral normalisation of every conv/linear layer of D (Miyato et al. 2018).
     spectral_norm: bool = False
     # PacGAN packing (Lin et al. 2018): D judges this many samples at once (2 in the paper); 1 = off.
@@ -102,6 +104,11 @@ class LossConfig:
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     # elbo only: weight of the KL term (1 = the ELBO; other values give a beta-VAE, Higgins et al. 2017).
     kl_weight: float = 1.0
+    # Translation (pix2pix) only: G's loss is adv_weight x the adversarial loss + l1_weight x the mean
+    # |G(x) - y| on [-1, 1] images (the paper's lambda = 100). adv_weight=0 is the paper's L1-only ablation
+    # (a plain regression: D is not trained).
+    l1_weight: float = 100.0
+    adv_weight: float = 1.0
 
 
 @dataclass
@@ -483,7 +490,7 @@ def _check_choices(cfg: Config) -> None:
         )
     from ganforge.losses import ELBO
 
-    family = "vae" if cfg.loss.name == ELBO else "gan"
+    family = model_family(cfg)
     if cfg.model.name == "auto" and cfg.data.resolution is not None:
         from ganforge.models import model_for_resolution
 
@@ -652,11 +659,68 @@ def _check_train(cfg: Config) -> None:
         )
 
 
-def _validate_family(cfg: Config, family: str) -> None:
-    """VAE models go with loss.name=elbo and none of the adversarial settings; GANs the other way round."""
+def model_family(cfg: Config) -> str:
+    """What the config trains: "vae" (loss.name=elbo), "translation" (a paired dataset, or a translation
+    model), else "gan"."""
+    from ganforge.data import DATASETS
     from ganforge.models import MODELS
 
+    if cfg.loss.name == "elbo":
+        return "vae"
+    paired = cfg.data.name in DATASETS and DATASETS[cfg.data.name].paired
+    model = MODELS.get(cfg.model.name)
+    return "translation" if paired or (model is not None and model.family == "translation") else "gan"
+
+
+def _validate_translation(cfg: Config) -> None:
+    """A translation model on a paired dataset, and none of the settings that assume G(z)."""
+    from ganforge.data import DATASETS
+    from ganforge.models import MODELS
+
+    paired = [n for n, spec in DATASETS.items() if spec.paired]
+    if not (cfg.data.name in DATASETS and DATASETS[cfg.data.name].paired):
+        raise ConfigError(f"data.name: {cfg.model.name} translates paired images; use a paired dataset "
+                          f"({', '.join(paired)}).")  # fmt: skip
     spec = MODELS.get(cfg.model.name)
+    if spec is not None and spec.family != "translation":
+        models = ", ".join(n for n, s in MODELS.items() if s.family == "translation")
+        raise ConfigError(f"model.name: '{cfg.data.name}' is a paired translation dataset; use a translation "
+                          f"model ({models}) or auto, not {cfg.model.name}.")  # fmt: skip
+    latent = {
+        "model.conditional": cfg.model.conditional,
+        "model.pack": cfg.model.pack != 1,
+        "model.latent_codes": cfg.model.latent_codes != 0,
+        "model.clusters": cfg.model.clusters != 0,
+        "model.mbstd": cfg.model.mbstd,
+        "reg.mode_seeking": cfg.reg.mode_seeking != 0,
+        "reg.topk": cfg.reg.topk != 1.0,
+        "reg.diffaugment": bool(cfg.reg.diffaugment),  # it would have to move input and output alike
+        "train.ema_beta": cfg.train.ema_beta is not None,  # its BN recalibration samples latents
+        "train.update": cfg.train.update != "alternating",
+        "train.n_critic": cfg.train.n_critic != 1,
+    }
+    bad = [key for key, is_set in latent.items() if is_set]
+    if bad:
+        raise ConfigError(f"{bad[0]}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not available for "
+                          "image translation (pix2pix) yet; drop them.")  # fmt: skip
+    for key in ("l1_weight", "adv_weight"):
+        value = getattr(cfg.loss, key)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"loss.{key}: must be zero or more, got {value}.")
+    if cfg.loss.l1_weight == 0 and cfg.loss.adv_weight == 0:
+        raise ConfigError("loss.l1_weight, loss.adv_weight: both are 0, so G has nothing to learn from; keep one.")
+
+
+def _validate_family(cfg: Config, family: str) -> None:
+    """VAE models go with loss.name=elbo and none of the adversarial settings; GANs the other way round;
+    translation models with paired datasets."""
+    from ganforge.models import MODELS
+
+    if family == "translation":
+        return _validate_translation(cfg)
+    spec = MODELS.get(cfg.model.name)
+    if spec is not None and spec.family == "translation":
+        return _validate_translation(cfg)  # (its message: a translation model needs paired data)
     if spec is not None and spec.family != family:
         if spec.family == "vae":
             raise ConfigError(
@@ -720,8 +784,14 @@ def resolve(
     resolution = 0 if points else planned_resolution(cfg)
     cfg = from_dict(cfg.to_dict())  # a deep copy
     cfg.data.name = dataset_name
+    family = model_family(cfg)
     if cfg.model.name == "auto":
-        cfg.model.name = model_for_resolution(resolution, "vae" if cfg.loss.name == "elbo" else "gan")
+        cfg.model.name = model_for_resolution(resolution, family)
+    if family == "translation":  # the monitor's diversity and class checks sample G from latents
+        from ganforge.data import DATASETS
+
+        cfg.monitor.every = None
+        cfg.model.in_channels = DATASETS[dataset_name].input_channels
     # validate() already refused point data with an image model (and the reverse) and DiffAugment
     cfg.data.resolution = resolution or None
     cfg.data.channels = None if points else channels

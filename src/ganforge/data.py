@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import os
 import pickle
 import struct
@@ -37,6 +38,9 @@ class ImageDataset:
     source: str  # where the files came from
     class_names: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unreadable files (folder datasets)
+    # paired translation datasets (edges2fashion, cifar10-colorize): the input image of each target in
+    # `images`, uint8 [N, C_in, H, W]; None for the others
+    inputs: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -115,16 +119,21 @@ def resize_square(
 class DatasetSpec:
     loader: Callable[..., ImageDataset]
     resolution: int  # native side length
-    channels: int  # native channels
+    channels: int  # native channels (of the targets, for a paired dataset)
     description: str
+    input_channels: int = 0  # a paired translation dataset: its inputs' channels; 0: not paired
+
+    @property
+    def paired(self) -> bool:
+        return self.input_channels > 0
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, resolution: int, channels: int, description: str):
+def register_dataset(name: str, resolution: int, channels: int, description: str, input_channels: int = 0):
     def wrap(fn: Callable[..., ImageDataset]) -> Callable[..., ImageDataset]:
-        DATASETS[name] = DatasetSpec(fn, resolution, channels, description)
+        DATASETS[name] = DatasetSpec(fn, resolution, channels, description, input_channels)
         return fn
 
     return wrap
@@ -393,6 +402,73 @@ def load_stacked_mnist(
     labels = d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2]
     return ImageDataset(images.contiguous(), labels, "stacked-mnist", f"stacked from {mnist.source}",
                         [f"{i:03d}" for i in range(1000)])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired translation datasets, built deterministically from the datasets above (no new downloads):
+# `images` are the targets, `inputs` the images they are made from; labels and splits are the source's.
+
+EDGE_SIGMA = 1.0  # the Canny detector's Gaussian (in pixels): at 28x28, 1.0 keeps the outline and the
+# large inner edges (about 15 % of the pixels are edges), 2.0 loses the inner ones
+
+
+def canny_edges(images: torch.Tensor, sigma: float = EDGE_SIGMA) -> torch.Tensor:
+    """uint8 [N, 1, H, W] -> their Canny edge maps (scikit-image's detector, its default thresholds
+    on intensities in [0, 1]), uint8 [N, 1, H, W]: 255 on an edge, 0 elsewhere. Deterministic."""
+    from skimage.feature import canny
+
+    x = images[:, 0].numpy().astype(np.float64) / 255.0
+    edges = np.stack([canny(im, sigma=sigma) for im in x])
+    return torch.from_numpy(edges.astype(np.uint8) * 255).unsqueeze(1)
+
+
+def _cached_derived(name: str, split: str, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A derived tensor (the edge maps of a split) from the user cache, made and stored once; `key`
+    names what it depends on (the detector's settings and library version), so a change remakes it."""
+    path = cache_dir() / "derived" / f"{name}-{split}-{key}.npy"
+    if path.is_file():
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except (OSError, ValueError):
+            pass  # damaged: made again below
+    made = make()
+    try:
+        from ganforge.checkpoint import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.save(buffer, made.numpy(), allow_pickle=False)
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass  # a read-only cache: made again next time
+    return made
+
+
+@register_dataset("edges2fashion", 28, 1, "paired: Canny edge map -> Fashion-MNIST item (its split and labels)",
+                  input_channels=1)  # fmt: skip
+def load_edges2fashion(root: Optional[str] = None, split: str = "train", download: bool = True,
+                       limit: Optional[int] = None) -> ImageDataset:  # fmt: skip
+    """`limit`: the first images only (their edges are all that is computed: 60,000 take ~25 s, once)."""
+    import skimage
+
+    ds = load_fashion_mnist(root, split, download)
+    if limit is not None:
+        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+    key = f"canny-sigma{EDGE_SIGMA:g}-skimage{skimage.__version__}-n{len(ds)}"
+    ds.inputs = _cached_derived("edges2fashion", split, key, lambda: canny_edges(ds.images))
+    ds.name, ds.source = "edges2fashion", f"Canny edges (sigma {EDGE_SIGMA:g}, scikit-image) of {ds.source}"
+    return ds
+
+
+@register_dataset("cifar10-colorize", 32, 3, "paired: grayscale (ITU-R 601 luma) -> colour CIFAR-10 image",
+                  input_channels=1)  # fmt: skip
+def load_cifar10_colorize(root: Optional[str] = None, split: str = "train", download: bool = True,
+                          limit: Optional[int] = None) -> ImageDataset:  # fmt: skip
+    ds = load_cifar10(root, split, download)
+    if limit is not None:
+        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+    ds.inputs = convert_channels(ds.images, 1)
+    ds.name, ds.source = "cifar10-colorize", f"luma of {ds.source}"
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -665,14 +741,18 @@ def load_dataset(
             )
             ds = load_mnist5k(root, split, download)
     elif name in DATASETS:
-        ds = DATASETS[name].loader(root=root, split=split, download=download)
+        spec = DATASETS[name]
+        ds = spec.loader(root=root, split=split, download=download, **({"limit": limit} if spec.paired else {}))
     else:
         raise DatasetError(
             f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)} or folder:PATH."
         )
     if limit is not None:
         ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+        ds.inputs = None if ds.inputs is None else ds.inputs[:limit]
     if ds.is_points:
         return ds
     ds.images = resize_square(convert_channels(ds.images, channels), resolution)
+    if ds.inputs is not None:  # the inputs keep their own channels (a colouriser's are gray)
+        ds.inputs = resize_square(ds.inputs, resolution)
     return ds

@@ -8,8 +8,9 @@ else (learning rates, EMA, health checks, logs, grids, checkpoints), the same fo
                    both at once (train.update=simultaneous); losses, penalties, DiffAugment, top-k,
                    mode seeking as configured
     VAEObjective   the VAE baseline: the negative ELBO, encoder in D's place and decoder in G's
+    TranslationObjective  pix2pix: G(x) -> y judged by a PatchGAN D(y, x), plus an L1 term to the target
 
-A new objective (image-to-image translation, say) supplies the same few members: `nets`, `norm_keys`,
+A new objective supplies the same few members: `nets`, `norm_keys`,
 `real_batches_per_step`, `images_per_step`, `step(run)`, `grid(G, device)`, `extra_state()`.
 """
 
@@ -27,7 +28,15 @@ from ganforge.distributed import Dist
 from ganforge.draws import Draws
 from ganforge.losses import LossPair
 from ganforge.models import LatentCodes
-from ganforge.steps import d_step, g_step, make_penalty, simultaneous_step, topk_keep, vae_step
+from ganforge.steps import (
+    d_step,
+    g_step,
+    make_penalty,
+    simultaneous_step,
+    topk_keep,
+    translation_g_step,
+    vae_step,
+)
 
 if TYPE_CHECKING:
     from ganforge.train import Run
@@ -80,22 +89,33 @@ class Feed:
     memory_format: torch.memory_format
     G: nn.Module  # the plain G: its cluster_of and same_code
     clusters: bool = False  # model.clusters: G picks its class from z
+    inputs: Optional[torch.Tensor] = None  # a paired dataset: uint8 [N, C_in, H, W], the input of each image
     _order: tuple[int, Optional[torch.Tensor]] = field(default=(-1, None), repr=False)
 
     @property
     def batches_per_epoch(self) -> int:
         return len(self.images) // self.batch  # the incomplete last batch of an epoch is dropped
 
-    def real_batch(self, b: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The b-th real batch of the run, this rank's share (and its labels, where D takes them)."""
+    def _indices(self, b: int) -> torch.Tensor:
+        """The images of the b-th real batch of the run, this rank's share."""
         epoch, i = divmod(b, self.batches_per_epoch)
         if epoch != self._order[0]:
             self._order = (epoch, epoch_order(self.seed, epoch, len(self.images)).to(self.device))
-        idx = self.dist.shard(self._order[1][i * self.batch : (i + 1) * self.batch])
-        real_img = to_float(self.images[idx])
-        if real_img.dim() == 4:  # channels_last below fp32, to match the models
-            real_img = real_img.contiguous(memory_format=self.memory_format)
-        return real_img, (self.labels[idx] if self.nc else None)
+        return self.dist.shard(self._order[1][i * self.batch : (i + 1) * self.batch])
+
+    def _float(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images)
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x  # as the models' below fp32
+
+    def real_batch(self, b: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The b-th real batch of the run, this rank's share (and its labels, where D takes them)."""
+        idx = self._indices(b)
+        return self._float(self.images[idx]), (self.labels[idx] if self.nc else None)
+
+    def pair_batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A paired dataset's b-th batch, this rank's share: (inputs, their target images), in [-1, 1]."""
+        idx = self._indices(b)
+        return self._float(self.inputs[idx]), self._float(self.images[idx])
 
     def draw_z(self) -> torch.Tensor:
         """This rank's latents [batch / processes, z_dim]."""
@@ -241,6 +261,69 @@ class VAEObjective:
         eps = self.feed.draw_z()  # the reparameterisation noise
         stats = vae_step(run.G_run, run.D_run, run.opt_G, run.opt_D, real_img, eps, self.likelihood,
                          self.kl_weight, c_real, run.precision)  # fmt: skip
+        return StepOut(stats)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+
+class PairGrid:
+    """The fixed pairs of a translation run's sample grids: k inputs (the test split's first) over
+    three rows, input | output | target."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+        self.inputs, self.targets = to_float(inputs), to_float(targets)  # [k, C_in, H, W], [k, C, H, W]
+        self.nrow = len(inputs)
+
+    def grid(self, G: nn.Module, device: torch.device) -> torch.Tensor:
+        """[3k, C, H, W] float on the CPU: the inputs (gray to the targets' channels), G's outputs, the targets."""
+        G.eval()
+        with torch.no_grad():
+            out = G(self.inputs.to(device)).float().cpu()
+        channels = self.targets.shape[1]
+        shown = self.inputs.expand(-1, channels, -1, -1) if self.inputs.shape[1] != channels else self.inputs
+        return torch.cat([shown, out, self.targets])
+
+
+class TranslationObjective:
+    """pix2pix (Isola et al. 2017): G translates an input image x into y; D, a PatchGAN conditioned on
+    x, judges (y, x) pairs patch by patch; G's loss adds l1_weight x |G(x) - y| to the adversarial one.
+    One D update on the pair batch, then one G update on the same fakes. adv_weight=0: the L1-only
+    regression of the paper's ablation (D is not trained)."""
+
+    nets = ("D", "G")
+    norm_keys = ("d_grad_norm", "g_grad_norm")
+    real_batches_per_step = 1
+
+    def __init__(self, feed: Feed, loss: LossPair, grid: PairGrid, l1_weight: float, adv_weight: float,
+                 reg: Regularizers):  # fmt: skip
+        self.feed, self.loss, self.grid, self.l1_weight, self.adv_weight = feed, loss, grid.grid, l1_weight, adv_weight
+        self.reg = reg
+        self.draws = Draws(feed.noise, feed.dist.world, feed.dist.rank)
+        self.images_per_step = feed.batch
+        self.real_key, self.fake_key = (("d_real", "d_fake") if loss.probabilistic
+                                        else ("d_real_score", "d_fake_score"))  # fmt: skip
+
+    def step(self, run: Run) -> StepOut:
+        x, y = self.feed.pair_batch(run.step)
+        with run.precision.autocast():
+            fake = run.G_run(x)  # with G's graph: the D phase reads it detached, the G phase reuses it
+        real_logits = fake_logits = None
+        stats: dict[str, torch.Tensor] = {}
+        if self.adv_weight > 0:  # D phase: D(y, x) against D(G(x), x)
+            r = self.reg
+            penalty = make_penalty(run.D, run.step, self.draws, r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval)
+            d_loss, real_logits, fake_logits = d_step(run.G_run, run.D_run, run.opt_D, self.loss, y, None, penalty,
+                                                      None, x, x, run.precision, fake_img=fake)  # fmt: skip
+            stats["d_loss"] = d_loss
+        # G phase
+        g_adv, l1 = translation_g_step(run.D_run, run.opt_G, self.loss, x, y, fake, self.l1_weight,
+                                       self.adv_weight, run.precision)  # fmt: skip
+        stats.update({"g_loss": g_adv, "l1": l1})
+        if real_logits is not None:
+            d_output = torch.sigmoid if self.loss.probabilistic else torch.Tensor.float
+            stats[self.real_key] = d_output(real_logits).mean()
+            stats[self.fake_key] = d_output(fake_logits).mean()
         return StepOut(stats)
 
     def extra_state(self) -> dict[str, Any]:

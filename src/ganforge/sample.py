@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ganforge.checkpoint import atomic_write_bytes, find_checkpoint, load_checkpoint
 from ganforge.config import from_dict
-from ganforge.data import to_uint8
+from ganforge.data import convert_channels, resize_square, to_float, to_uint8
 from ganforge.models import MODELS, build_models
 
 
@@ -80,6 +80,83 @@ def save_scatter(
     return Path(path)
 
 
+PAIR_COLUMNS = 16  # a translation grid: this many test pairs per group of input | output | target rows
+
+
+def pair_rows(inputs: torch.Tensor, outputs: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Images for a grid of PAIR_COLUMNS columns: per group of pairs, a row of inputs (gray shown as the
+    outputs' channels), one of outputs and one of targets (when given)."""
+    shown = inputs.expand(-1, outputs.shape[1], -1, -1) if inputs.shape[1] != outputs.shape[1] else inputs
+    rows = []
+    for start in range(0, len(outputs), PAIR_COLUMNS):
+        part = slice(start, start + PAIR_COLUMNS)
+        group = [shown[part], outputs[part]] + ([targets[part]] if targets is not None else [])
+        width = len(outputs[part])
+        pad = PAIR_COLUMNS - width if len(outputs) > PAIR_COLUMNS else 0  # a short last group: blank cells
+        for row in group:
+            rows.append(torch.cat([row, torch.zeros(pad, *row.shape[1:], dtype=row.dtype)]) if pad else row)
+    return torch.cat(rows)
+
+
+def _write_translations(gen: TrainedGenerator, n: int, out: Optional[str | Path],
+                        individual: Optional[str | Path]) -> list[Path]:  # fmt: skip
+    inputs, targets, _ = gen.test_pairs(n)
+    outputs = gen.translate(inputs)
+    written = []
+    if out is not None:
+        written.append(save_grid(pair_rows(inputs, outputs, targets), out, min(len(outputs), PAIR_COLUMNS)))
+    if individual is not None:
+        folder = Path(individual)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(outputs):
+            path = folder / f"{i:06d}.png"
+            atomic_write_bytes(path, encode_png(img.permute(1, 2, 0).numpy()))
+            written.append(path)
+    return written
+
+
+def read_images(paths: list[str | Path], channels: int) -> list[tuple[Path, torch.Tensor]]:
+    """Image files, and the image files of folders (sorted), as uint8 [channels, H, W] at their own size.
+    An unreadable file raises ValueError naming it and why."""
+    from ganforge.data import IMAGE_EXTENSIONS, _open_image, _pil_to_array, _why_unreadable
+
+    files: list[Path] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(p for p in given.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"'{given}' holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+            files += found
+        elif given.is_file():
+            files.append(given)
+        else:
+            raise ValueError(f"'{given}' is neither an image file nor a folder.")
+    images = []
+    for path in files:
+        try:
+            arr = _pil_to_array(_open_image(path), channels)
+        except Exception as e:
+            raise ValueError(f"cannot read '{path}': {_why_unreadable(path, e)}.") from None
+        images.append((path, torch.from_numpy(arr.copy()).permute(2, 0, 1)))
+    return images
+
+
+def translate_files(gen: TrainedGenerator, paths: list[str | Path], out_dir: str | Path) -> list[tuple[Path, Path, str]]:
+    """Translate image files (or folders of them) with a translation model into out_dir/<name>.png;
+    returns (source, written, what was done to fit the model's input) per image."""
+    out_dir = Path(out_dir)
+    done = []
+    for path, image in read_images(paths, gen.in_channels or 1):
+        h, w = image.shape[1:]
+        fitted = "" if (h, w) == (gen.resolution, gen.resolution) else (
+            f"resized from {w}x{h} to {gen.resolution}x{gen.resolution} (shorter side, centre crop)")  # fmt: skip
+        y = gen.translate(image[None])[0]
+        target = out_dir / f"{path.stem}.png"
+        atomic_write_bytes(target, encode_png(y.permute(1, 2, 0).numpy()))
+        done.append((path, target, fitted))
+    return done
+
+
 class TrainedGenerator:
     """A generator loaded from a checkpoint, ready to sample. Build it with `ganforge.load(path)`."""
 
@@ -95,6 +172,47 @@ class TrainedGenerator:
         model = config["model"]
         self.num_classes: Optional[int] = model["num_classes"] if model.get("conditional") else None
         self.points = MODELS[model["name"]].resolution == 0  # a point model (2D data), not images
+        # an image-to-image translation model (pix2pix): G(x) -> y, no latents; see translate()
+        self.translation = MODELS[model["name"]].family == "translation"
+        self.resolution = MODELS[model["name"]].resolution
+        self.in_channels: Optional[int] = model.get("in_channels")
+
+    def _need_latents(self) -> None:
+        if self.translation:
+            raise ValueError(f"{self.config['model']['name']} translates images and has no latents to sample "
+                             "from; use translate(images) (the CLI: `ganforge translate RUN IMAGE...`).")  # fmt: skip
+
+    def adapt(self, images: torch.Tensor) -> torch.Tensor:
+        """Images uint8 [N, C, H, W] (any size, 1 or 3 channels) as this translation model's input: its
+        channels (RGB -> gray by luma), resized and centre-cropped to its resolution, as training did."""
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"translate() takes uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}.")
+        return resize_square(convert_channels(images, self.in_channels), self.resolution)
+
+    @torch.no_grad()
+    def translate(self, images: torch.Tensor, batch_size: int = 256,
+                  output: Literal["uint8", "float"] = "uint8") -> torch.Tensor:  # fmt: skip
+        """A translation model's outputs [N, C, H, W] (uint8, or float in [-1, 1]) for input images
+        uint8 [N, C_in, H, W] (other sizes and channel counts are adapted: see `adapt`)."""
+        if not self.translation:
+            raise ValueError(f"{self.config['model']['name']} is a generator of latents, not a translation "
+                             "model; use sample(n).")  # fmt: skip
+        x = self.adapt(images)
+        out = []
+        for start in range(0, len(x), batch_size):
+            y = self.G(to_float(x[start : start + batch_size]).to(self.device)).float().cpu()
+            out.append(to_uint8(y) if output == "uint8" else y)
+        return torch.cat(out) if out else torch.zeros(0, self.config["model"]["channels"], self.resolution,
+                                                      self.resolution, dtype=torch.uint8)  # fmt: skip
+
+    def test_pairs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first `n` (input, target, label) of the run's dataset's test split, uint8 as trained on."""
+        from ganforge.data import load_dataset
+
+        d = self.config["data"]
+        ds = load_dataset(d["name"], root=d.get("root"), split="test", resolution=d.get("resolution"),
+                          channels=d.get("channels"), download=d.get("download", True), limit=n)  # fmt: skip
+        return ds.inputs, ds.images, ds.labels
 
     def labels(self, n: int, classes: Optional[int | list[int] | torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Class labels [n] for a conditional G: `classes` repeated, or all classes in turn; None otherwise."""
@@ -120,6 +238,7 @@ class TrainedGenerator:
         trading variety for fidelity (smaller t: more typical, less varied images). With latent codes
         (model.latent_codes) or clusters (model.clusters) the first coordinate, which picks the code or the
         cluster, is left untruncated: truncating it would drop the outer codes or clusters altogether."""
+        self._need_latents()
         if truncation is not None and not truncation > 0:
             raise ValueError(f"truncation must be a positive threshold (e.g. 0.5 to 2), got {truncation}.")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -304,8 +423,9 @@ def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
     cfg = from_dict(ckpt["config"])
     m = cfg.model
     nc = (m.num_classes or 0) if m.conditional else 0
-    G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout,
-                        num_classes=nc, mbstd=m.mbstd, latent_codes=m.latent_codes, clusters=m.clusters)  # fmt: skip
+    G, _ = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout, num_classes=nc,
+                        mbstd=m.mbstd, latent_codes=m.latent_codes, clusters=m.clusters,
+                        in_channels=m.in_channels or 0)  # fmt: skip
     G.load_state_dict(ckpt.get("G_ema", ckpt["G"]))  # the EMA generator when the run kept one
     dev = torch.device(device)
     training = {k: ckpt[k] for k in ("step", "nimg", "train_seconds") if k in ckpt}
@@ -324,7 +444,11 @@ def write_samples(
 ) -> list[Path]:
     """Sample `n` images; write a grid to `out` and/or one PNG per image into `individual`.
 
-    For 2D point generators `out` is a scatter plot and `individual` a file of points (.npy)."""
+    For 2D point generators `out` is a scatter plot and `individual` a file of points (.npy). For a
+    translation model, the first `n` test inputs: `out` is a grid of input | output | target rows
+    (PAIR_COLUMNS per row), `individual` the outputs."""
+    if gen.translation:
+        return _write_translations(gen, n, out, individual)
     images = gen.sample(n, seed=seed, classes=classes, truncation=truncation)
     written = []
     if gen.points:

@@ -165,6 +165,38 @@ def g_step(
     return g_loss.detach()
 
 
+def translation_g_step(
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    loss: LossPair,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fake: torch.Tensor,
+    l1_weight: float,
+    adv_weight: float = 1.0,
+    precision: Precision = FP32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """pix2pix's G update: adv_weight x G's adversarial loss on D(G(x), x) (every patch's logit counts
+    as a sample) + l1_weight x mean |G(x) - y|. `fake`: G(x) with its graph. D's parameters are frozen
+    meanwhile. adv_weight=0 skips D: the L1-only regression. Returns (adversarial loss, L1 term), detached
+    (the adversarial loss is 0 without D)."""
+    D.requires_grad_(False)
+    try:
+        l1 = (fake.float() - y.float()).abs().mean()
+        if adv_weight > 0:
+            with precision.autocast():
+                fake_logits = D(fake, x).float()  # [N, h, w]
+            g_adv = loss.g(fake_logits.flatten())
+        else:
+            g_adv = torch.zeros((), device=fake.device)
+        total = adv_weight * g_adv + l1_weight * l1
+        opt_G.zero_grad(set_to_none=True)
+        precision.step(total, opt_G)
+    finally:
+        D.requires_grad_(True)
+    return g_adv.detach(), l1.detach()
+
+
 def simultaneous_step(
     G: nn.Module,
     D: nn.Module,

@@ -24,7 +24,15 @@ import torch.nn as nn
 
 from ganforge.augment import make_augment
 from ganforge.checkpoint import CheckpointError, load_checkpoint
-from ganforge.config import Config, ConfigError, OptimConfig, from_dict, planned_resolution, resolve
+from ganforge.config import (
+    Config,
+    ConfigError,
+    OptimConfig,
+    from_dict,
+    model_family,
+    planned_resolution,
+    resolve,
+)
 from ganforge.data import ImageDataset, load_dataset
 from ganforge.distributed import VOTE_EVERY, Dist, init_distributed, shutdown
 from ganforge.draws import Draws
@@ -38,8 +46,10 @@ from ganforge.objectives import (
     GANObjective,
     LatentGrid,
     Objective,
+    PairGrid,
     Regularizers,
     StepOut,
+    TranslationObjective,
     VAEObjective,
 )
 from ganforge.precision import Precision, cuda_speedups, make_adam, pick_device, resolve_precision
@@ -402,7 +412,7 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     g_nc = 0 if m.clusters else nc
     G, D = build_models(m.name, m.z_dim, m.channels, m.g_channels, m.d_channels, m.dropout,
                         spectral_norm=m.spectral_norm, pack=m.pack, num_classes=g_nc, mbstd=m.mbstd,
-                        latent_codes=m.latent_codes, clusters=m.clusters)  # fmt: skip
+                        latent_codes=m.latent_codes, clusters=m.clusters, in_channels=m.in_channels or 0)  # fmt: skip
     cluster_labels, cluster_seconds = cluster_labels_of(cfg, ds, dist, files, ckpt)
     if cluster_labels is not None:
         from ganforge.clusters import shares
@@ -430,14 +440,15 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
               G_run=torch.compile(G) if t.compile else None, D_run=torch.compile(D) if t.compile else None,
               # the clustering counts as training time: it is part of what the run costs
               clock_start=time.perf_counter() - cluster_seconds)  # fmt: skip
-    grid = LatentGrid(t.n_samples, m.z_dim, t.seed, g_nc)
+    translation = model_family(cfg) == "translation"
+    grid = pair_grid(cfg) if translation else LatentGrid(t.n_samples, m.z_dim, t.seed, g_nc)
     if ckpt is not None:
         restore(run, ckpt)
         run.clock_base = ckpt.get("train_seconds")
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
     labels = (ds.labels if cluster_labels is None else cluster_labels).to(device)
     feed = Feed(images, labels, t.batch_size, t.seed, m.z_dim, nc, run.noise, dist, device, precision.memory_format,
-                G, clusters=bool(m.clusters))  # fmt: skip
+                G, clusters=bool(m.clusters), inputs=None if ds.inputs is None else ds.inputs.to(device))  # fmt: skip
     objective = make_objective(cfg, feed, grid, run.noise, cluster_labels)
     # a step = n_critic D updates (each on a fresh real batch) + one G update
     per_epoch = feed.batches_per_epoch
@@ -456,17 +467,31 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
                   InTrainingEval(cfg, ds.name, device) if t.eval_every else None,
                   dict(z_dim=m.z_dim, device=device, num_classes=g_nc, seed=t.seed + 5, **batches),
                   images[: t.n_samples].cpu() if ds.is_points else None,
-                  g_nc if 0 < g_nc <= 16 else None, cluster_seconds)  # fmt: skip
+                  grid.nrow if translation else g_nc if 0 < g_nc <= 16 else None, cluster_seconds)  # fmt: skip
     return run, setup
 
 
-def make_objective(cfg: Config, feed: Feed, grid: LatentGrid, noise: torch.Generator,
+PAIR_GRID = 16  # a translation run's grid: this many test inputs (at most train.n_samples), one per column
+
+
+def pair_grid(cfg: Config) -> PairGrid:
+    """The fixed inputs of a translation run's grids: the first of the dataset's test split."""
+    d = cfg.data
+    k = min(cfg.train.n_samples, PAIR_GRID)
+    test = load_dataset(d.name, root=d.root, split="test", resolution=d.resolution, channels=d.channels,
+                        download=d.download, limit=k)  # fmt: skip
+    return PairGrid(test.inputs, test.images)
+
+
+def make_objective(cfg: Config, feed: Feed, grid: LatentGrid | PairGrid, noise: torch.Generator,
                    cluster_labels: Optional[torch.Tensor]) -> Objective:  # fmt: skip
-    """The objective the config names: a VAE's (model family "vae") or the GAN game's."""
+    """The objective the config names: a VAE's (model family "vae"), translation's, or the GAN game's."""
     if is_vae(cfg.model.name):
         return VAEObjective(feed, grid, cfg.loss.likelihood, cfg.loss.kl_weight)
     r, t = cfg.reg, cfg.train
     reg = Regularizers(r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval, r.mode_seeking, r.topk, r.topk_gamma)
+    if isinstance(grid, PairGrid):
+        return TranslationObjective(feed, LOSSES[cfg.loss.name], grid, cfg.loss.l1_weight, cfg.loss.adv_weight, reg)
     augment = make_augment(r.diffaugment, Draws(noise, feed.dist.world, feed.dist.rank))  # global-batch draws
     return GANObjective(feed, LOSSES[cfg.loss.name], reg, grid, augment,
                         t.n_critic, t.reuse_fakes, t.update == "simultaneous", cfg.model.pack,

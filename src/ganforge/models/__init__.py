@@ -18,7 +18,9 @@ class ModelSpec:
     description: str
     auto: bool = False  # what model.name=auto picks for this resolution (else the first registered)
     conditional: bool = True  # has a class-conditional variant (num_classes > 0)
-    family: str = "gan"  # "gan": (G, D) trained adversarially; "vae": (decoder, encoder) trained on the ELBO
+    # "gan": (G, D) trained adversarially; "vae": (decoder, encoder) trained on the ELBO; "translation":
+    # G(x) -> y and D(y, x) on a paired dataset (pix2pix)
+    family: str = "gan"
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -66,6 +68,7 @@ def build_models(
     mbstd: bool = False,
     latent_codes: int = 0,
     clusters: int = 0,
+    in_channels: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
     """G and D of model `name`; class-conditional when num_classes > 0 (G(z, c), D(x, c)); with
     latent_codes K > 1, G reads a disconnected latent (LatentCodes) and still takes z [N, z_dim]; with
@@ -74,6 +77,8 @@ def build_models(
         num_classes = clusters
     kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim,
                   num_classes=num_classes, mbstd=mbstd)  # fmt: skip
+    if MODELS[name].family == "translation":  # G(x) -> y and D(y, x): `in_channels` are x's
+        kwargs["in_channels"] = in_channels
     G, D = MODELS[name].build(channels=channels, **kwargs)
     if clusters > 1:
         G = ClusterPrior(G, clusters)
@@ -211,4 +216,4 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-from ganforge.models import dcgan, mlp, resnet, vae  # noqa: E402,F401  (fill the registry)
+from ganforge.models import dcgan, mlp, resnet, translation, vae  # noqa: E402,F401  (fill the registry)
