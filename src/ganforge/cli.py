@@ -57,9 +57,10 @@ def _model_help() -> str:
     def of(keep: Any) -> str:
         return ", ".join(name for name, spec in MODELS.items() if keep(spec))
 
-    return (f"architecture: auto (chosen for the data's resolution), {of(lambda s: s.family == 'gan' and s.resolution)}; "
+    return (f"architecture: auto (picked for the data), {of(lambda s: s.family == 'gan' and s.resolution)}; "
             f"for 2D points {of(lambda s: not s.resolution)}; the VAE baseline (with loss.name=elbo) "
-            f"{of(lambda s: s.family == 'vae')}")  # fmt: skip
+            f"{of(lambda s: s.family == 'vae')}; translation (paired data) "
+            f"{of(lambda s: s.family == 'translation')}")  # fmt: skip
 
 
 def _metrics_help(defaults: str) -> str:
