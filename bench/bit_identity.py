@@ -106,8 +106,9 @@ def _log(path: Path) -> list[dict]:
 
 
 def compare_case(a: Path, b: Path, new_keys: tuple[str, ...] = ()) -> list[str]:
-    """What differs between two runs of one case (empty: bit-identical). `new_keys`: top-level checkpoint
-    keys that the second side may add (a change that adds to the format on purpose)."""
+    """What differs between two runs of one case (empty: bit-identical). `new_keys`: checkpoint keys that
+    the second side may add (a change that adds to the format on purpose): top-level names, or paths such
+    as config/loss/l1_weight (a new config field)."""
     problems = []
     ckpts_a = sorted(p.name for p in (a / "checkpoints").glob("*.pt"))
     ckpts_b = sorted(p.name for p in (b / "checkpoints").glob("*.pt"))
@@ -116,7 +117,8 @@ def compare_case(a: Path, b: Path, new_keys: tuple[str, ...] = ()) -> list[str]:
     for name in sorted(set(ckpts_a) & set(ckpts_b)):
         ta = _tensors(torch.load(a / "checkpoints" / name, weights_only=True))
         tb = _tensors(torch.load(b / "checkpoints" / name, weights_only=True))
-        added = {k for k in set(tb) - set(ta) if k.split("/")[1] in new_keys}
+        added = {k for k in set(tb) - set(ta)
+                 if any(k.split("/")[1] == nk or k == f"/{nk}" or k.startswith(f"/{nk}/") for nk in new_keys)}  # fmt: skip
         tb = {k: v for k, v in tb.items() if k not in added}
         if set(ta) != set(tb):
             problems.append(f"{name}: keys differ: {sorted(set(ta) ^ set(tb))[:5]}")
