@@ -79,9 +79,10 @@ def _colorize_run(tmp_path, steps, **train):
 
 
 @pytest.fixture
-def cifar(data_root):
+def cifar(data_root, monkeypatch):
     if not (data_root / "cifar10").is_dir():
         pytest.skip("CIFAR-10 not in the shared data")
+    monkeypatch.setenv("GANFORGE_DATA", str(data_root))  # where the loaders look (download is off)
 
 
 def test_a_short_colorisation_run_beats_its_start_and_translates(tmp_path, cifar, capsys):

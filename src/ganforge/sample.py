@@ -98,6 +98,18 @@ def pair_rows(inputs: torch.Tensor, outputs: torch.Tensor, targets: Optional[tor
     return torch.cat(rows)
 
 
+def write_pngs(images: torch.Tensor, folder: str | Path) -> list[Path]:
+    """uint8 images [N, C, H, W] as folder/000000.png, 000001.png, ... (each written atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, img in enumerate(images):
+        path = folder / f"{i:06d}.png"
+        atomic_write_bytes(path, encode_png(img.permute(1, 2, 0).numpy()))
+        written.append(path)
+    return written
+
+
 def _write_translations(gen: TrainedGenerator, n: int, out: Optional[str | Path],
                         individual: Optional[str | Path]) -> list[Path]:  # fmt: skip
     inputs, targets, _ = gen.test_pairs(n)
@@ -106,12 +118,7 @@ def _write_translations(gen: TrainedGenerator, n: int, out: Optional[str | Path]
     if out is not None:
         written.append(save_grid(pair_rows(inputs, outputs, targets), out, min(len(outputs), PAIR_COLUMNS)))
     if individual is not None:
-        folder = Path(individual)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(outputs):
-            path = folder / f"{i:06d}.png"
-            atomic_write_bytes(path, encode_png(img.permute(1, 2, 0).numpy()))
-            written.append(path)
+        written += write_pngs(outputs, individual)
     return written
 
 
@@ -467,10 +474,5 @@ def write_samples(
     if out is not None:
         written.append(save_grid(images, out, nrow))
     if individual is not None:
-        folder = Path(individual)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            path = folder / f"{i:06d}.png"
-            atomic_write_bytes(path, encode_png(img.permute(1, 2, 0).numpy()))
-            written.append(path)
+        written += write_pngs(images, individual)
     return written
