@@ -121,3 +121,9 @@ def test_translation_resumes_exactly(tmp_path, cifar):
     a = load_checkpoint(full / "checkpoints" / "final.pt")["G"]
     b = load_checkpoint(resumed / "checkpoints" / "final.pt")["G"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("preset, model", [("pix2pix-edges2fashion", "pix2pix28"), ("colorize-cifar10", "pix2pix32")])
+def test_the_translation_presets_are_valid(preset, model):
+    cfg = build_config(preset=preset)
+    assert cfg.model.name == model and cfg.loss.l1_weight == 100.0 and cfg.optim.beta1 == 0.5

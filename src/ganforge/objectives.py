@@ -10,7 +10,7 @@ else (learning rates, EMA, health checks, logs, grids, checkpoints), the same fo
     VAEObjective   the VAE baseline: the negative ELBO, encoder in D's place and decoder in G's
     TranslationObjective  pix2pix: G(x) -> y judged by a PatchGAN D(y, x), plus an L1 term to the target
 
-A new objective supplies the same few members: `nets`, `norm_keys`,
+A new objective supplies the same few members: `feed`, `nets`, `norm_keys`,
 `real_batches_per_step`, `images_per_step`, `step(run)`, `grid(G, device)`, `extra_state()`.
 """
 
@@ -53,6 +53,7 @@ class StepOut:
 
 
 class Objective(Protocol):
+    feed: Feed  # its real batches (the loop reads batches_per_epoch for epochs and cadences)
     nets: tuple[str, str]  # what D's and G's places are called in messages: ("D", "G"), ("encoder", "decoder")
     norm_keys: tuple[str, str]  # the log's keys of their gradient norms
     real_batches_per_step: int  # real batches one step consumes (n_critic for the alternating GAN)
