@@ -408,6 +408,14 @@ def load_stacked_mnist(
 # Paired translation datasets, built deterministically from the datasets above (no new downloads):
 # `images` are the targets, `inputs` the images they are made from; labels and splits are the source's.
 
+def first(ds: ImageDataset, limit: Optional[int]) -> ImageDataset:
+    """`ds` cut to its first `limit` images (None: all), their labels and paired inputs alike."""
+    if limit is not None:
+        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+        ds.inputs = None if ds.inputs is None else ds.inputs[:limit]
+    return ds
+
+
 EDGE_SIGMA = 1.0  # the Canny detector's Gaussian (in pixels): at 28x28, 1.0 keeps the outline and the
 # large inner edges (about 15 % of the pixels are edges), 2.0 loses the inner ones
 
@@ -450,9 +458,7 @@ def load_edges2fashion(root: Optional[str] = None, split: str = "train", downloa
     """`limit`: the first images only (their edges are all that is computed: 60,000 take ~25 s, once)."""
     import skimage
 
-    ds = load_fashion_mnist(root, split, download)
-    if limit is not None:
-        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+    ds = first(load_fashion_mnist(root, split, download), limit)
     key = f"canny-sigma{EDGE_SIGMA:g}-skimage{skimage.__version__}-n{len(ds)}"
     ds.inputs = _cached_derived("edges2fashion", split, key, lambda: canny_edges(ds.images))
     ds.name, ds.source = "edges2fashion", f"Canny edges (sigma {EDGE_SIGMA:g}, scikit-image) of {ds.source}"
@@ -463,9 +469,7 @@ def load_edges2fashion(root: Optional[str] = None, split: str = "train", downloa
                   input_channels=1)  # fmt: skip
 def load_cifar10_colorize(root: Optional[str] = None, split: str = "train", download: bool = True,
                           limit: Optional[int] = None) -> ImageDataset:  # fmt: skip
-    ds = load_cifar10(root, split, download)
-    if limit is not None:
-        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
+    ds = first(load_cifar10(root, split, download), limit)
     ds.inputs = convert_channels(ds.images, 1)
     ds.name, ds.source = "cifar10-colorize", f"luma of {ds.source}"
     return ds
@@ -747,9 +751,7 @@ def load_dataset(
         raise DatasetError(
             f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)} or folder:PATH."
         )
-    if limit is not None:
-        ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
-        ds.inputs = None if ds.inputs is None else ds.inputs[:limit]
+    first(ds, limit)
     if ds.is_points:
         return ds
     ds.images = resize_square(convert_channels(ds.images, channels), resolution)

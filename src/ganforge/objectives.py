@@ -153,6 +153,14 @@ class LatentGrid:
         return fake.float().cpu()
 
 
+def d_means(loss: LossPair, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """D's mean output on the reals and the fakes, for the log: a probability for probabilistic losses
+    (d_real, d_fake), the raw score for critics (d_real_score, d_fake_score)."""
+    if loss.probabilistic:
+        return {"d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
+    return {"d_real_score": real_logits.float().mean(), "d_fake_score": fake_logits.float().mean()}
+
+
 @dataclass
 class Regularizers:
     """The D penalties and G-side terms of reg.* (the numbers only; see config.RegConfig)."""
@@ -183,9 +191,6 @@ class GANObjective:
         self.draws = Draws(feed.noise, feed.dist.world, feed.dist.rank)  # GP's: for the global batch
         self.real_batches_per_step = n_critic
         self.images_per_step = feed.batch * n_critic
-        # D's mean output: a probability for probabilistic losses, the raw score for critics
-        self.real_key, self.fake_key = (("d_real", "d_fake") if loss.probabilistic
-                                        else ("d_real_score", "d_fake_score"))  # fmt: skip
 
     def penalty(self, D: nn.Module, d_iter: int) -> Optional[Callable[..., torch.Tensor]]:
         r = self.reg
@@ -233,9 +238,7 @@ class GANObjective:
 
     def _out(self, d_loss: torch.Tensor, g_loss: torch.Tensor, real_logits: torch.Tensor,
              fake_logits: torch.Tensor) -> StepOut:  # fmt: skip
-        d_output = torch.sigmoid if self.loss.probabilistic else torch.Tensor.float  # .float(): identity here
-        stats = {"d_loss": d_loss, "g_loss": g_loss, self.real_key: d_output(real_logits).mean(),
-                 self.fake_key: d_output(fake_logits).mean()}  # fmt: skip
+        stats = {"d_loss": d_loss, "g_loss": g_loss, **d_means(self.loss, real_logits, fake_logits)}
         return StepOut(stats, real_logits, fake_logits)
 
     def extra_state(self) -> dict[str, Any]:
@@ -277,13 +280,13 @@ class PairGrid:
         self.nrow = len(inputs)
 
     def grid(self, G: nn.Module, device: torch.device) -> torch.Tensor:
-        """[3k, C, H, W] float on the CPU: the inputs (gray to the targets' channels), G's outputs, the targets."""
+        """[3k, C, H, W] float on the CPU: the rows of `ganforge sample`'s grid (sample.pair_rows)."""
+        from ganforge.sample import pair_rows
+
         G.eval()
         with torch.no_grad():
             out = G(self.inputs.to(device)).float().cpu()
-        channels = self.targets.shape[1]
-        shown = self.inputs.expand(-1, channels, -1, -1) if self.inputs.shape[1] != channels else self.inputs
-        return torch.cat([shown, out, self.targets])
+        return pair_rows(self.inputs, out, self.targets)
 
 
 class TranslationObjective:
@@ -302,8 +305,6 @@ class TranslationObjective:
         self.reg = reg
         self.draws = Draws(feed.noise, feed.dist.world, feed.dist.rank)
         self.images_per_step = feed.batch
-        self.real_key, self.fake_key = (("d_real", "d_fake") if loss.probabilistic
-                                        else ("d_real_score", "d_fake_score"))  # fmt: skip
 
     def step(self, run: Run) -> StepOut:
         x, y = self.feed.pair_batch(run.step)
@@ -322,9 +323,7 @@ class TranslationObjective:
                                        self.adv_weight, run.precision)  # fmt: skip
         stats.update({"g_loss": g_adv, "l1": l1})
         if real_logits is not None:
-            d_output = torch.sigmoid if self.loss.probabilistic else torch.Tensor.float
-            stats[self.real_key] = d_output(real_logits).mean()
-            stats[self.fake_key] = d_output(fake_logits).mean()
+            stats.update(d_means(self.loss, real_logits, fake_logits))
         return StepOut(stats)
 
     def extra_state(self) -> dict[str, Any]:

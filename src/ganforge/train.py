@@ -471,13 +471,13 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     return run, setup
 
 
-PAIR_GRID = 16  # a translation run's grid: this many test inputs (at most train.n_samples), one per column
-
-
 def pair_grid(cfg: Config) -> PairGrid:
-    """The fixed inputs of a translation run's grids: the first of the dataset's test split."""
+    """The fixed inputs of a translation run's grids: the first of the dataset's test split (at most
+    train.n_samples, and one row of sample.PAIR_COLUMNS)."""
+    from ganforge.sample import PAIR_COLUMNS
+
     d = cfg.data
-    k = min(cfg.train.n_samples, PAIR_GRID)
+    k = min(cfg.train.n_samples, PAIR_COLUMNS)
     test = load_dataset(d.name, root=d.root, split="test", resolution=d.resolution, channels=d.channels,
                         download=d.download, limit=k)  # fmt: skip
     return PairGrid(test.inputs, test.images)
