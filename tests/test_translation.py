@@ -54,7 +54,7 @@ def test_canny_edges_are_deterministic_and_binary():
 
 def test_config_checks():
     validate(build_config(overrides={"data": {"name": "edges2fashion"}}))  # auto picks the translation model
-    with pytest.raises(ConfigError, match="paired translation dataset; use a translation model"):
+    with pytest.raises(ConfigError, match="paired translation dataset; use a translation model for it"):
         validate(build_config(overrides={"data": {"name": "edges2fashion"}, "model": {"name": "dcgan28"}}))
     with pytest.raises(ConfigError, match="translates paired images; use a paired dataset"):
         validate(build_config(overrides={"data": {"name": "mnist"}, "model": {"name": "pix2pix28"}}))

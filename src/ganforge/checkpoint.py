@@ -157,6 +157,8 @@ ENTRY_TYPES: dict[str, tuple[str, Any]] = {
     "config": ("a dict (the resolved config)", lambda x: isinstance(x, dict)),
     "dataset": ("a dict with the image count 'n'", lambda x: isinstance(x, dict) and _is_int(x.get("n"))),
     "cluster_labels": ("a tensor", lambda x: isinstance(x, torch.Tensor)),
+    "pool_a": ("a tensor of images", lambda x: isinstance(x, torch.Tensor) and x.dim() == 4),
+    "pool_b": ("a tensor of images", lambda x: isinstance(x, torch.Tensor) and x.dim() == 4),
 }
 
 

@@ -298,9 +298,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"ganforge: error: --truncation must be a positive threshold (e.g. 1.0), got {args.truncation}.",
               file=sys.stderr)  # fmt: skip
         return 2
+    if gen.translation:
+        try:
+            gen.channels_of(args.direction)
+        except ValueError as e:
+            print(f"ganforge: error: --{e}", file=sys.stderr)
+            return 2
     written = write_samples(
         gen, args.n, args.out, seed=args.seed, individual=args.individual, nrow=args.nrow,
-        classes=classes, truncation=args.truncation,
+        classes=classes, truncation=args.truncation, direction=args.direction,
     )  # fmt: skip
     print(
         f"ganforge: wrote {args.out}"
@@ -319,8 +325,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
               "`ganforge sample` makes its images.", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        done = translate_files(gen, args.inputs, args.out)
-    except ValueError as e:  # an input that is not a readable image: say which
+        done = translate_files(gen, args.inputs, args.out, args.direction)
+    except ValueError as e:  # an input that is not a readable image, or a direction the model lacks: say which
         print(f"ganforge: error: {e}", file=sys.stderr)
         return 1
     for source, target, fitted in done:
@@ -339,7 +345,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = base / f"generator.{args.format}"
     if args.format == "onnx":
         try:
-            export_onnx(args.path, out)
+            export_onnx(args.path, out, direction=args.direction)
         except ImportError as e:
             print(f"ganforge: error: {e}", file=sys.stderr)
             return 2
@@ -347,7 +353,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"ganforge: error: ONNX export of {args.path} failed ({type(e).__name__}: {e}); "
                   "--format safetensors always works.", file=sys.stderr)  # fmt: skip
             return 1
-        inputs = "z [N, z_dim] float32" + (", c [N] int64" if load(args.path).num_classes else "")
+        gen = load(args.path)
+        if gen.translation:
+            inputs = f"x [N, {gen.channels_of(args.direction)[0]}, {gen.resolution}, {gen.resolution}] float32 in [-1, 1]"
+        else:
+            inputs = "z [N, z_dim] float32" + (", c [N] int64" if gen.num_classes else "")
         print(f"ganforge: wrote {out} ({out.stat().st_size / 1e6:.2f} MB; inputs {inputs}; output images "
               "[N, C, H, W] in [-1, 1]; run it with onnxruntime.InferenceSession)")  # fmt: skip
         return 0
@@ -474,6 +484,8 @@ def _sample_parser(sub: Any) -> None:
                    help="truncation trick (BigGAN): redraw latent entries with |z| > T; smaller T gives more "
                         "typical, less varied images (e.g. 1.0; default off)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
+    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"),
+                   help="translation models: a2b (domain A -> B, the default) or, for CycleGAN, b2a")
 
 
 def _presets_parser(sub: Any) -> None:
@@ -538,6 +550,8 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
     p.add_argument("--out", default="translated", metavar="DIR", help="output folder (default ./translated)")
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"),
+                   help="translation models: a2b (domain A -> B, the default) or, for CycleGAN, b2a")
 
 
 def _train_classifier_parser(sub: Any) -> None:
@@ -570,6 +584,8 @@ def _export_parser(sub: Any) -> None:
                    help="safetensors (default): for ganforge/PyTorch; onnx: for onnxruntime and other "
                    "runtimes (needs the onnx package)")  # fmt: skip
     p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors or .onnx)")
+    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"),
+                   help="translation models: a2b (domain A -> B, the default) or, for CycleGAN, b2a")
 
 
 def _compare_parser(sub: Any) -> None:

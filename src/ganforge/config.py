@@ -109,6 +109,17 @@ class LossConfig:
     # (a plain regression: D is not trained).
     l1_weight: float = 100.0
     adv_weight: float = 1.0
+    # CycleGAN only (unpaired data): G's loss is adv_weight x both Gs' adversarial losses + cycle_weight x
+    # the cycle-consistency L1 terms |G_ba(G_ab(a)) - a| and |G_ab(G_ba(b)) - b| (the paper's lambda = 10) +
+    # identity_weight x cycle_weight x the identity terms |G_ab(b) - b| and |G_ba(a) - a| (the paper's 0.5;
+    # 0 when the domains' channels differ). Their adversarial loss is least squares: with loss.name
+    # least-squares, adv_weight 2 gives the paper's (D(G(x)) - 1)^2 (ganforge's LSGAN G loss carries Mao
+    # et al.'s 1/2); the cyclegan presets set both.
+    cycle_weight: float = 10.0
+    identity_weight: float = 0.5
+    # CycleGAN only: how many earlier fakes each D also sees (Shrivastava et al. 2017's history, the
+    # paper's 50); 0 shows D only the current batch.
+    pool_size: int = 50
 
 
 @dataclass
@@ -659,33 +670,48 @@ def _check_train(cfg: Config) -> None:
         )
 
 
+TRANSLATION_FAMILIES = ("translation", "cyclegan")  # the model families whose G translates images, G(x) -> y
+
+
 def model_family(cfg: Config) -> str:
-    """What the config trains: "vae" (loss.name=elbo), "translation" (a paired dataset, or a translation
-    model), else "gan"."""
-    from ganforge.data import DATASETS
+    """What the config trains: "vae" (loss.name=elbo), "translation" (pix2pix: a paired dataset, or its
+    model), "cyclegan" (an unpaired dataset, or its model), else "gan"."""
+    from ganforge.data import translation_kind
     from ganforge.models import MODELS
 
     if cfg.loss.name == "elbo":
         return "vae"
-    paired = cfg.data.name in DATASETS and DATASETS[cfg.data.name].paired
+    kind = translation_kind(cfg.data.name)
     model = MODELS.get(cfg.model.name)
-    return "translation" if paired or (model is not None and model.family == "translation") else "gan"
+    if kind is not None:
+        return "cyclegan" if kind == "unpaired" else "translation"
+    return model.family if model is not None and model.family in TRANSLATION_FAMILIES else "gan"
 
 
 def _validate_translation(cfg: Config) -> None:
-    """A translation model on a paired dataset, and none of the settings that assume G(z)."""
-    from ganforge.data import DATASETS
+    """A pix2pix model on a paired dataset or a CycleGAN one on an unpaired dataset, and none of the
+    settings that assume G(z)."""
+    from ganforge.data import DATASETS, translation_kind
     from ganforge.models import MODELS
 
-    paired = [n for n, spec in DATASETS.items() if spec.paired]
-    if not (cfg.data.name in DATASETS and DATASETS[cfg.data.name].paired):
-        raise ConfigError(f"data.name: {cfg.model.name} translates paired images; use a paired dataset "
-                          f"({', '.join(paired)}).")  # fmt: skip
     spec = MODELS.get(cfg.model.name)
-    if spec is not None and spec.family != "translation":
-        models = ", ".join(n for n, s in MODELS.items() if s.family == "translation")
-        raise ConfigError(f"model.name: '{cfg.data.name}' is a paired translation dataset; use a translation "
-                          f"model ({models}) or auto, not {cfg.model.name}.")  # fmt: skip
+    kind = translation_kind(cfg.data.name)
+    if kind is not None and (spec is None or spec.family not in TRANSLATION_FAMILIES or
+                             spec.family != ("cyclegan" if kind == "unpaired" else "translation")):  # fmt: skip
+        if spec is not None:  # (auto picks the dataset's kind of model)
+            family = "cyclegan" if kind == "unpaired" else "translation"
+            models = ", ".join(n for n, s in MODELS.items() if s.family == family)
+            raise ConfigError(f"model.name: '{cfg.data.name}' is {'an unpaired' if kind == 'unpaired' else 'a paired'} "
+                              f"translation dataset; use a translation model for it ({models}) or auto, not "
+                              f"{cfg.model.name}.")  # fmt: skip
+    if spec is not None and spec.family in TRANSLATION_FAMILIES:
+        wanted = "unpaired" if spec.family == "cyclegan" else "paired"
+        if kind != wanted:
+            of_kind = [n for n in DATASETS if translation_kind(n) == wanted]
+            form = "pairs:DIR" if wanted == "paired" else "unpaired:DIR_A,DIR_B"
+            raise ConfigError(f"data.name: {cfg.model.name} translates {wanted} images; use {'an' if wanted == 'unpaired' else 'a'} "
+                              f"{wanted} dataset ({', '.join(of_kind)}, or your own as {form}).")  # fmt: skip
+    family = "cyclegan" if kind == "unpaired" else "translation"
     latent = {
         "model.conditional": cfg.model.conditional,
         "model.pack": cfg.model.pack != 1,
@@ -698,17 +724,22 @@ def _validate_translation(cfg: Config) -> None:
         "train.ema_beta": cfg.train.ema_beta is not None,  # its BN recalibration samples latents
         "train.update": cfg.train.update != "alternating",
         "train.n_critic": cfg.train.n_critic != 1,
+        "train.eval_every": bool(cfg.train.eval_every),  # its FID samples G from latents; `ganforge eval` after
     }
     bad = [key for key, is_set in latent.items() if is_set]
     if bad:
         raise ConfigError(f"{bad[0]}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not available for "
-                          "image translation (pix2pix) yet; drop them.")  # fmt: skip
-    for key in ("l1_weight", "adv_weight"):
+                          "image translation (pix2pix, CycleGAN) yet; drop them.")  # fmt: skip
+    for key in ("l1_weight", "adv_weight", "cycle_weight", "identity_weight"):
         value = getattr(cfg.loss, key)
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"loss.{key}: must be zero or more, got {value}.")
-    if cfg.loss.l1_weight == 0 and cfg.loss.adv_weight == 0:
+    if cfg.loss.pool_size < 0:
+        raise ConfigError(f"loss.pool_size: must be zero or more, got {cfg.loss.pool_size}.")
+    if family == "translation" and cfg.loss.l1_weight == 0 and cfg.loss.adv_weight == 0:
         raise ConfigError("loss.l1_weight, loss.adv_weight: both are 0, so G has nothing to learn from; keep one.")
+    if family == "cyclegan" and cfg.loss.adv_weight == 0:
+        raise ConfigError("loss.adv_weight: CycleGAN without its adversarial terms only learns to copy; keep it above 0.")
 
 
 def _validate_family(cfg: Config, family: str) -> None:
@@ -716,10 +747,10 @@ def _validate_family(cfg: Config, family: str) -> None:
     translation models with paired datasets."""
     from ganforge.models import MODELS
 
-    if family == "translation":
+    if family in TRANSLATION_FAMILIES:
         return _validate_translation(cfg)
     spec = MODELS.get(cfg.model.name)
-    if spec is not None and spec.family == "translation":
+    if spec is not None and spec.family in TRANSLATION_FAMILIES:
         return _validate_translation(cfg)  # (its message: a translation model needs paired data)
     if spec is not None and spec.family != family:
         if spec.family == "vae":
@@ -773,11 +804,12 @@ def planned_resolution(cfg: Config) -> int:
 
 def resolve(
     cfg: Config, dataset_name: str, channels: int, n_images: int, points: bool = False,
-    num_classes: Optional[int] = None,
+    num_classes: Optional[int] = None, in_channels: Optional[int] = None,
 ) -> Config:  # fmt: skip
     """Fill in what depends on the loaded dataset; returns a new Config (the input is untouched).
 
-    `points`: the data are vectors [N, channels] (2D toy data), not images.
+    `points`: the data are vectors [N, channels] (2D toy data), not images. `in_channels`: a translation
+    dataset's input (domain A) channels.
     """
     from ganforge.models import model_for_resolution
 
@@ -787,11 +819,11 @@ def resolve(
     family = model_family(cfg)
     if cfg.model.name == "auto":
         cfg.model.name = model_for_resolution(resolution, family)
-    if family == "translation":  # the monitor's diversity and class checks sample G from latents
-        from ganforge.data import DATASETS
-
+    if family in TRANSLATION_FAMILIES:  # the monitor's diversity and class checks sample G from latents
         cfg.monitor.every = None
-        cfg.model.in_channels = DATASETS[dataset_name].input_channels
+        cfg.model.in_channels = in_channels
+        if family == "cyclegan" and in_channels != channels:
+            cfg.loss.identity_weight = 0.0  # G_ab(b) cannot be compared with b: say so in the config written
     # validate() already refused point data with an image model (and the reverse) and DiffAugment
     cfg.data.resolution = resolution or None
     cfg.data.channels = None if points else channels

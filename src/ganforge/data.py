@@ -38,9 +38,12 @@ class ImageDataset:
     source: str  # where the files came from
     class_names: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unreadable files (folder datasets)
-    # paired translation datasets (edges2fashion, cifar10-colorize): the input image of each target in
-    # `images`, uint8 [N, C_in, H, W]; None for the others
+    # translation datasets: domain A's images, uint8 [M, C_in, H, W]; None for the others. Paired
+    # (edges2fashion, cifar10-colorize, pairs:DIR): the input of each target in `images` (M = N).
+    # Unpaired (mnist2mnistm, unpaired:A,B): images of their own, from other sources than `images`
     inputs: Optional[torch.Tensor] = None
+    input_labels: Optional[torch.Tensor] = None  # unpaired: domain A's labels [M] (paired: `labels`)
+    unpaired: bool = False
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -121,22 +124,37 @@ class DatasetSpec:
     resolution: int  # native side length
     channels: int  # native channels (of the targets, for a paired dataset)
     description: str
-    input_channels: int = 0  # a paired translation dataset: its inputs' channels; 0: not paired
+    input_channels: int = 0  # a translation dataset: its inputs' (domain A's) channels; 0: not translation
+    unpaired: bool = False  # a translation dataset whose domains are not aligned image by image (CycleGAN's)
 
     @property
-    def paired(self) -> bool:
+    def translation(self) -> bool:
         return self.input_channels > 0
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, resolution: int, channels: int, description: str, input_channels: int = 0):
+def register_dataset(name: str, resolution: int, channels: int, description: str, input_channels: int = 0,
+                     unpaired: bool = False):  # fmt: skip
     def wrap(fn: Callable[..., ImageDataset]) -> Callable[..., ImageDataset]:
-        DATASETS[name] = DatasetSpec(fn, resolution, channels, description, input_channels)
+        DATASETS[name] = DatasetSpec(fn, resolution, channels, description, input_channels, unpaired)
         return fn
 
     return wrap
+
+
+def translation_kind(name: str) -> Optional[str]:
+    """"paired" or "unpaired" for a translation dataset name (registered, pairs:DIR, unpaired:A,B); None
+    for the others."""
+    if name.startswith("pairs:"):
+        return "paired"
+    if name.startswith("unpaired:"):
+        return "unpaired"
+    spec = DATASETS.get(name)
+    if spec is None or not spec.translation:
+        return None
+    return "unpaired" if spec.unpaired else "paired"
 
 
 def cache_dir() -> Path:
@@ -409,10 +427,11 @@ def load_stacked_mnist(
 # `images` are the targets, `inputs` the images they are made from; labels and splits are the source's.
 
 def first(ds: ImageDataset, limit: Optional[int]) -> ImageDataset:
-    """`ds` cut to its first `limit` images (None: all), their labels and paired inputs alike."""
+    """`ds` cut to its first `limit` images (None: all), their labels and domain A's inputs alike."""
     if limit is not None:
         ds.images, ds.labels = ds.images[:limit], ds.labels[:limit]
         ds.inputs = None if ds.inputs is None else ds.inputs[:limit]
+        ds.input_labels = None if ds.input_labels is None else ds.input_labels[:limit]
     return ds
 
 
@@ -473,6 +492,59 @@ def load_cifar10_colorize(root: Optional[str] = None, split: str = "train", down
     ds.inputs = convert_channels(ds.images, 1)
     ds.name, ds.source = "cifar10-colorize", f"luma of {ds.source}"
     return ds
+
+
+# MNIST-M-style digits (Ganin & Lempitsky 2015): each MNIST digit, binarised as their script does
+# (pixel > 0), blended by absolute difference |photo - digit| into a random 28x28 crop of a colour
+# photograph. The photographs here are CIFAR-10 training images upsampled to 64x64 (bilinear), not the
+# original's BSDS500 (which ganforge cannot download here): the backgrounds are lower in detail.
+MNISTM_SPLITS = {  # split -> (MNIST split, domain A's indices, domain B's indices, CIFAR-10 train indices)
+    "train": ("train", (0, 30_000), (30_000, 60_000), (0, 40_000)),
+    "test": ("test", (0, 5_000), (5_000, 10_000), (40_000, 50_000)),
+}
+MNISTM_SEED = 2015
+
+
+def blend_mnistm(digits: torch.Tensor, photos: torch.Tensor, seed: int = MNISTM_SEED, draws: Optional[int] = None,
+                 batch: int = 2048) -> torch.Tensor:  # fmt: skip
+    """uint8 digits [N, 1, 28, 28] and photographs [P, 3, h, w] -> MNIST-M-style digits uint8 [N, 3, 28, 28]:
+    digit i on a 28x28 crop of photograph `pick[i]` (upsampled to 64x64), both drawn from `seed` for
+    `draws` digits (default N), so that the first k of a longer list get the same crops."""
+    gen = np.random.default_rng(seed)
+    draws = max(draws or 0, len(digits))
+    pick = gen.integers(0, len(photos), draws)
+    top, left = gen.integers(0, 64 - 28 + 1, (2, draws))
+    out = []
+    for start in range(0, len(digits), batch):
+        idx = slice(start, min(start + batch, len(digits)))
+        bg = F.interpolate(photos[pick[idx]].float(), size=(64, 64), mode="bilinear", align_corners=False)
+        rows = torch.from_numpy(top[idx])[:, None] + torch.arange(28)  # [n, 28]
+        cols = torch.from_numpy(left[idx])[:, None] + torch.arange(28)
+        n = len(rows)
+        crop = bg[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        digit = (digits[idx] > 0).float() * 255.0  # [n, 1, 28, 28], broadcast over the colour channels
+        out.append((crop - digit).abs().round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else torch.zeros(0, 3, 28, 28, dtype=torch.uint8)
+
+
+@register_dataset("mnist2mnistm", 28, 3, "unpaired: MNIST digits (as RGB) <-> MNIST-M-style digits on CIFAR-10 "
+                  "photos, from disjoint MNIST indices", input_channels=3, unpaired=True)  # fmt: skip
+def load_mnist2mnistm(root: Optional[str] = None, split: str = "train", download: bool = True,
+                      limit: Optional[int] = None) -> ImageDataset:  # fmt: skip
+    """Domain A (`inputs`): MNIST digits as RGB; domain B (`images`): MNIST-M-style digits of other MNIST
+    images of the same split, so no image of A has its counterpart in B. Labels are kept for both."""
+    if split not in MNISTM_SPLITS:
+        raise DatasetError(f"mnist2mnistm has the splits train and test, not '{split}'.")
+    mnist_split, (a0, a1), (b0, b1), (p0, p1) = MNISTM_SPLITS[split]
+    mnist = load_mnist(root, mnist_split, download)
+    photos = load_cifar10(root, "train", download).images[p0:p1]
+    a1, b1 = (a1, b1) if limit is None else (min(a1, a0 + limit), min(b1, b0 + limit))
+    full = MNISTM_SPLITS[split][2][1] - b0  # the crops of the first k digits do not depend on `limit`
+    images = blend_mnistm(mnist.images[b0:b1], photos, MNISTM_SEED + (split == "test"), draws=full)
+    return ImageDataset(images, mnist.labels[b0:b1], "mnist2mnistm",
+                        f"MNIST-M-style blends of {mnist.source} on CIFAR-10 train images {p0}-{p1 - 1}",
+                        DIGITS, inputs=convert_channels(mnist.images[a0:a1], 3),
+                        input_labels=mnist.labels[a0:a1], unpaired=True)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -746,7 +818,7 @@ def load_dataset(
             ds = load_mnist5k(root, split, download)
     elif name in DATASETS:
         spec = DATASETS[name]
-        ds = spec.loader(root=root, split=split, download=download, **({"limit": limit} if spec.paired else {}))
+        ds = spec.loader(root=root, split=split, download=download, **({"limit": limit} if spec.translation else {}))
     else:
         raise DatasetError(
             f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)} or folder:PATH."

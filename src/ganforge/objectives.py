@@ -9,9 +9,12 @@ else (learning rates, EMA, health checks, logs, grids, checkpoints), the same fo
                    mode seeking as configured
     VAEObjective   the VAE baseline: the negative ELBO, encoder in D's place and decoder in G's
     TranslationObjective  pix2pix: G(x) -> y judged by a PatchGAN D(y, x), plus an L1 term to the target
+    CycleGANObjective  CycleGAN: G_ab and G_ba judged by D_b and D_a on unpaired domains, plus cycle and
+                   identity terms; each D sees a history pool of fakes
 
 A new objective supplies the same few members: `feed`, `nets`, `norm_keys`,
-`real_batches_per_step`, `images_per_step`, `step(run)`, `grid(G, device)`, `extra_state()`.
+`real_batches_per_step`, `images_per_step`, `step(run)`, `grid(G, device)`, `extra_state()` and
+`load_state(saved)` (what extra_state put into a checkpoint, back into the objective).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from ganforge.draws import Draws
 from ganforge.losses import LossPair
 from ganforge.models import LatentCodes
 from ganforge.steps import (
+    HistoryPool,
+    cycle_step,
     d_step,
     g_step,
     make_penalty,
@@ -65,6 +70,8 @@ class Objective(Protocol):
 
     def extra_state(self) -> dict[str, Any]: ...
 
+    def load_state(self, saved: dict[str, Any]) -> None: ...
+
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
@@ -90,8 +97,11 @@ class Feed:
     memory_format: torch.memory_format
     G: nn.Module  # the plain G: its cluster_of and same_code
     clusters: bool = False  # model.clusters: G picks its class from z
-    inputs: Optional[torch.Tensor] = None  # a paired dataset: uint8 [N, C_in, H, W], the input of each image
+    # a translation dataset's domain A: uint8 [M, C_in, H, W]; paired: the input of each image (M = N)
+    inputs: Optional[torch.Tensor] = None
+    unpaired: bool = False  # the inputs are domain A's own images, drawn in their own order
     _order: tuple[int, Optional[torch.Tensor]] = field(default=(-1, None), repr=False)
+    _order_a: tuple[int, Optional[torch.Tensor]] = field(default=(-1, None), repr=False)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -117,6 +127,16 @@ class Feed:
         """A paired dataset's b-th batch, this rank's share: (inputs, their target images), in [-1, 1]."""
         idx = self._indices(b)
         return self._float(self.inputs[idx]), self._float(self.images[idx])
+
+    def domain_batches(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An unpaired dataset's b-th batch, this rank's share: (domain A images, domain B images) in
+        [-1, 1], each from its own order (A's epochs are its own length; the run's epoch is B's)."""
+        per_epoch = len(self.inputs) // self.batch
+        epoch, i = divmod(b, per_epoch)
+        if epoch != self._order_a[0]:
+            self._order_a = (epoch, epoch_order(self.seed + 7, epoch, len(self.inputs)).to(self.device))
+        idx_a = self.dist.shard(self._order_a[1][i * self.batch : (i + 1) * self.batch])
+        return self._float(self.inputs[idx_a]), self._float(self.images[self._indices(b)])
 
     def draw_z(self) -> torch.Tensor:
         """This rank's latents [batch / processes, z_dim]."""
@@ -247,6 +267,9 @@ class GANObjective:
         # model.clusters: each image's cluster, so that a resume conditions on the very same ones
         return {"cluster_labels": self.cluster_labels.to(torch.int16 if self.clusters < 2**15 else torch.int32)}
 
+    def load_state(self, saved: dict[str, Any]) -> None:
+        pass  # the cluster labels are read before the objective is built (train.cluster_labels_of)
+
 
 class VAEObjective:
     """The VAE baseline (Kingma & Welling 2014): the encoder takes D's place and the decoder G's; one
@@ -269,6 +292,9 @@ class VAEObjective:
 
     def extra_state(self) -> dict[str, Any]:
         return {}
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        pass
 
 
 class PairGrid:
@@ -328,3 +354,65 @@ class TranslationObjective:
 
     def extra_state(self) -> dict[str, Any]:
         return {}
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        pass
+
+
+class CycleGrid:
+    """The fixed images of a CycleGAN run's sample grids: k test images of each domain, shown as
+    a | G_ab(a) | G_ba(G_ab(a)) rows, then b | G_ba(b) | G_ab(G_ba(b)) rows."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        self.a, self.b = to_float(a), to_float(b)  # [k, C_a, H, W], [k, C_b, H, W]
+        self.nrow = len(a)
+
+    def grid(self, G: nn.Module, device: torch.device) -> torch.Tensor:
+        from ganforge.sample import pair_rows
+
+        G.eval()
+        with torch.no_grad():
+            a, b = self.a.to(device), self.b.to(device)
+            fake_b, fake_a = G.G_ab(a), G.G_ba(b)
+            rec_a, rec_b = G.G_ba(fake_b), G.G_ab(fake_a)
+        cpu = lambda t: t.float().cpu()  # noqa: E731
+        shown = max(self.a.shape[1], self.b.shape[1])  # gray rows shown in colour beside colour ones
+        wide = lambda t: t.expand(-1, shown, -1, -1) if t.shape[1] != shown else t  # noqa: E731
+        return torch.cat([wide(pair_rows(self.a, cpu(fake_b), cpu(rec_a))), wide(pair_rows(self.b, cpu(fake_a), cpu(rec_b)))])
+
+
+class CycleGANObjective:
+    """CycleGAN (Zhu et al. 2017) on unpaired domains A and B: G = CycleG (G_ab, G_ba), D = CycleD (D_a,
+    D_b); one update of both generators, then one of both discriminators on history-pooled fakes
+    (steps.cycle_step). The pools are part of the checkpoint, so a resume is exact."""
+
+    nets = ("D", "G")
+    norm_keys = ("d_grad_norm", "g_grad_norm")
+    real_batches_per_step = 1
+
+    def __init__(self, feed: Feed, loss: LossPair, grid: CycleGrid, adv_weight: float, cycle_weight: float,
+                 identity_weight: float, pool_size: int):  # fmt: skip
+        self.feed, self.loss, self.grid = feed, loss, grid.grid
+        self.adv_weight, self.cycle_weight, self.identity_weight = adv_weight, cycle_weight, identity_weight
+        self.pools = (HistoryPool(pool_size), HistoryPool(pool_size))  # of fake A images (D_a's), fake B (D_b's)
+        self.draws = Draws(feed.noise, feed.dist.world, feed.dist.rank)
+        self.images_per_step = feed.batch
+
+    def step(self, run: Run) -> StepOut:
+        real_a, real_b = self.feed.domain_batches(run.step)
+        stats, real_logits, fake_logits = cycle_step(
+            run.G_run, run.D_run, run.opt_G, run.opt_D, self.loss, real_a, real_b, self.pools, self.draws,
+            self.adv_weight, self.cycle_weight, self.identity_weight, run.precision)  # fmt: skip
+        stats.update(d_means(self.loss, real_logits, fake_logits))  # D_b's, on the target domain
+        return StepOut(stats)
+
+    def extra_state(self) -> dict[str, Any]:
+        pools = {}
+        for name, pool in zip(("pool_a", "pool_b"), self.pools):
+            if pool.images is not None:
+                pools[name] = pool.state().cpu()
+        return pools
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        for name, pool in zip(("pool_a", "pool_b"), self.pools):
+            pool.load(saved.get(name), self.feed.device)

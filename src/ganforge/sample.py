@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ganforge.checkpoint import atomic_write_bytes, find_checkpoint, load_checkpoint
-from ganforge.config import from_dict
+from ganforge.config import TRANSLATION_FAMILIES, from_dict
 from ganforge.data import convert_channels, resize_square, to_float, to_uint8
 from ganforge.models import MODELS, build_models
 
@@ -111,9 +111,12 @@ def write_pngs(images: torch.Tensor, folder: str | Path) -> list[Path]:
 
 
 def _write_translations(gen: TrainedGenerator, n: int, out: Optional[str | Path],
-                        individual: Optional[str | Path]) -> list[Path]:  # fmt: skip
-    inputs, targets, _ = gen.test_pairs(n)
-    outputs = gen.translate(inputs)
+                        individual: Optional[str | Path], direction: str = "a2b") -> list[Path]:  # fmt: skip
+    """Paired: input | output | target rows. Unpaired: input | output | the output translated back."""
+    inputs, targets, _ = gen.test_pairs(n, direction)
+    outputs = gen.translate(inputs, direction=direction)
+    if targets is None:
+        targets = gen.translate(outputs, direction="b2a" if direction == "a2b" else "a2b")
     written = []
     if out is not None:
         written.append(save_grid(pair_rows(inputs, outputs, targets), out, min(len(outputs), PAIR_COLUMNS)))
@@ -148,16 +151,17 @@ def read_images(paths: list[str | Path], channels: int) -> list[tuple[Path, torc
     return images
 
 
-def translate_files(gen: TrainedGenerator, paths: list[str | Path], out_dir: str | Path) -> list[tuple[Path, Path, str]]:
+def translate_files(gen: TrainedGenerator, paths: list[str | Path], out_dir: str | Path,
+                    direction: str = "a2b") -> list[tuple[Path, Path, str]]:  # fmt: skip
     """Translate image files (or folders of them) with a translation model into out_dir/<name>.png;
     returns (source, written, what was done to fit the model's input) per image."""
     out_dir = Path(out_dir)
     done = []
-    for path, image in read_images(paths, gen.in_channels or 1):
+    for path, image in read_images(paths, gen.channels_of(direction)[0]):
         h, w = image.shape[1:]
         fitted = "" if (h, w) == (gen.resolution, gen.resolution) else (
             f"resized from {w}x{h} to {gen.resolution}x{gen.resolution} (shorter side, centre crop)")  # fmt: skip
-        y = gen.translate(image[None])[0]
+        y = gen.translate(image[None], direction=direction)[0]
         target = out_dir / f"{path.stem}.png"
         atomic_write_bytes(target, encode_png(y.permute(1, 2, 0).numpy()))
         done.append((path, target, fitted))
@@ -179,8 +183,10 @@ class TrainedGenerator:
         model = config["model"]
         self.num_classes: Optional[int] = model["num_classes"] if model.get("conditional") else None
         self.points = MODELS[model["name"]].resolution == 0  # a point model (2D data), not images
-        # an image-to-image translation model (pix2pix): G(x) -> y, no latents; see translate()
-        self.translation = MODELS[model["name"]].family == "translation"
+        # an image-to-image translation model (pix2pix, CycleGAN): G(x) -> y, no latents; see translate()
+        self.translation = MODELS[model["name"]].family in TRANSLATION_FAMILIES
+        # CycleGAN: two directions, a2b (domain A -> B, the default) and b2a
+        self.unpaired = MODELS[model["name"]].family == "cyclegan"
         self.resolution = MODELS[model["name"]].resolution
         self.in_channels: Optional[int] = model.get("in_channels")
 
@@ -189,37 +195,52 @@ class TrainedGenerator:
             raise ValueError(f"{self.config['model']['name']} translates images and has no latents to sample "
                              "from; use translate(images) (the CLI: `ganforge translate RUN IMAGE...`).")  # fmt: skip
 
-    def adapt(self, images: torch.Tensor) -> torch.Tensor:
+    def channels_of(self, direction: str = "a2b") -> tuple[int, int]:
+        """(input channels, output channels) of a translation in `direction` (b2a: CycleGAN's way back)."""
+        a, b = self.in_channels or 1, self.config["model"]["channels"]
+        if direction not in ("a2b", "b2a") or (direction == "b2a" and not self.unpaired):
+            raise ValueError(f"direction: {self.config['model']['name']} translates "
+                             + ("a2b or b2a" if self.unpaired else "a2b only (a paired model has one direction)")
+                             + f", not '{direction}'.")  # fmt: skip
+        return (a, b) if direction == "a2b" else (b, a)
+
+    def adapt(self, images: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
         """Images uint8 [N, C, H, W] (any size, 1 or 3 channels) as this translation model's input: its
         channels (RGB -> gray by luma), resized and centre-cropped to its resolution, as training did."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"translate() takes uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}.")
-        return resize_square(convert_channels(images, self.in_channels), self.resolution)
+        return resize_square(convert_channels(images, self.channels_of(direction)[0]), self.resolution)
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, batch_size: int = 256,
-                  output: Literal["uint8", "float"] = "uint8") -> torch.Tensor:  # fmt: skip
+    def translate(self, images: torch.Tensor, batch_size: int = 256, output: Literal["uint8", "float"] = "uint8",
+                  direction: Literal["a2b", "b2a"] = "a2b") -> torch.Tensor:  # fmt: skip
         """A translation model's outputs [N, C, H, W] (uint8, or float in [-1, 1]) for input images
-        uint8 [N, C_in, H, W] (other sizes and channel counts are adapted: see `adapt`)."""
+        uint8 [N, C_in, H, W] (other sizes and channel counts are adapted: see `adapt`). `direction`:
+        a CycleGAN's b2a runs its second generator (domain B -> A)."""
         if not self.translation:
             raise ValueError(f"{self.config['model']['name']} is a generator of latents, not a translation "
                              "model; use sample(n).")  # fmt: skip
-        x = self.adapt(images)
+        x = self.adapt(images, direction)
+        G = (self.G.G_ab if direction == "a2b" else self.G.G_ba) if self.unpaired else self.G
         out = []
         for start in range(0, len(x), batch_size):
-            y = self.G(to_float(x[start : start + batch_size]).to(self.device)).float().cpu()
+            y = G(to_float(x[start : start + batch_size]).to(self.device)).float().cpu()
             out.append(to_uint8(y) if output == "uint8" else y)
-        return torch.cat(out) if out else torch.zeros(0, self.config["model"]["channels"], self.resolution,
+        return torch.cat(out) if out else torch.zeros(0, self.channels_of(direction)[1], self.resolution,
                                                       self.resolution, dtype=torch.uint8)  # fmt: skip
 
-    def test_pairs(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first `n` (input, target, label) of the run's dataset's test split, uint8 as trained on."""
+    def test_pairs(self, n: int, direction: str = "a2b") -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """The first `n` (inputs, targets, labels) of the run's dataset's test split, uint8 as trained on.
+        Unpaired (CycleGAN): the test images of the direction's source domain, no targets (None)."""
         from ganforge.data import load_dataset
 
+        self.channels_of(direction)
         d = self.config["data"]
         ds = load_dataset(d["name"], root=d.get("root"), split="test", resolution=d.get("resolution"),
                           channels=d.get("channels"), download=d.get("download", True), limit=n)  # fmt: skip
-        return ds.inputs, ds.images, ds.labels
+        if not ds.unpaired:
+            return ds.inputs, ds.images, ds.labels
+        return (ds.inputs, None, ds.input_labels) if direction == "a2b" else (ds.images, None, ds.labels)
 
     def labels(self, n: int, classes: Optional[int | list[int] | torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Class labels [n] for a conditional G: `classes` repeated, or all classes in turn; None otherwise."""
@@ -345,6 +366,17 @@ def export_safetensors(path: str | Path, out: str | Path) -> Path:
     return out
 
 
+class _TranslatorForExport(nn.Module):
+    """A translation G with a fixed signature for tracing: (x) -> images; `G` is CycleGAN's G_ab or G_ba."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.G(x)
+
+
 class _GeneratorForExport(nn.Module):
     """G with a fixed signature for tracing: (z) or (z, c)."""
 
@@ -356,12 +388,14 @@ class _GeneratorForExport(nn.Module):
         return self.G(z, c if self.conditional else None)
 
 
-def export_onnx(path: str | Path, out: str | Path, opset: int = 18) -> Path:
+def export_onnx(path: str | Path, out: str | Path, opset: int = 18, direction: str = "a2b") -> Path:
     """Write a run's generator (G_ema when kept) as an ONNX model for use outside PyTorch.
 
     Inputs: `z` float32 [N, z_dim] (and `c` int64 [N] for class-conditional models); output `images`
-    float32 [N, C, H, W] in [-1, 1] ([N, 2] points for 2D models); N is dynamic. The resolved config
-    is stored as JSON in the model's metadata ("ganforge_config"). Needs the onnx and onnxscript packages.
+    float32 [N, C, H, W] in [-1, 1] ([N, 2] points for 2D models); N is dynamic. A translation model
+    takes `x` float32 [N, C_in, H, W] in [-1, 1] instead (CycleGAN: the generator of `direction`). The
+    resolved config is stored as JSON in the model's metadata ("ganforge_config"). Needs the onnx and
+    onnxscript packages.
     """
     import json
 
@@ -376,10 +410,17 @@ def export_onnx(path: str | Path, out: str | Path, opset: int = 18) -> Path:
 
     gen = load(path)
     conditional = gen.num_classes is not None
-    module = _GeneratorForExport(gen.G.cpu().eval(), conditional).eval()
-    z = torch.randn(2, gen.z_dim, generator=torch.Generator().manual_seed(0))
-    args = (z, torch.zeros(2, dtype=torch.long)) if conditional else (z,)
-    names = ["z", "c"] if conditional else ["z"]
+    if gen.translation:
+        c_in = gen.channels_of(direction)[0]
+        G = (gen.G.G_ab if direction == "a2b" else gen.G.G_ba) if gen.unpaired else gen.G
+        module = _TranslatorForExport(G.cpu().eval()).eval()
+        args = (torch.zeros(2, c_in, gen.resolution, gen.resolution),)
+        names = ["x"]
+    else:
+        module = _GeneratorForExport(gen.G.cpu().eval(), conditional).eval()
+        z = torch.randn(2, gen.z_dim, generator=torch.Generator().manual_seed(0))
+        args = (z, torch.zeros(2, dtype=torch.long)) if conditional else (z,)
+        names = ["z", "c"] if conditional else ["z"]
     out = Path(out)
     batch = torch.export.Dim("batch", min=1)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -390,7 +431,7 @@ def export_onnx(path: str | Path, out: str | Path, opset: int = 18) -> Path:
                           verbose=False)  # fmt: skip
         model = onnx.load(str(tmp_file))
     for key, value in {"ganforge_config": json.dumps(gen.config), "ganforge_version": __version__,
-                       "source": str(gen.path)}.items():  # fmt: skip
+                       "source": str(gen.path), **({"direction": direction} if gen.translation else {})}.items():  # fmt: skip
         model.metadata_props.add(key=key, value=value)
     atomic_write_bytes(out, model.SerializeToString())
     return out
@@ -448,14 +489,16 @@ def write_samples(
     nrow: Optional[int] = None,
     classes: Optional[int | list[int]] = None,
     truncation: Optional[float] = None,
+    direction: str = "a2b",
 ) -> list[Path]:
     """Sample `n` images; write a grid to `out` and/or one PNG per image into `individual`.
 
     For 2D point generators `out` is a scatter plot and `individual` a file of points (.npy). For a
     translation model, the first `n` test inputs: `out` is a grid of input | output | target rows
-    (PAIR_COLUMNS per row), `individual` the outputs."""
+    (PAIR_COLUMNS per row; a CycleGAN's third row is the output translated back), `individual` the
+    outputs; `direction` (a2b, b2a) picks a CycleGAN's generator."""
     if gen.translation:
-        return _write_translations(gen, n, out, individual)
+        return _write_translations(gen, n, out, individual, direction)
     images = gen.sample(n, seed=seed, classes=classes, truncation=truncation)
     written = []
     if gen.points:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ganforge.draws import Draws
+from ganforge.draws import Draws, as_draws
 from ganforge.losses import LossPair, gaussian_kl, reconstruction_nll
 from ganforge.models import per_sample
 from ganforge.precision import FP32, Precision
@@ -195,6 +195,102 @@ def translation_g_step(
     finally:
         D.requires_grad_(True)
     return g_adv.detach(), l1.detach()
+
+
+class HistoryPool:
+    """CycleGAN's image buffer (Shrivastava et al. 2017; Zhu et al. 2017 sec. 4): D is updated on fakes
+    drawn from a history of generated images, not only the latest G's. Until `size` images are stored
+    each new fake is stored and passed on; then each is, with probability 1/2, passed on as it is, or
+    swapped for a stored one picked uniformly (the new fake takes its place), as the paper's code does.
+    The draws come from the caller's generator, two per image whether used or not, so the draw count
+    never depends on the pool's state (a resume, and every process, stay in step)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.images: Optional[torch.Tensor] = None  # [k <= size, C, H, W], the stored fakes
+
+    def query(self, fakes: torch.Tensor, noise: torch.Generator | Draws) -> torch.Tensor:
+        """D's batch for these fakes [N, C, H, W] (detached; same shape)."""
+        fakes = fakes.detach()
+        if self.size == 0:
+            return fakes
+        n = len(fakes)
+        coin, pick = as_draws(noise).rand(n), as_draws(noise).rand(n)  # [N] each, on the CPU
+        pick = (pick * self.size).long().clamp(max=self.size - 1)
+        out = fakes.clone()
+        for i in range(n):
+            stored = 0 if self.images is None else len(self.images)
+            if stored < self.size:
+                self.images = fakes[i : i + 1].clone() if self.images is None else torch.cat([self.images, fakes[i : i + 1]])
+            elif coin[i] > 0.5:
+                j = int(pick[i])
+                out[i] = self.images[j]
+                self.images[j] = fakes[i]
+        return out
+
+    def state(self) -> Optional[torch.Tensor]:
+        return None if self.images is None else self.images.clone()
+
+    def load(self, images: Optional[torch.Tensor], device: torch.device) -> None:
+        self.images = None if images is None or len(images) == 0 else images.to(device)
+
+
+def cycle_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+    loss: LossPair,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    pools: tuple[HistoryPool, HistoryPool],
+    noise: torch.Generator | Draws,
+    adv_weight: float = 1.0,
+    cycle_weight: float = 10.0,
+    identity_weight: float = 0.5,
+    precision: Precision = FP32,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One CycleGAN update (Zhu et al. 2017), in the order of the paper's code: first both generators
+    (G = CycleG: G_ab, G_ba) with both discriminators (D = CycleD: D_a, D_b) frozen, on
+
+        adv_weight x [loss.g(D_b(G_ab(a))) + loss.g(D_a(G_ba(b)))]
+        + cycle_weight x [|G_ba(G_ab(a)) - a| + |G_ab(G_ba(b)) - b|]
+        + identity_weight x cycle_weight x [|G_ab(b) - b| + |G_ba(a) - a|]   (when identity_weight > 0)
+
+    then both discriminators on loss.d_loss(D_b(b), D_b(fake b from pool)) + the same for D_a (each
+    patch logit counts as a sample). Returns the batch's losses and D_b's logits on the reals and the
+    fakes it was shown (flattened over patches), detached."""
+    D.requires_grad_(False)
+    try:
+        with precision.autocast():
+            fake_b, fake_a = G.G_ab(real_a), G.G_ba(real_b)  # [N, C_b, H, W], [N, C_a, H, W]
+            rec_a, rec_b = G.G_ba(fake_b), G.G_ab(fake_a)
+            g_b = loss.g(D.D_b(fake_b).float().flatten())
+            g_a = loss.g(D.D_a(fake_a).float().flatten())
+            idt = None
+            if identity_weight > 0:
+                idt = (G.G_ab(real_b).float() - real_b).abs().mean() + (G.G_ba(real_a).float() - real_a).abs().mean()
+        cycle = (rec_a.float() - real_a).abs().mean() + (rec_b.float() - real_b).abs().mean()
+        total = adv_weight * (g_a + g_b) + cycle_weight * cycle
+        if idt is not None:
+            total = total + identity_weight * cycle_weight * idt
+        opt_G.zero_grad(set_to_none=True)
+        precision.step(total, opt_G)
+    finally:
+        D.requires_grad_(True)
+    shown_b = pools[1].query(fake_b.float(), noise)  # D_b sees domain B's fakes, D_a domain A's
+    shown_a = pools[0].query(fake_a.float(), noise)
+    with precision.autocast():
+        real_logits_b, fake_logits_b = D.D_b(real_b).float().flatten(), D.D_b(shown_b).float().flatten()
+        real_logits_a, fake_logits_a = D.D_a(real_a).float().flatten(), D.D_a(shown_a).float().flatten()
+    d_b, d_a = loss.d_loss(real_logits_b, fake_logits_b), loss.d_loss(real_logits_a, fake_logits_a)
+    opt_D.zero_grad(set_to_none=True)
+    precision.step(d_a + d_b, opt_D)
+    stats = {"d_loss": (d_a + d_b).detach(), "g_loss": (g_a + g_b).detach(), "cycle": cycle.detach(),
+             "d_a": d_a.detach(), "d_b": d_b.detach()}  # fmt: skip
+    if idt is not None:
+        stats["identity"] = idt.detach()
+    return stats, real_logits_b.detach(), fake_logits_b.detach()
 
 
 def simultaneous_step(

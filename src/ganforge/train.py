@@ -25,6 +25,7 @@ import torch.nn as nn
 from ganforge.augment import make_augment
 from ganforge.checkpoint import CheckpointError, load_checkpoint
 from ganforge.config import (
+    TRANSLATION_FAMILIES,
     Config,
     ConfigError,
     OptimConfig,
@@ -42,6 +43,8 @@ from ganforge.losses import LOSSES
 from ganforge.models import MODELS, build_models, is_vae
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
 from ganforge.objectives import (
+    CycleGANObjective,
+    CycleGrid,
     Feed,
     GANObjective,
     LatentGrid,
@@ -236,7 +239,8 @@ def _load_data(cfg: Config) -> ImageDataset:
 def prepare(cfg: Config) -> tuple[Config, ImageDataset]:
     """Load the data and resolve the config against it (no files written): what --dry-run shows."""
     ds = _load_data(cfg)
-    return resolve(cfg, ds.name, ds.images.shape[1], len(ds), ds.is_points, ds.num_classes), ds
+    return resolve(cfg, ds.name, ds.images.shape[1], len(ds), ds.is_points, ds.num_classes,
+                   None if ds.inputs is None else ds.inputs.shape[1]), ds
 
 
 class InTrainingEval:
@@ -440,7 +444,7 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
               G_run=torch.compile(G) if t.compile else None, D_run=torch.compile(D) if t.compile else None,
               # the clustering counts as training time: it is part of what the run costs
               clock_start=time.perf_counter() - cluster_seconds)  # fmt: skip
-    translation = model_family(cfg) == "translation"
+    translation = model_family(cfg) in TRANSLATION_FAMILIES
     grid = pair_grid(cfg) if translation else LatentGrid(t.n_samples, m.z_dim, t.seed, g_nc)
     if ckpt is not None:
         restore(run, ckpt)
@@ -448,8 +452,11 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
     labels = (ds.labels if cluster_labels is None else cluster_labels).to(device)
     feed = Feed(images, labels, t.batch_size, t.seed, m.z_dim, nc, run.noise, dist, device, precision.memory_format,
-                G, clusters=bool(m.clusters), inputs=None if ds.inputs is None else ds.inputs.to(device))  # fmt: skip
+                G, clusters=bool(m.clusters), inputs=None if ds.inputs is None else ds.inputs.to(device),
+                unpaired=ds.unpaired)  # fmt: skip
     objective = make_objective(cfg, feed, grid, run.noise, cluster_labels)
+    if ckpt is not None:
+        objective.load_state(ckpt)
     # a step = n_critic D updates (each on a fresh real batch) + one G update
     per_epoch = feed.batches_per_epoch
     total_steps = t.epochs * per_epoch // objective.real_batches_per_step if t.epochs is not None else t.steps
@@ -471,23 +478,27 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     return run, setup
 
 
-def pair_grid(cfg: Config) -> PairGrid:
+def pair_grid(cfg: Config) -> PairGrid | CycleGrid:
     """The fixed inputs of a translation run's grids: the first of the dataset's test split (at most
-    train.n_samples, and one row of sample.PAIR_COLUMNS)."""
+    train.n_samples, and one row of sample.PAIR_COLUMNS); of both domains for an unpaired dataset."""
     from ganforge.sample import PAIR_COLUMNS
 
     d = cfg.data
     k = min(cfg.train.n_samples, PAIR_COLUMNS)
     test = load_dataset(d.name, root=d.root, split="test", resolution=d.resolution, channels=d.channels,
                         download=d.download, limit=k)  # fmt: skip
-    return PairGrid(test.inputs, test.images)
+    return CycleGrid(test.inputs, test.images) if test.unpaired else PairGrid(test.inputs, test.images)
 
 
-def make_objective(cfg: Config, feed: Feed, grid: LatentGrid | PairGrid, noise: torch.Generator,
+def make_objective(cfg: Config, feed: Feed, grid: LatentGrid | PairGrid | CycleGrid, noise: torch.Generator,
                    cluster_labels: Optional[torch.Tensor]) -> Objective:  # fmt: skip
-    """The objective the config names: a VAE's (model family "vae"), translation's, or the GAN game's."""
+    """The objective the config names: a VAE's (model family "vae"), pix2pix's, CycleGAN's, or the GAN game's."""
     if is_vae(cfg.model.name):
         return VAEObjective(feed, grid, cfg.loss.likelihood, cfg.loss.kl_weight)
+    lo = cfg.loss
+    if isinstance(grid, CycleGrid):
+        return CycleGANObjective(feed, LOSSES[lo.name], grid, lo.adv_weight, lo.cycle_weight, lo.identity_weight,
+                                 lo.pool_size)  # fmt: skip
     r, t = cfg.reg, cfg.train
     reg = Regularizers(r.gp_weight, r.r1_gamma, r.r2_gamma, r.r1_interval, r.mode_seeking, r.topk, r.topk_gamma)
     if isinstance(grid, PairGrid):
@@ -767,7 +778,9 @@ def rollback(s: Setup, run: Run) -> None:
     mon, files = s.cfg.monitor, s.files
     from_step, count = run.step, run.rollbacks + 1
     bases = [[g["base_lr"] for g in opt.param_groups] for opt in run.optimizers]  # before the restore
-    restore(run, load_checkpoint(files.healthy_path))
+    healthy = load_checkpoint(files.healthy_path)
+    restore(run, healthy)
+    s.objective.load_state(healthy)
     run.rollbacks = count  # the restored state's own count is older
     lower_base_rates(run, bases, mon.lr_factor, mon.rollback_lr)
     set_rates(run, s.total_steps, s.cfg.optim)  # the restored step's rates, logged below

@@ -146,6 +146,15 @@ DOMAIN_EXTRACTORS: dict[str, DomainSpec] = {
         "40bfdf7aa22cebd577a43e8e61592128d6aa1d9c158f5f94e50bd5e0006f4965",
         0.9070,
     ),
+    # MNIST-M-style digits (mnist2mnistm's domain B): the judge of CycleGAN's MNIST -> MNIST-M outputs
+    "mnistm": DomainSpec(
+        lambda: DigitNet(3),
+        "mnist2mnistm",
+        3,
+        28,
+        "11f726c04335950b4a9460ecbb2d3def507ab5d80aba9c12392f86cb90acaa65",
+        0.9920,
+    ),
 }
 # Datasets whose samples a domain extractor can judge.
 EXTRACTOR_FOR_DATASET = {
@@ -153,6 +162,12 @@ EXTRACTOR_FOR_DATASET = {
     "mnist-5k": "mnist",
     "fashion-mnist": "fashion-mnist",
     "cifar10": "cifar10",
+}
+# Translation datasets: the extractor of their target domain (domain B), which judges the outputs.
+EXTRACTOR_FOR_TARGETS = {
+    "edges2fashion": "fashion-mnist",
+    "cifar10-colorize": "cifar10",
+    "mnist2mnistm": "mnistm",
 }
 
 
@@ -248,7 +263,7 @@ def train_domain_classifier(
     spec = DOMAIN_EXTRACTORS[name]
     train_set = load_dataset(spec.dataset, root=root, split="train")
     test_set = load_dataset(spec.dataset, root=root, split="test")
-    epochs = epochs or (4 if name == "mnist" else 12 if name == "fashion-mnist" else 30)
+    epochs = epochs or {"mnist": 4, "fashion-mnist": 12, "mnistm": 8}.get(name, 30)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = spec.build()
@@ -258,7 +273,7 @@ def train_domain_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps, pct_start=0.15)
     use_bf16 = torch.backends.mkldnn.is_available() and _cpu_has_bf16()
     images, labels = train_set.images, train_set.labels
-    colour = spec.channels == 3
+    colour = spec.dataset == "cifar10"  # (not digits: a flipped digit is another digit or none)
     bar = None
     if progress:
         from tqdm import tqdm

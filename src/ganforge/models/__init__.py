@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ganforge.config import TRANSLATION_FAMILIES
+
 
 @dataclass
 class ModelSpec:
@@ -19,7 +21,8 @@ class ModelSpec:
     auto: bool = False  # what model.name=auto picks for this resolution (else the first registered)
     conditional: bool = True  # has a class-conditional variant (num_classes > 0)
     # "gan": (G, D) trained adversarially; "vae": (decoder, encoder) trained on the ELBO; "translation":
-    # G(x) -> y and D(y, x) on a paired dataset (pix2pix)
+    # G(x) -> y and D(y, x) on a paired dataset (pix2pix); "cyclegan": G = (G_ab, G_ba), D = (D_a, D_b)
+    # on an unpaired one
     family: str = "gan"
 
 
@@ -77,7 +80,7 @@ def build_models(
         num_classes = clusters
     kwargs = dict(g_channels=g_channels, d_channels=d_channels, dropout=dropout, z_dim=z_dim,
                   num_classes=num_classes, mbstd=mbstd)  # fmt: skip
-    if MODELS[name].family == "translation":  # G(x) -> y and D(y, x): `in_channels` are x's
+    if MODELS[name].family in TRANSLATION_FAMILIES:  # G(x) -> y: `in_channels` are x's
         kwargs["in_channels"] = in_channels
     G, D = MODELS[name].build(channels=channels, **kwargs)
     if clusters > 1:

@@ -1,5 +1,6 @@
-"""pix2pix's nets (Isola et al. 2017), scaled to 28x28 and 32x32 images: a U-Net generator with skips
-and a PatchGAN discriminator that judges (input, output) pairs patch by patch.
+"""The translation nets, scaled to 28x28 and 32x32 images: pix2pix's (Isola et al. 2017), a U-Net
+generator with skips and a PatchGAN discriminator that judges (input, output) pairs patch by patch;
+and CycleGAN's (Zhu et al. 2017), two ResNet generators and two unconditional PatchGANs.
 
 The paper's nets are for 256x256 (eight downsamplings to 1x1, a 70x70 PatchGAN). Here the U-Net
 halves the image until it is 7x7 (28) or 4x4 (32), then a 3x3 bottleneck, and comes back up with a
@@ -13,9 +14,19 @@ little of a garment's outline to judge its shape). Weights N(0, 0.02) as the pap
 
 G(x) -> y for x [N, C_in, H, W] in [-1, 1]; D(y, x) -> logits [N, h, w] (one per patch): D reads the
 input image as its condition, in the conditional D's place, so the GAN steps' D update applies as is.
+
+CycleGAN's generator is the paper's ResNet (Johnson et al. 2016's, as the paper's code builds it):
+c7s1-w, two stride-2 downsamplings (d2w, d4w), 6 residual blocks (the paper's choice below 256x256),
+two upsamplings, c7s1-C and tanh; reflection padding, instance norm without affine parameters. Its
+PatchGANs are pix2pix's without the condition and with instance norm (the reference code's default),
+at the same 16x16 receptive field. The pair of each travels as one module (CycleG: G_ab and G_ba;
+CycleD: D_a judges domain A, D_b domain B), so that the loop, optimizers and checkpoints treat them as
+one G and one D (the paper's code also steps both Gs with one Adam, and both Ds with another).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -77,25 +88,88 @@ class UNet(nn.Module):
 
 
 class PatchGAN(nn.Module):
-    """pix2pix's conditional PatchGAN: the (output, input) pair stacked along channels, one logit per patch."""
+    """pix2pix's conditional PatchGAN: the (output, input) pair stacked along channels, one logit per
+    patch. in_channels=0: unconditional, D(y) (CycleGAN's); norm "instance": CycleGAN's normalisation."""
 
-    def __init__(self, in_channels: int, out_channels: int, width: int = 64, n_layers: int = PATCH_LAYERS):
+    def __init__(self, in_channels: int, out_channels: int, width: int = 64, n_layers: int = PATCH_LAYERS,
+                 norm: str = "batch"):  # fmt: skip
         super().__init__()
+        Norm = nn.BatchNorm2d if norm == "batch" else nn.InstanceNorm2d  # (instance: no affine, as the reference)
         c = in_channels + out_channels
         layers: list[nn.Module] = [nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         c = width
         for i in range(1, n_layers):
             w = min(width * 2**i, width * 8)
-            layers += [nn.Conv2d(c, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(c, w, 4, 2, 1, bias=False), Norm(w), nn.LeakyReLU(0.2, inplace=True)]
             c = w
         w = min(width * 2**n_layers, width * 8)
-        layers += [nn.Conv2d(c, w, 4, 1, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, inplace=True),
+        layers += [nn.Conv2d(c, w, 4, 1, 1, bias=False), Norm(w), nn.LeakyReLU(0.2, inplace=True),
                    nn.Conv2d(w, 1, 4, 1, 1)]  # fmt: skip
         self.net = nn.Sequential(*layers)
         _init(self)
 
-    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([y, x], 1)).squeeze(1)  # [N, h, w]
+    def forward(self, y: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.net(y if x is None else torch.cat([y, x], 1)).squeeze(1)  # [N, h, w]
+
+
+RESNET_BLOCKS = 6  # CycleGAN's generator for images below 256x256
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c), nn.ReLU(True),
+                                  nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN's generator: [N, C_in, H, W] -> [N, C_out, H, W] in [-1, 1] (H divisible by 4)."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 64, blocks: int = RESNET_BLOCKS):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, width, 7),
+                                   nn.InstanceNorm2d(width), nn.ReLU(True)]  # fmt: skip
+        c = width
+        for _ in range(2):
+            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1), nn.InstanceNorm2d(2 * c), nn.ReLU(True)]
+            c *= 2
+        layers += [ResnetBlock(c) for _ in range(blocks)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(c // 2),
+                       nn.ReLU(True)]  # fmt: skip
+            c //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, out_channels, 7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        _init(self)
+
+    def forward(self, x: torch.Tensor, c: None = None) -> torch.Tensor:
+        return self.net(x)
+
+
+class CycleG(nn.Module):
+    """CycleGAN's two generators as one module: G_ab (domain A -> B) and G_ba (B -> A). Called as G(x),
+    it translates A -> B (what `sample`, `translate` and exports use unless told the direction)."""
+
+    def __init__(self, G_ab: nn.Module, G_ba: nn.Module):
+        super().__init__()
+        self.G_ab, self.G_ba = G_ab, G_ba
+
+    def forward(self, x: torch.Tensor, c: None = None, direction: str = "a2b") -> torch.Tensor:
+        return (self.G_ab if direction == "a2b" else self.G_ba)(x)
+
+
+class CycleD(nn.Module):
+    """CycleGAN's two discriminators as one module: D_a judges domain A images, D_b domain B's."""
+
+    def __init__(self, D_a: nn.Module, D_b: nn.Module):
+        super().__init__()
+        self.D_a, self.D_b = D_a, D_b
+
+    def forward(self, y: torch.Tensor, domain: str = "b") -> torch.Tensor:
+        return (self.D_b if domain == "b" else self.D_a)(y)
 
 
 def receptive_field(n_layers: int = PATCH_LAYERS) -> int:
@@ -115,6 +189,14 @@ def _build(resolution: int):
     return build
 
 
+def _build_cycle(channels: int, g_channels: int, d_channels: int, in_channels: int = 1, **_: object):
+    G = CycleG(ResnetGenerator(in_channels, channels, g_channels), ResnetGenerator(channels, in_channels, g_channels))
+    D = CycleD(PatchGAN(0, in_channels, d_channels, norm="instance"), PatchGAN(0, channels, d_channels, norm="instance"))
+    return G, D
+
+
 for _res in (28, 32):
     register_model(f"pix2pix{_res}", _res, f"pix2pix U-Net G + 16x16 PatchGAN D for paired translation, {_res}x{_res}",
                    auto=True, conditional=False, family="translation")(_build(_res))  # fmt: skip
+    register_model(f"cyclegan{_res}", _res, f"CycleGAN: two ResNet Gs + two 16x16 PatchGANs, unpaired translation, "
+                   f"{_res}x{_res}", auto=True, conditional=False, family="cyclegan")(_build_cycle)  # fmt: skip
