@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 class DataConfig:
     # Dataset name: auto (full MNIST if found or downloadable, else mnist-5k), a registered dataset
     # (`ganforge data --help` lists them: mnist, mnist-5k, fashion-mnist, cifar10, stacked-mnist, and the
-    # 2D point mixtures ring8 and grid25), or folder:PATH for a folder of images.
+    # 2D point mixtures ring8 and grid25), or folder:PATH for a folder of images; for translation also
+    # pairs:DIR (paired images) and unpaired:DIR_A,DIR_B (two domains).
     name: str = "auto"
     # Folder searched first for the dataset files (None: $GANFORGE_DATA/<name>, then the user cache).
     root: Optional[str] = None
@@ -483,8 +484,8 @@ def _check_choices(cfg: Config) -> None:
     from ganforge.models import MODELS
 
     data_name = cfg.data.name
-    if not (data_name == "auto" or data_name in DATASETS or data_name.startswith("folder:")):
-        choices = ["auto", *DATASETS, "folder:PATH"]
+    if not (data_name == "auto" or data_name in DATASETS or data_name.startswith(("folder:", "pairs:", "unpaired:"))):
+        choices = ["auto", *DATASETS, "folder:PATH", "pairs:DIR", "unpaired:DIR_A,DIR_B"]
         raise ConfigError(
             f"data.name: unknown dataset '{data_name}'; choose one of {', '.join(choices)}."
             + _suggest(data_name, choices)
@@ -790,7 +791,7 @@ def _validate_family(cfg: Config, family: str) -> None:
 
 def planned_resolution(cfg: Config) -> int:
     """The side length the data is loaded at: the model's, else data.resolution, else native."""
-    from ganforge.data import DATASETS
+    from ganforge.data import DATASETS, TRANSLATION_RESOLUTION
     from ganforge.models import MODELS
 
     if cfg.model.name in MODELS:
@@ -799,6 +800,8 @@ def planned_resolution(cfg: Config) -> int:
         return cfg.data.resolution
     if cfg.data.name in DATASETS:
         return DATASETS[cfg.data.name].resolution
+    if cfg.data.name.startswith(("pairs:", "unpaired:")):
+        return TRANSLATION_RESOLUTION  # 32: the translation models exist for 28 and 32 only
     return 28 if cfg.data.name == "auto" else 64  # auto is MNIST; folders default to 64x64
 
 

@@ -785,6 +785,268 @@ def load_folder(
 
 
 # ----------------------------------------------------------------------------------------------
+# The user's own image-to-image data: pairs:DIR (pix2pix's) and unpaired:DIR_A,DIR_B (CycleGAN's).
+# Both are read as folders are (the same resize: shorter side to the resolution, centre crop), without
+# class labels: subfolders only organise the files.
+
+TRANSLATION_RESOLUTION = 32  # their default side length: the translation models exist for 28 and 32 only
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # as load_folder counts them
+ALIGNED_MIN_RATIO = 1.5  # an aligned file holds A|B side by side: about twice as wide as tall
+_NO_TEST_SPLIT_NOTICED: set[str] = set()  # the datasets whose missing test split was already reported
+
+
+def _notice_no_test_split(name: str, fix: str) -> None:
+    """Once per dataset and process: train, grids and `ganforge eval` all load it, one notice is enough."""
+    if name in _NO_TEST_SPLIT_NOTICED:
+        return
+    _NO_TEST_SPLIT_NOTICED.add(name)
+    print(f"ganforge: {name} has no held-out test split, so the test split is the training images and test "
+          f"metrics are measured on training images. To hold some out: {fix}", file=sys.stderr)  # fmt: skip
+
+
+def _image_files(root: Path, what: str) -> list[Path]:
+    """The image files under `root` (recursive, sorted), or a DatasetError naming `what` was wrong and where."""
+    if root.is_file():
+        raise DatasetError(f"{what} '{root}' is a file, not a folder; pass the folder that holds the images.")
+    if not root.is_dir():
+        raise DatasetError(f"{what} '{root}' does not exist or is not a folder.")
+    try:
+        with os.scandir(root):  # rglob alone would skip an unreadable folder silently
+            pass
+        everything = [p for p in root.rglob("*") if p.is_file()]
+    except OSError as e:
+        raise DatasetError(
+            f"cannot read {what} '{root}': {e.strerror or e}. Check its permissions (ls -ld '{root}')."
+        ) from None
+    files = sorted(p for p in everything if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        others = sorted(str(p.relative_to(root)) for p in everything)
+        found = (f"; it holds {len(others)} other file(s), e.g. {', '.join(others[:3])}" if others
+                 else "; it is empty")  # fmt: skip
+        raise DatasetError(
+            f"{what} '{root}' holds no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)}){found}."
+        )
+    return files
+
+
+def _shown(reasons: list[str], k: int = 5) -> str:
+    return "; ".join(reasons[:k]) + (" ..." if len(reasons) > k else "")
+
+
+def _split_halves(img, p: Path) -> tuple:
+    """An aligned pix2pix file -> (A, B): its left and right halves, split at width // 2."""
+    w, h = img.size
+    if w < ALIGNED_MIN_RATIO * h:
+        raise ValueError(f"not an A|B pair side by side: {w}x{h} pixels, where an aligned pair is about twice "
+                         "as wide as tall")  # fmt: skip
+    half = w // 2
+    if min(half, h) < MIN_IMAGE_SIDE:
+        raise ValueError(f"too small (halves of {half}x{h} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
+    return img.crop((0, 0, half, h)), img.crop((half, 0, 2 * half, h))
+
+
+def _aligned_pairs(folder: Path) -> list[tuple[str, tuple[Path, ...]]]:
+    """Aligned pix2pix files: one pair per image file (recursive), named by its path below `folder`."""
+    return [(str(p.relative_to(folder)), (p,)) for p in _image_files(folder, "pairs folder")]
+
+
+def _matched_pairs(folder: Path) -> list[tuple[str, tuple[Path, ...]]]:
+    """DIR/A and DIR/B: one pair per file stem (its path below A/ or B/ without the extension)."""
+    sides = []
+    for side in ("A", "B"):
+        by_stem: dict[str, Path] = {}
+        for p in _image_files(folder / side, f"pairs folder {side}/"):
+            stem = p.relative_to(folder / side).with_suffix("").as_posix()
+            if stem in by_stem:
+                raise DatasetError(
+                    f"pairs folder '{folder}': {side}/ holds two images named {stem}: {by_stem[stem].name} and "
+                    f"{p.name}; pairs are matched by file name without its extension, so keep one of them."
+                )
+            by_stem[stem] = p
+        sides.append(by_stem)
+    a, b = sides
+    only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+    if only_a or only_b:
+        def listed(side: str, names: list[str]) -> str:
+            more = f", ... ({len(names) - 10} more)" if len(names) > 10 else ""
+            return f"\n  only in {side}/ ({len(names)}): {', '.join(names[:10]) + more if names else '-'}"
+
+        raise DatasetError(
+            f"pairs folder '{folder}': the files of A/ and B/ must match by name (without the extension); "
+            f"{len(only_a) + len(only_b)} do not:" + listed("A", only_a) + listed("B", only_b)
+            + f"\nFix: rename them so that each A/<name>.* has its B/<name>.*, or move the unmatched ones out of "
+            f"'{folder}'."
+        )
+    return [(stem, (a[stem], b[stem])) for stem in sorted(a)]
+
+
+def _all_gray(paths: list[Path]) -> bool:
+    """Whether every one of these image files is in a gray mode, from their headers (nothing is decoded;
+    a file that cannot be opened does not count: it is skipped or refused when it is read)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported when the file is read
+        for p in paths:
+            try:
+                with Image.open(p) as img:
+                    mode = img.mode
+            except Exception:
+                continue
+            if mode not in GRAY_MODES:
+                return False
+    return True
+
+
+def _pairs_in(folder: Path) -> tuple[list[tuple[str, tuple[Path, ...]]], bool]:
+    """One split's folder -> its pairs (name, (file,) aligned or (A file, B file)), and whether they are in A/ + B/."""
+    has_a, has_b = (folder / "A").is_dir(), (folder / "B").is_dir()
+    if has_a != has_b:
+        there, missing = ("A", "B") if has_a else ("B", "A")
+        raise DatasetError(
+            f"pairs folder '{folder}' has {there}/ but no {missing}/. Pairs are either two folders A/ (inputs) and "
+            f"B/ (targets) with matching file names, or aligned files holding A|B side by side (no A/ or B/)."
+        )
+    return (_matched_pairs(folder) if has_a else _aligned_pairs(folder)), has_a
+
+
+def _read_pairs(folder: Path, pairs: list[tuple[str, tuple[Path, ...]]], resolution: int, a_channels: int,
+                b_channels: int, strict: bool, limit: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
+    """One split's pairs -> (B [N, b_channels, H, W], A [N, a_channels, H, W], the files skipped)."""
+    from PIL import Image
+
+    opened, skipped, reasons = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for _, paths in pairs:
+            if limit is not None and len(opened) == limit:
+                break  # `limit` pairs are read: the rest are never decoded
+            try:
+                current = paths[0]
+                img = _open_image(current)
+                if len(paths) == 2:
+                    current = paths[1]
+                    a_img, b_img = img, _open_image(current)
+                else:
+                    a_img, b_img = _split_halves(img, current)
+            except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, EOFError, ...) on bad files
+                shown = str(current.relative_to(folder))
+                if strict:
+                    raise DatasetError(f"unreadable image {current}: {_why_unreadable(current, e)}. Remove it "
+                                       "(and its pair), or drop --strict to skip the pair.") from None  # fmt: skip
+                skipped.append(shown)
+                reasons.append(f"{shown} ({_why_unreadable(current, e)})")
+                continue
+            # resized at once: a folder of large photos never sits in memory at full size
+            opened.append((_resize_pil(a_img, resolution), _resize_pil(b_img, resolution)))
+    if not opened:
+        raise DatasetError(f"pairs folder '{folder}': none of its {len(pairs)} pairs could be read: "
+                           f"{_shown(reasons)}.")  # fmt: skip
+    if skipped:
+        print(f"ganforge: skipped {len(skipped)} pair(s) with an unreadable file in {folder}: {_shown(reasons)} "
+              "(use --strict to stop instead)", file=sys.stderr)  # fmt: skip
+
+    def stacked(side: int, c: int) -> torch.Tensor:  # [N, c, H, W]
+        arrays = [_pil_to_array(pair[side], c) for pair in opened]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    return stacked(1, b_channels), stacked(0, a_channels), skipped
+
+
+def load_pairs(path: str, split: str = "train", resolution: int = TRANSLATION_RESOLUTION,
+               channels: Optional[int] = None, strict: bool = False, limit: Optional[int] = None) -> ImageDataset:  # fmt: skip
+    """pix2pix's paired data in DIR: aligned files (A|B side by side) or DIR/A + DIR/B with matching names;
+    DIR/train + DIR/test (or DIR/val, as edges2shoes ships) hold the splits, else both splits read DIR.
+    `images` are B (the targets), `inputs` A. Each side has 1 channel if all its images (of both splits)
+    are gray, else 3, so that the splits agree; `channels` overrides B's."""
+    top = Path(os.path.abspath(Path(path).expanduser()))
+    name = f"pairs:{top}"
+    if top.is_file():
+        raise DatasetError(f"pairs folder '{path}' is a file, not a folder; pass the folder that holds the pairs "
+                           "(aligned A|B files, or A/ and B/).")  # fmt: skip
+    if not top.is_dir():
+        raise DatasetError(f"pairs folder '{path}' does not exist or is not a folder (looked at {top}).")
+    splits = {s: top / s for s in ("train", "test", "val") if (top / s).is_dir()}
+    if "train" in splits and ("test" in splits or "val" in splits):
+        splits.setdefault("test", splits.get("val"))
+        if split not in splits:
+            raise DatasetError(f"{name} has the splits {', '.join(splits)}, not '{split}'.")
+        folder, used = splits[split], [splits["train"], splits["test"]]
+    else:
+        folder = splits.get("train", top)
+        used = [folder]
+        _notice_no_test_split(name, f"put them in {top / 'test'} and the others in {top / 'train'}.")
+    found = {f: _pairs_in(f)[0] for f in used}  # every split's layout and names are checked here
+    side_files = [[paths[0 if len(paths) == 1 else side] for f in used for _, paths in found[f]] for side in (0, 1)]
+    a_channels = 1 if _all_gray(side_files[0]) else 3
+    b_channels = channels or (1 if _all_gray(side_files[1]) else 3)
+    images, inputs, skipped = _read_pairs(folder, found[folder], resolution, a_channels, b_channels, strict, limit)
+    return ImageDataset(images, torch.zeros(len(images), dtype=torch.int64), name, str(folder), ["all"], skipped,
+                        inputs=inputs)  # fmt: skip
+
+
+UNPAIRED_FORM = "unpaired:DIR_A,DIR_B (two folders of images, domain A then domain B) or unpaired:DIR (a folder " \
+                "holding trainA/ trainB/ and optionally testA/ testB/)"  # fmt: skip
+
+
+def _unpaired_domain(folder: Path, domain: str, resolution: int, channels: Optional[int],
+                     strict: bool) -> ImageDataset:  # fmt: skip
+    try:
+        return load_folder(str(folder), resolution, channels, strict)
+    except DatasetError as e:
+        raise DatasetError(f"unpaired data, domain {domain}: {e} The form is {UNPAIRED_FORM}.") from None
+
+
+def load_unpaired(spec: str, split: str = "train", resolution: int = TRANSLATION_RESOLUTION,
+                  channels: Optional[int] = None, strict: bool = False) -> ImageDataset:  # fmt: skip
+    """CycleGAN's unpaired data: `spec` is "DIR_A,DIR_B" (no test split: both splits read them) or "DIR"
+    with trainA/ trainB/ (testA/ testB/ for the test split). Each folder is read as load_folder reads one
+    (recursive), with no classes. Each domain has 1 channel if all its images (of both splits) are gray,
+    else 3; `channels` overrides B's (`images`)."""
+    parts = [s.strip() for s in spec.split(",")]
+    if not spec.strip() or any(not s for s in parts) or len(parts) > 2:
+        why = "more than two folders" if len(parts) > 2 else "an empty folder name" if len(parts) == 2 else "no folder"
+        raise DatasetError(f"'unpaired:{spec}' names {why}; the form is {UNPAIRED_FORM}.")
+    dirs = [Path(os.path.abspath(Path(s).expanduser())) for s in parts]
+    if len(dirs) == 2:
+        name = f"unpaired:{dirs[0]},{dirs[1]}"
+        folders = dirs
+        _notice_no_test_split(name, "use unpaired:DIR with DIR holding trainA/ trainB/ testA/ testB/.")
+    else:
+        top = dirs[0]
+        name = f"unpaired:{top}"
+        if not all((top / f"train{d}").is_dir() for d in "AB"):
+            state = "is a file" if top.is_file() else "does not exist" if not top.is_dir() else \
+                    "holds no trainA/ and trainB/ folders"  # fmt: skip
+            raise DatasetError(f"'unpaired:{spec}' names one folder, {top}, which {state}; the form is "
+                               f"{UNPAIRED_FORM}.")  # fmt: skip
+        if split not in ("train", "test"):
+            raise DatasetError(f"{name} has the splits train and test, not '{split}'.")
+        has_test = all((top / f"test{d}").is_dir() for d in "AB")
+        if not has_test:
+            _notice_no_test_split(name, f"put them in {top / 'testA'} and {top / 'testB'}.")
+        prefix = "test" if split == "test" and has_test else "train"
+        folders = [top / f"{prefix}A", top / f"{prefix}B"]
+    both = len(dirs) == 1 and has_test
+
+    def domain_channels(domain: str, given: Optional[int]) -> Optional[int]:
+        """None (as load_folder finds it) where one folder serves both splits; else from both, so that they agree."""
+        if given or not both:
+            return given
+        try:
+            files = [p for prefix in ("train", "test") for p in _image_files(top / f"{prefix}{domain}", "image folder")]
+        except DatasetError as e:
+            raise DatasetError(f"unpaired data, domain {domain}: {e} The form is {UNPAIRED_FORM}.") from None
+        return 1 if _all_gray(files) else 3
+
+    a = _unpaired_domain(folders[0], "A", resolution, domain_channels("A", None), strict)
+    b = _unpaired_domain(folders[1], "B", resolution, domain_channels("B", channels), strict)
+    return ImageDataset(b.images, torch.zeros(len(b), dtype=torch.int64), name, f"A: {a.source}; B: {b.source}",
+                        ["all"], [f"A: {s}" for s in a.skipped] + [f"B: {s}" for s in b.skipped], inputs=a.images,
+                        input_labels=torch.zeros(len(a), dtype=torch.int64), unpaired=True)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
 # One entry point.
 
 
@@ -805,6 +1067,11 @@ def load_dataset(
     """
     if name.startswith("folder:"):
         return load_folder(name[len("folder:") :], resolution or 64, channels, strict)
+    if name.startswith("pairs:"):  # read at `resolution` already; `limit` pairs only are decoded
+        return load_pairs(name[len("pairs:") :], split, resolution or TRANSLATION_RESOLUTION, channels, strict, limit)
+    if name.startswith("unpaired:"):
+        return first(load_unpaired(name[len("unpaired:") :], split, resolution or TRANSLATION_RESOLUTION, channels,
+                                   strict), limit)  # fmt: skip
     if name == "auto":
         try:
             ds = load_mnist(root, split, download)
@@ -821,7 +1088,8 @@ def load_dataset(
         ds = spec.loader(root=root, split=split, download=download, **({"limit": limit} if spec.translation else {}))
     else:
         raise DatasetError(
-            f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)} or folder:PATH."
+            f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}, folder:PATH, pairs:DIR or "
+            "unpaired:DIR_A,DIR_B."
         )
     first(ds, limit)
     if ds.is_points:

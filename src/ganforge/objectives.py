@@ -376,9 +376,7 @@ class CycleGrid:
             fake_b, fake_a = G.G_ab(a), G.G_ba(b)
             rec_a, rec_b = G.G_ba(fake_b), G.G_ab(fake_a)
         cpu = lambda t: t.float().cpu()  # noqa: E731
-        shown = max(self.a.shape[1], self.b.shape[1])  # gray rows shown in colour beside colour ones
-        wide = lambda t: t.expand(-1, shown, -1, -1) if t.shape[1] != shown else t  # noqa: E731
-        return torch.cat([wide(pair_rows(self.a, cpu(fake_b), cpu(rec_a))), wide(pair_rows(self.b, cpu(fake_a), cpu(rec_b)))])
+        return torch.cat([pair_rows(self.a, cpu(fake_b), cpu(rec_a)), pair_rows(self.b, cpu(fake_a), cpu(rec_b))])
 
 
 class CycleGANObjective:

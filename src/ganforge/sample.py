@@ -84,9 +84,11 @@ PAIR_COLUMNS = 16  # a translation grid: this many test pairs per group of input
 
 
 def pair_rows(inputs: torch.Tensor, outputs: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Images for a grid of PAIR_COLUMNS columns: per group of pairs, a row of inputs (gray shown as the
-    outputs' channels), one of outputs and one of targets (when given)."""
-    shown = inputs.expand(-1, outputs.shape[1], -1, -1) if inputs.shape[1] != outputs.shape[1] else inputs
+    """Images for a grid of PAIR_COLUMNS columns: per group of pairs, a row of inputs, one of outputs and
+    one of targets (when given); gray rows are shown in colour beside colour ones."""
+    wide = max(t.shape[1] for t in (inputs, outputs, targets) if t is not None)
+    shown, outputs = (t.expand(-1, wide, -1, -1) if t.shape[1] != wide else t for t in (inputs, outputs))
+    targets = targets.expand(-1, wide, -1, -1) if targets is not None and targets.shape[1] != wide else targets
     rows = []
     for start in range(0, len(outputs), PAIR_COLUMNS):
         part = slice(start, start + PAIR_COLUMNS)

@@ -239,6 +239,9 @@ def _load_data(cfg: Config) -> ImageDataset:
 def prepare(cfg: Config) -> tuple[Config, ImageDataset]:
     """Load the data and resolve the config against it (no files written): what --dry-run shows."""
     ds = _load_data(cfg)
+    if ds.unpaired and len(ds.inputs) < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than domain A of '{ds.name}' "
+                          f"({len(ds.inputs)} images); use at most {len(ds.inputs)}.")  # fmt: skip
     return resolve(cfg, ds.name, ds.images.shape[1], len(ds), ds.is_points, ds.num_classes,
                    None if ds.inputs is None else ds.inputs.shape[1]), ds
 

@@ -213,6 +213,13 @@ def evaluate(
     check_metrics(metrics)
     gen = load(path, device=device)
     run_data = gen.config["data"]
+    if gen.translation:  # its own metrics, on its test split (metrics.translation_eval)
+        from ganforge.metrics.translation_eval import evaluate_translation, write_report
+
+        versions = {"ganforge": __version__, "torch": torch.__version__, "scikit-image": _skimage_version()}
+        report = evaluate_translation(gen, n, extractor, seed, versions)
+        write_report(report, Path(out) if out else _default_out(path))
+        return report
     if run_data["name"] in MODE_BENCHMARKS:
         report = mode_benchmark(gen, run_data["name"], n, seed)
         report["seconds"] = time.perf_counter() - start_time
@@ -442,8 +449,23 @@ def _memorization(
     ]  # fmt: skip
 
 
+def _skimage_version() -> str:
+    import skimage
+
+    return skimage.__version__
+
+
 def format_table(report: dict[str, Any]) -> str:
     p = report["protocol"]
+    if "translation" in p.get("task", ""):
+        from ganforge.metrics.translation_eval import format_rows
+
+        lines = [f"ganforge eval: {p['checkpoint']}",
+                 f"  {p['task']}: {p['n_generated']} test inputs of {p['reference']['dataset']}, extractor "
+                 f"{p['extractor']} (sha256 {p['weights_sha256'][:12]})", "", f"  {'metric':<22}{'value':>12}  note"]  # fmt: skip
+        lines += format_rows(report)
+        lines += ["", f"  written: {report['path']}  ({report['seconds']:.1f} s)"]
+        return "\n".join(lines)
     if "benchmark" in p:
         lines = [f"ganforge eval: {p['checkpoint']}", f"  {p['benchmark']} protocol, {p['n_generated']} samples", ""]
         lines += [f"  {r['metric']:<22}{r['value']:>12.5g}" + (f"  of {r['n_modes']}" if "n_modes" in r else "")

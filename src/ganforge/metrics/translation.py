@@ -1,4 +1,5 @@
-"""Paired image-to-image translation metrics (pix2pix-style evaluation: Isola et al. 2017).
+"""Image-to-image translation metrics (pix2pix-style evaluation: Isola et al. 2017; label preservation
+for unpaired translation: Bousmalis et al. 2017).
 
 Pure functions of uint8 images [N, C, H, W] (C = 1 or 3), each translated output compared with its
 own target: MAE, PSNR and SSIM (Wang et al. 2004, computed by scikit-image); colourfulness (Hasler &
@@ -8,6 +9,9 @@ exact settings, library version included, for the caller to record beside each n
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 import skimage
@@ -37,6 +41,10 @@ PROTOCOL: dict[str, str] = {
     "(population std over pixels); 0 for 1-channel images; then the mean over images",
     "class_accuracy": "fraction of images whose classifier argmax(logits) equals the label "
     "(FCN-score analogue: a domain classifier's accuracy on translated images)",
+    "label_preservation": "PixelDA protocol (Bousmalis et al. 2017): a SmallCNN trained only on the "
+    "translated source training images with the source's labels, accuracy on the real target test images; "
+    "beside it the same classifier trained on the raw source images (source only) and on real target "
+    "training images (target only)",
 }
 
 
@@ -144,3 +152,46 @@ def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
     return float((logits.argmax(dim=1) == labels.to(logits.device)).double().mean())
+
+
+LABEL_CLASSIFIER = "SmallCNN (2 conv + MLP), Adam 1e-3, batch 128"
+
+
+def label_preservation(
+    translate: Callable[[torch.Tensor], torch.Tensor],
+    source_images: torch.Tensor,
+    source_labels: torch.Tensor,
+    target_test_images: torch.Tensor,
+    target_test_labels: torch.Tensor,
+    target_train_images: Optional[torch.Tensor] = None,
+    target_train_labels: Optional[torch.Tensor] = None,
+    epochs: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Pixel-level domain adaptation's protocol (Bousmalis et al. 2017, PixelDA): a classifier trained
+    only on the source domain's images translated into the target domain, with the source's labels,
+    then tested on real target-domain test images. Beside it the same classifier trained on the raw
+    source images ("source only", the lower reference) and, when target training images are given, on
+    those with their labels ("target only", the upper reference). All uint8 [N, C, H, W]; `translate`
+    maps source images to target-domain images of the same count."""
+    from ganforge.metrics.classifier import fit_classifier, predict_proba
+
+    n_classes = int(max(source_labels.max(), target_test_labels.max())) + 1
+    translated = translate(source_images)
+    if translated.dtype != torch.uint8 or len(translated) != len(source_images):
+        raise ValueError(f"translate() must return {len(source_images)} uint8 images, got {translated.dtype} "
+                         f"{tuple(translated.shape)}")  # fmt: skip
+
+    def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+        model = fit_classifier(images, labels, epochs=epochs, seed=seed, n_classes=n_classes)
+        predicted = predict_proba(model, target_test_images).argmax(dim=1)
+        return float((predicted == target_test_labels).double().mean())
+
+    wide = target_test_images.shape[1]  # the source shown with the target's channels (gray -> RGB)
+    raw = source_images.expand(-1, wide, -1, -1) if source_images.shape[1] != wide else source_images
+    out = {"adapted": accuracy(translated, source_labels), "source_only": accuracy(raw, source_labels)}
+    if target_train_images is not None:
+        out["target_only"] = accuracy(target_train_images, target_train_labels)
+    out.update(train_n=len(source_images), test_n=len(target_test_images), epochs=epochs,
+               classifier=LABEL_CLASSIFIER, classifier_seed=seed)  # fmt: skip
+    return out
