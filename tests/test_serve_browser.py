@@ -1,15 +1,18 @@
 """End to end in a real headless browser (Debian's chromium, driven by Playwright): generate a grid,
-create a study, take part by clicking, watch the results page update. Screenshots are kept in
+create a study, take part by clicking, watch the results page update; translate a test input and an
+uploaded image with a pix2pix run and download the output. Screenshots are kept in
 test-artifacts/serve/ (or $GANFORGE_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -17,7 +20,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) i
 
 from ganforge.serve.app import create_app, open_runs, serve_in_thread  # noqa: E402
 from ganforge.serve.store import StudyStore  # noqa: E402
-from tests.conftest import ROOT, served_runs  # noqa: E402
+from tests.conftest import ROOT, served_runs, shared_data  # noqa: E402
 
 
 def chromium() -> str | None:
@@ -152,3 +155,61 @@ def test_generate_study_and_results_in_chromium(browser, artifacts, tmp_path):
         assert not problems, problems
         evaluator.close()
         rater_ctx.close()
+
+
+def test_translate_upload_and_download_in_chromium(browser, artifacts, tmp_path, monkeypatch):
+    import torch
+    from PIL import Image
+
+    from tests.test_serve_translate import gan_run, photo, pix2pix_run, png_bytes
+
+    if shared_data() is not None:
+        monkeypatch.setenv("GANFORGE_DATA", str(shared_data()))
+    app = create_app(open_runs([gan_run(tmp_path), pix2pix_run(tmp_path)]), StudyStore(tmp_path / "s.db"))
+    with serve_in_thread(app) as base:
+        context = browser.new_context(viewport={"width": 1100, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+
+        # the Generate page: run 1 translates, so it links to its Translate page instead of generating
+        page.goto(base + "/")
+        wait_for_image(page, "#grid")  # run 0, the GAN, generates on load
+        assert page.is_visible("#nav-translate")
+        page.select_option("#run", "1")
+        page.wait_for_selector("#translate-note:not(.hidden)")
+        assert page.is_disabled("#go")
+        page.click("#translate-link")
+        page.wait_for_url(base + "/translate/1")
+
+        # a test input: its thumbnail, then the input as the model sees it beside the output
+        page.wait_for_function("() => document.querySelectorAll('#tests img').length === 16 && "
+                               "[...document.querySelectorAll('#tests img')].every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
+        assert page.is_hidden("#direction-label")  # pix2pix: one direction
+        page.click("#test-3")
+        wait_for_image(page, "#output")
+        assert "test input 3 of edges2fashion:test" in page.text_content("#fitted")
+
+        # an upload of another size and in colour: resized and converted, shown, downloaded
+        page.set_input_files("#file", files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png_bytes(photo(48, 64))}])
+        page.wait_for_function("() => document.getElementById('fitted').textContent.includes('photo.png')")
+        wait_for_image(page, "#input")
+        fitted = page.text_content("#fitted")
+        assert "resized from 64x48 to 28x28" in fitted and "colour converted to gray" in fitted
+        page.screenshot(path=str(artifacts / "translate.png"), full_page=True)
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.suggested_filename == "edges-a2b-photo.png"
+        saved = np.asarray(Image.open(io.BytesIO(Path(download.value.path()).read_bytes())))
+        gen = app.state.runs[1].generator(None, "cpu")
+        upload = torch.from_numpy(photo(48, 64)).permute(2, 0, 1)[None]
+        assert np.array_equal(saved, gen.translate(upload)[0, 0].numpy())  # the model's output, as a PNG
+
+        # a file that is not an image: a clear message on the page, nothing else breaks
+        page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('unsupported upload type')")
+        assert "PNG, JPEG" in page.text_content("#error")
+        expected = [p for p in problems if "status of 415" in p]  # Chromium logs the refused request itself
+        assert len(expected) == 1 and problems == expected, problems
+        context.close()

@@ -29,7 +29,7 @@ from ganforge.sample import TrainedGenerator
 
 # translated source training images the label-preservation classifier learns from (at most: a run with
 # data.limit uses the images it trained on)
-LABEL_TRAIN_N = 10_000
+LABEL_TRAIN_N = 30_000  # all of mnist2mnistm's domain A
 
 
 def _split(gen: TrainedGenerator, split: str, limit: Optional[int] = None) -> ImageDataset:

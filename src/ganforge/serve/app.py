@@ -1,9 +1,10 @@
-"""`ganforge serve`: a local web app to generate images from trained runs and to run human
-real-or-fake studies (HYPE-infinity, Zhou et al. 2019). FastAPI; the pages are plain HTML/CSS/JS
-shipped in this package (no CDN, works offline)."""
+"""`ganforge serve`: a local web app to generate images from trained runs, translate images with
+translation runs (pix2pix, CycleGAN), and run human real-or-fake studies (HYPE-infinity, Zhou et al.
+2019). FastAPI; the pages are plain HTML/CSS/JS shipped in this package (no CDN, works offline)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import threading
@@ -19,18 +20,28 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import RedirectResponse
 
 from ganforge.checkpoint import CheckpointError, find_checkpoint
-from ganforge.models import is_vae
+from ganforge.config import TRANSLATION_FAMILIES
+from ganforge.models import MODELS, is_vae
 from ganforge.sample import TrainedGenerator, encode_png, load, make_grid
 from ganforge.serve.store import StudyError, StudyRun, StudyStore, check_token
+from ganforge.serve.uploads import MAX_UPLOAD, UPLOAD_TYPES, read_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
 # the only files the app serves from disk: a fixed list, so no request path ever reaches the filesystem
 STATIC = {p.name: p for p in STATIC_DIR.iterdir() if p.suffix in (".html", ".css", ".js", ".svg")}
-PAGES = {"generate": "generate.html", "studies": "studies.html", "rate": "rate.html", "results": "results.html"}
-MAX_BODY = 16 * 1024  # bytes; every request this app accepts is a small JSON object
+PAGES = {"generate": "generate.html", "studies": "studies.html", "rate": "rate.html", "results": "results.html",
+         "translate": "translate.html"}  # fmt: skip
+# bytes; every request this app accepts is a small JSON object, but for an image upload (POST to
+# UPLOAD_PATH: the file is the body), which may have up to uploads.MAX_UPLOAD
+MAX_BODY = 16 * 1024
+UPLOAD_PATH = re.compile(r"^/api/runs/[^/]+/translate$")
+DIRECTION = "^(a2b|b2a)$"  # a translation's direction: a2b, or b2a (CycleGAN's way back)
+MAX_TEST_INPUTS = 16  # the test inputs the Translate page offers: the first of the run's test split
 MAX_GRID = 256
 MAX_FRAMES = 16
 MAX_SEED = 2**31 - 1
@@ -55,6 +66,24 @@ class ServedRun:
     config: dict[str, Any]
     step: Optional[int]
     _loaded: dict[str, TrainedGenerator] = field(default_factory=dict)
+    # direction -> the Translate page's test inputs, uint8 [N, C, H, W]
+    _test_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        """gan, vae, or a translation family (translation: pix2pix; cyclegan)."""
+        name = self.config["model"]["name"]
+        if is_vae(name):
+            return "vae"
+        return MODELS[name].family if MODELS[name].family in TRANSLATION_FAMILIES else "gan"
+
+    @property
+    def translation(self) -> bool:
+        return self.family in TRANSLATION_FAMILIES
+
+    @property
+    def directions(self) -> list[str]:
+        return {"translation": ["a2b"], "cyclegan": ["a2b", "b2a"]}.get(self.family, [])
 
     def generator(self, checkpoint: Optional[str], device: str) -> TrainedGenerator:
         name = checkpoint or self.default
@@ -63,17 +92,58 @@ class ServedRun:
                 f"run {self.key} has no checkpoint '{str(name)[:80]}'; choose one of {', '.join(self.checkpoints)}", 404
             )
         if name not in self._loaded:
-            self._loaded[name] = load(self.checkpoints[name], device=device)
+            try:  # the newest was loaded at start; the others on first use, and one may be damaged
+                self._loaded[name] = load(self.checkpoints[name], device=device)
+            except CheckpointError as e:
+                raise StudyError(f"run {self.key} ({self.name}): cannot load checkpoint '{name}': {e}", 422) from None
         return self._loaded[name]
+
+    def test_inputs(self, direction: str, device: str) -> torch.Tensor:
+        """The first MAX_TEST_INPUTS inputs of the run's test split for `direction` (kept: the Translate
+        page shows them as thumbnails, then translates one)."""
+        from ganforge.data import DatasetError
+
+        if direction not in self._test_inputs:
+            try:
+                inputs, _, _ = self.generator(None, device).test_pairs(MAX_TEST_INPUTS, direction)
+            except DatasetError as e:
+                raise StudyError(f"run {self.key} ({self.name}): cannot load its test inputs: {e}", 422) from None
+            self._test_inputs[direction] = inputs
+        return self._test_inputs[direction]
 
     def describe(self) -> dict[str, Any]:
         model, data = self.config["model"], self.config["data"]
-        return {
+        described = {
             "id": self.key, "name": self.name, "checkpoints": list(self.checkpoints), "default_checkpoint": self.default,
             "step": self.step, "dataset": data["name"], "resolution": data["resolution"], "channels": data["channels"],
-            "model": model["name"], "family": "vae" if is_vae(model["name"]) else "gan",
+            "model": model["name"], "family": self.family, "translation": self.translation,
             "num_classes": model["num_classes"] if model.get("conditional") else None,
         }  # fmt: skip
+        if self.translation:
+            described.update(directions=self.directions, in_channels=model.get("in_channels") or 1,
+                             translate_url=f"/translate/{self.key}",
+                             upload={"types": list(UPLOAD_TYPES), "max_bytes": MAX_UPLOAD})  # fmt: skip
+        return described
+
+    def latent_generator(self, checkpoint: Optional[str], device: str) -> TrainedGenerator:
+        """The generator, for what samples latents (Generate, studies); a translation run is told where to go."""
+        if self.translation:
+            raise StudyError(f"run {self.key} ({self.name}) is a translation model ({self.config['model']['name']}): "
+                             f"it has no latents to generate from; translate images with it on its Translate page, "
+                             f"/translate/{self.key}", 422)  # fmt: skip
+        return self.generator(checkpoint, device)
+
+    def translator(self, checkpoint: Optional[str], direction: str, device: str,
+                   status: int = 422) -> TrainedGenerator:  # fmt: skip
+        if not self.translation:
+            raise StudyError(f"run {self.key} ({self.name}) is a {self.family.upper()} ({self.config['model']['name']}): "
+                             "it generates from latents and translates no images, so it has no Translate page; "
+                             f"generate with it on the Generate page, /?run={self.key}", status)  # fmt: skip
+        if direction not in self.directions:
+            raise StudyError(f"run {self.key} ({self.name}) translates {' or '.join(self.directions)}"
+                             + (" only (a paired model has one direction)" if len(self.directions) == 1 else "")
+                             + f", not '{direction[:20]}'", 422)  # fmt: skip
+        return self.generator(checkpoint, device)
 
 
 def open_runs(paths: list[str | Path], device: str = "cpu") -> list[ServedRun]:
@@ -125,28 +195,36 @@ class VoteIn(BaseModel):
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, whether or not they announce their length.
-    The (small) body is read here first and handed on to the app."""
+    """Refuse request bodies over `limit` bytes with 413 (`upload_limit` for an image upload to
+    UPLOAD_PATH), whether or not they announce their length. The body is read here first and handed on."""
 
-    def __init__(self, app, limit: int = MAX_BODY):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY, upload_limit: int = MAX_UPLOAD):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        too_large = _json_error(413, f"request body too large (limit {self.limit} bytes)")
+        if scope["method"] == "POST" and UPLOAD_PATH.match(scope["path"]):
+            limit = self.upload_limit
+            too_large = _json_error(413, f"image too large: the upload limit is {limit / 2**20:g} MiB ({limit:,} "
+                                         "bytes); downscale it or save it as JPEG first")  # fmt: skip
+        else:
+            limit = self.limit
+            too_large = _json_error(413, f"request body too large (limit {limit} bytes)")
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await too_large(scope, receive, send)
-        body, more = b"", True
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > self.limit:
+            if size > limit:
                 return await too_large(scope, receive, send)
+        body = b"".join(chunks)
         sent = False
 
         async def replay():
@@ -197,7 +275,7 @@ def _real_pool(run: ServedRun, n: int, seed: int) -> tuple[torch.Tensor, dict[st
 
 
 def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") -> FastAPI:
-    """The app: JSON errors and security headers, the pages, generation, and the studies (the evaluator's
+    """The app: JSON errors and security headers, the pages, generation, translation, and the studies (the evaluator's
     endpoints, behind each study's key, and the raters')."""
     from ganforge import __version__
 
@@ -214,6 +292,7 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
     _add_errors_and_headers(app)
     _add_pages(app)
     _add_generation(app, runs, get_run, lock, device)
+    _add_translation(app, runs, get_run, lock, device)
     _add_evaluator(app, store, get_run, lock, device)
     _add_raters(app, store)
     app.state.runs, app.state.store = runs, store
@@ -307,7 +386,7 @@ def _add_generation(app: FastAPI, runs: list[ServedRun], get_run: Callable[[str]
         r = get_run(run)
         seed = secrets.randbelow(MAX_SEED) if seed is None else seed
         with lock:
-            gen = r.generator(checkpoint, device)
+            gen = r.latent_generator(checkpoint, device)
             images = gen.sample(n, seed=seed, classes=_classes(gen, cls), truncation=truncation)
         nrow = gen.num_classes if gen.num_classes and cls is None and gen.num_classes <= 16 and n >= gen.num_classes else None
         return _png_response(images, nrow, f"{r.name}-seed{seed}.png", download, seed)
@@ -325,9 +404,106 @@ def _add_generation(app: FastAPI, runs: list[ServedRun], get_run: Callable[[str]
     ):
         r = get_run(run)
         with lock:
-            gen = r.generator(checkpoint, device)
+            gen = r.latent_generator(checkpoint, device)
             images = gen.interpolate(seed_a, seed_b, frames, classes=_classes(gen, cls), truncation=truncation)
         return _png_response(images, frames, f"{r.name}-seed{seed_a}-to-{seed_b}.png", download, seed_a)
+
+
+def _png_b64(image: torch.Tensor) -> str:
+    """uint8 [C, H, W] -> base64 PNG, for a JSON answer that carries an input and its output together."""
+    return base64.b64encode(encode_png(image.permute(1, 2, 0).cpu().numpy())).decode("ascii")
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:60] or "image"
+
+
+def _translated(r: ServedRun, gen: TrainedGenerator, image: torch.Tensor, direction: str, checkpoint: Optional[str],
+                source: str, fitted: str, stem: str) -> dict[str, Any]:  # fmt: skip
+    """One image uint8 [C, H, W] translated: the input as the model sees it (adapted) beside the output."""
+    seen = gen.adapt(image[None], direction)  # [1, C_in, R, R]: resized, centre-cropped, its channels
+    output = gen.translate(seen, direction=direction)  # [1, C_out, R, R]
+    return {
+        "run": r.key, "checkpoint": checkpoint or r.default, "direction": direction, "source": source,
+        "fitted": fitted, "resolution": gen.resolution, "input_png": _png_b64(seen[0]),
+        "output_png": _png_b64(output[0]), "filename": f"{_safe_name(r.name)}-{direction}-{_safe_name(stem)}.png",
+    }  # fmt: skip
+
+
+def _add_translation(app: FastAPI, runs: list[ServedRun], get_run: Callable[[str], ServedRun],
+                     lock: threading.Lock, device: str) -> None:  # fmt: skip
+    """Translation runs (pix2pix, CycleGAN): their page, their test inputs, and the translation of one
+    of those or of an uploaded image (in JSON: the adapted input and the output, as base64 PNGs)."""
+    @app.get("/translate", include_in_schema=False)
+    def translate_first():
+        first = next((r for r in runs if r.translation), None)
+        if first is None:
+            raise StudyError("no translation run is served: the Translate page is for pix2pix and CycleGAN runs", 404)
+        return RedirectResponse(f"/translate/{first.key}", status_code=307)
+
+    @app.get("/translate/{run}", include_in_schema=False)
+    def translate_page(run: str):
+        get_run(run).translator(None, "a2b", device, status=404)  # a GAN run: what it is and where to go
+        return FileResponse(STATIC[PAGES["translate"]], media_type="text/html")
+
+    @app.get("/api/runs/{run}/test-inputs")
+    def test_inputs(run: str, direction: str = Query("a2b", pattern=DIRECTION)):
+        r = get_run(run)
+        with lock:
+            r.translator(None, direction, device)
+            inputs = r.test_inputs(direction, device)
+        return {"direction": direction, "dataset": f"{r.config['data']['name']}:test", "count": len(inputs)}
+
+    @app.get("/api/runs/{run}/test-inputs/{index}.png")
+    def test_input_png(run: str, index: int, direction: str = Query("a2b", pattern=DIRECTION)):
+        r = get_run(run)
+        with lock:
+            r.translator(None, direction, device)
+            inputs = r.test_inputs(direction, device)
+        if not 0 <= index < len(inputs):
+            raise StudyError(f"test input {index}: run {r.key} offers the test inputs 0..{len(inputs) - 1}", 404)
+        return Response(encode_png(inputs[index].permute(1, 2, 0).numpy()), media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600", **SECURITY_HEADERS})  # fmt: skip
+
+    @app.get("/api/runs/{run}/translate")
+    def translate_test_input(run: str, test: int = Query(..., ge=0, lt=MAX_TEST_INPUTS),
+                             direction: str = Query("a2b", pattern=DIRECTION),
+                             checkpoint: Optional[str] = Query(None, max_length=64)):  # fmt: skip
+        r = get_run(run)
+        with lock:
+            gen = r.translator(checkpoint, direction, device)
+            inputs = r.test_inputs(direction, device)
+            if test >= len(inputs):
+                raise StudyError(f"test input {test}: run {r.key} offers the test inputs 0..{len(inputs) - 1}", 404)
+            h, w = inputs.shape[2:]
+            res = gen.resolution
+            fitted = "used as stored" if (h, w) == (res, res) else f"resized from {w}x{h} to {res}x{res}"
+            source = f"test input {test} of {r.config['data']['name']}:test"
+            return _translated(r, gen, inputs[test], direction, checkpoint, source, fitted, f"test{test}")
+
+    @app.post("/api/runs/{run}/translate")
+    async def translate_upload(request: Request, run: str,
+                               direction: str = Query("a2b", pattern=DIRECTION),
+                               checkpoint: Optional[str] = Query(None, max_length=64),
+                               name: Optional[str] = Query(None, max_length=255)):  # fmt: skip
+        """The body is the image file itself (Content-Type image/png, ...): no multipart, no form. That
+        type also keeps other sites' pages out: a browser sends it cross-origin only after a CORS
+        preflight, which this app never answers."""
+        r = get_run(run)
+        r.translator(None, direction, device)  # a GAN run or a wrong direction: refused before reading
+        body = await request.body()  # at most MAX_UPLOAD bytes (BodyLimit)
+
+        def work() -> dict[str, Any]:  # decoding and the model: off the event loop
+            c_in = r.translator(None, direction, device).channels_of(direction)[0]  # any checkpoint's: one config
+            upload = read_upload(body, request.headers.get("content-type"), c_in)
+            with lock:
+                gen = r.translator(checkpoint, direction, device)
+                h, w = upload.image.shape[1:]
+                source = f"uploaded {upload.format} image" + (f" '{name[:80]}'" if name else "") + f", {w}x{h}"
+                return _translated(r, gen, upload.image, direction, checkpoint, source,
+                                   upload.fitted(gen.resolution, c_in), Path(name or "upload").stem)  # fmt: skip
+
+        return await run_in_threadpool(work)
 
 
 def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], ServedRun],
@@ -337,6 +513,10 @@ def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], Ser
     @app.post("/api/studies", status_code=201)
     def create_study(body: StudyIn):
         chosen = [get_run(k) for k in body.runs]
+        for r in chosen:
+            if r.translation:
+                raise StudyError(f"run {r.key} ({r.name}) is a translation model: a real-or-fake study compares "
+                                 "a generator's samples with real images; choose GAN or VAE runs", 422)  # fmt: skip
         if body.real_per_rater != body.fake_per_rater:
             raise StudyError("real_per_rater and fake_per_rater must be equal: HYPE-infinity is the error rate on a "
                              "balanced mix (with more of one kind, always answering that kind would score above 50%)",

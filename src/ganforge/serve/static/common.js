@@ -15,4 +15,9 @@ function el(tag, attrs = {}, text = "") {
   if (text) node.textContent = text;
   return node;
 }
+// the header's Translate link, shown only where translation runs are served (to the first of them)
+function translateNav(runs) {
+  const first = runs.find(r => r.translation);
+  if (first && $("nav-translate")) { $("nav-translate").href = first.translate_url; $("nav-translate").classList.remove("hidden"); }
+}
 function pct(x) { return (x === null || x === undefined || Number.isNaN(x)) ? "–" : (100 * x).toFixed(1) + "%"; }

@@ -1,4 +1,5 @@
-// Generate page: a grid from a run's generator, and an interpolation strip between two seeds.
+// Generate page: a grid from a run's generator, and an interpolation strip between two seeds. A
+// translation run has no latents: the page links to its Translate page instead.
 "use strict";
 let runs = [];
 
@@ -22,8 +23,12 @@ function showRun() {
   cls.replaceChildren(el("option", { value: "" }, "every class"));
   if (r.num_classes) for (let k = 0; k < r.num_classes; k++) cls.append(el("option", { value: String(k) }, String(k)));
   $("class-label").classList.toggle("hidden", !r.num_classes);
+  $("translate-note").classList.toggle("hidden", !r.translation);
+  if (r.translation) $("translate-link").href = r.translate_url;
+  for (const id of ["go", "random", "interp"]) $(id).disabled = r.translation;
   $("run-info").textContent = `${r.family.toUpperCase()} ${r.model} · ${r.dataset} ${r.resolution}×${r.resolution}` +
-    (r.step !== null ? ` · step ${r.step}` : "") + (r.num_classes ? ` · ${r.num_classes} classes` : " · unconditional");
+    (r.step !== null ? ` · step ${r.step}` : "") +
+    (r.translation ? ` · translates ${r.directions.join(" and ")}` : r.num_classes ? ` · ${r.num_classes} classes` : " · unconditional");
 }
 
 async function load(img, link, url) {
@@ -43,6 +48,7 @@ async function load(img, link, url) {
 }
 
 async function generate() {
+  if (current().translation) return;
   const q = params({ n: $("n").value });
   if ($("seed").value !== "") q.set("seed", $("seed").value);
   const seed = await load($("grid"), $("download"), `/api/runs/${current().id}/grid.png?${q}`);
@@ -50,15 +56,21 @@ async function generate() {
 }
 
 async function interpolate() {
+  if (current().translation) return;
   const q = params({ seed_a: $("seed-a").value, seed_b: $("seed-b").value, frames: $("frames").value });
   await load($("strip"), $("download-strip"), `/api/runs/${current().id}/interpolation.png?${q}`);
 }
 
 async function init() {
   try { runs = (await api("/api/runs")).runs; } catch (e) { $("error").textContent = e.message; return; }
-  $("run").replaceChildren(...runs.map(r => el("option", { value: r.id }, `${r.id}: ${r.name}`)));
+  $("run").replaceChildren(...runs.map(r => el("option", { value: r.id }, `${r.id}: ${r.name}` + (r.translation ? " (translation)" : ""))));
+  translateNav(runs);
+  // ?run=ID picks a run; else the first that generates (a translation run has nothing to show here)
+  const asked = new URLSearchParams(location.search).get("run");
+  const first = runs.find(r => r.id === asked) || runs.find(r => !r.translation) || runs[0];
+  $("run").value = first.id;
   showRun();
-  $("run").addEventListener("change", showRun);
+  $("run").addEventListener("change", () => { $("error").textContent = ""; showRun(); });
   $("go").addEventListener("click", generate);
   $("random").addEventListener("click", () => { $("seed").value = ""; generate(); });
   $("interp").addEventListener("click", interpolate);

@@ -37,7 +37,15 @@ async function create() {
 }
 
 async function init() {
-  const { runs } = await api("/api/runs");
+  const all = (await api("/api/runs")).runs;
+  translateNav(all);
+  const runs = all.filter(r => !r.translation);  // a study compares samples of latents with real images
+  const translators = all.filter(r => r.translation);
+  if (translators.length) {
+    $("translation-runs").textContent = `Not offered: ${translators.map(r => `${r.id}: ${r.name}`).join(", ")} ` +
+      "(translation models: they translate images and have no samples to judge).";
+    $("translation-runs").classList.remove("hidden");
+  }
   $("runs").replaceChildren(...runs.map((r, i) => {
     const label = el("label", { class: "check" });
     const box = el("input", { type: "checkbox", value: r.id, id: `run-${r.id}` });
