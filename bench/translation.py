@@ -45,19 +45,20 @@ STEPS = {"edges2fashion": 3000, "colorize": 3000, "mnist2mnistm": 2500}  # per r
 EVAL_N = {"edges2fashion": 10_000, "colorize": 1_000, "mnist2mnistm": 5_000}  # the test split (all of it here)
 
 
-def run_arm(arm: str, steps: int, runs_dir: Path, out_dir: Path, seed: int) -> dict:
+def run_arm(arm: str, steps: int, runs_dir: Path, out_dir: Path, seed: int, extra_set: dict, tag: str) -> dict:
     record = {"arm": arm, "date": str(date.today()), "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "runs": []}  # fmt: skip
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "set": extra_set,
+              "runs": []}  # fmt: skip
     for name, preset, extra in ARMS[arm]:
-        overrides = {**extra, "train": {"steps": steps, "epochs": None, "seed": seed, "sample_every": 10**9,
-                                         "checkpoint_every": 10**9},
-                     "run": {"runs_dir": str(runs_dir), "name": f"{arm}-{name}"}}  # fmt: skip
+        overrides = merge(merge({**extra}, extra_set), {
+            "train": {"steps": steps, "epochs": None, "seed": seed, "sample_every": 10**9, "checkpoint_every": 10**9},
+            "run": {"runs_dir": str(runs_dir), "name": f"{arm}{tag}-{name}"}})  # fmt: skip
         load_before = os.getloadavg()
         start = time.perf_counter()
         run_dir = train(build_config(preset=preset, overrides=overrides), progress=False)
         seconds = time.perf_counter() - start
         report = evaluate(run_dir, n=EVAL_N[arm], seed=seed)
-        shutil.copy(run_dir / "samples.png", out_dir / f"translation_{arm}_{name}.png")
+        shutil.copy(run_dir / "samples.png", out_dir / f"translation_{arm}{tag}_{name}.png")
         record["runs"].append({"name": name, "preset": preset, "overrides": extra, "train_seconds": seconds,
                                "load_before": load_before, "load_after": os.getloadavg(),
                                "eval": {k: v for k, v in report.items() if k != "path"}})  # fmt: skip
@@ -66,11 +67,34 @@ def run_arm(arm: str, steps: int, runs_dir: Path, out_dir: Path, seed: int) -> d
     return record
 
 
+def merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = merge(dict(base.get(key, {})), value) if isinstance(value, dict) else value
+    return base
+
+
+def parse_set(items: list[str]) -> dict:
+    """--set model.g_channels=16 loss.pool_size=0 -> nested overrides (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--steps", type=int, help="steps per run (default: each arm's, see STEPS)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. _g16)")
     parser.add_argument("--out-dir", default="bench/results")
     parser.add_argument("--keep", help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
@@ -78,8 +102,9 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for arm in args.arms:
-            record = run_arm(arm, args.steps or STEPS[arm], Path(args.keep or tmp), out_dir, args.seed)
-            (out_dir / f"translation_{arm}.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+            record = run_arm(arm, args.steps or STEPS[arm], Path(args.keep or tmp), out_dir, args.seed,
+                             parse_set(args.set), args.tag)  # fmt: skip
+            (out_dir / f"translation_{arm}{args.tag}.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":
