@@ -59,8 +59,8 @@ def _model_help() -> str:
 
     return (f"architecture: auto (picked for the data), {of(lambda s: s.family == 'gan' and s.resolution)}; "
             f"for 2D points {of(lambda s: not s.resolution)}; the VAE baseline (with loss.name=elbo) "
-            f"{of(lambda s: s.family == 'vae')}; translation (paired data) "
-            f"{of(lambda s: s.family == 'translation')}")  # fmt: skip
+            f"{of(lambda s: s.family == 'vae')}; translation: paired {of(lambda s: s.family == 'translation')}, "
+            f"unpaired {of(lambda s: s.family == 'cyclegan')}")  # fmt: skip
 
 
 def _metrics_help(defaults: str) -> str:
