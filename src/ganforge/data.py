@@ -722,26 +722,7 @@ def load_folder(
     from PIL import Image
 
     root = Path(path).expanduser()
-    if root.is_file():
-        raise DatasetError(f"image folder '{path}' is a file, not a folder; pass the folder that holds the images.")
-    if not root.is_dir():
-        raise DatasetError(f"image folder '{path}' does not exist or is not a folder.")
-    try:
-        with os.scandir(root):  # rglob alone would skip an unreadable folder silently
-            pass
-        everything = [p for p in root.rglob("*") if p.is_file()]
-    except OSError as e:
-        raise DatasetError(
-            f"cannot read image folder '{path}': {e.strerror or e}. Check its permissions (ls -ld '{root}')."
-        ) from None
-    files = sorted(p for p in everything if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        others = sorted(str(p.relative_to(root)) for p in everything)
-        found = (f"; it holds {len(others)} other file(s), e.g. {', '.join(others[:3])}" if others
-                 else "; it is empty")  # fmt: skip
-        raise DatasetError(
-            f"image folder '{path}' holds no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)}){found}."
-        )
+    files = _image_files(root, "image folder")
     subdirs = sorted(
         {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
     )
