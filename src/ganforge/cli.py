@@ -484,6 +484,10 @@ def _sample_parser(sub: Any) -> None:
                    help="truncation trick (BigGAN): redraw latent entries with |z| > T; smaller T gives more "
                         "typical, less varied images (e.g. 1.0; default off)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
+    _add_direction(p)
+
+
+def _add_direction(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"),
                    help="translation models: a2b (domain A -> B, the default) or, for CycleGAN, b2a")
 
@@ -550,8 +554,7 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
     p.add_argument("--out", default="translated", metavar="DIR", help="output folder (default ./translated)")
     p.add_argument("--device", default="cpu", help="device to run on (default cpu)")
-    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"),
-                   help="translation models: a2b (domain A -> B, the default) or, for CycleGAN, b2a")
+    _add_direction(p)
 
 
 def _train_classifier_parser(sub: Any) -> None:
@@ -584,8 +587,7 @@ def _export_parser(sub: Any) -> None:
                    help="safetensors (default): for ganforge/PyTorch; onnx: for onnxruntime and other "
                    "runtimes (needs the onnx package)")  # fmt: skip
     p.add_argument("--out", help="file to write (default: RUN_DIR/generator.safetensors or .onnx)")
-    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"),
-                   help="translation models: a2b (domain A -> B, the default) or, for CycleGAN, b2a")
+    _add_direction(p)
 
 
 def _compare_parser(sub: Any) -> None:

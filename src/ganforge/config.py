@@ -672,6 +672,7 @@ def _check_train(cfg: Config) -> None:
 
 
 TRANSLATION_FAMILIES = ("translation", "cyclegan")  # the model families whose G translates images, G(x) -> y
+FAMILY_OF_KIND = {"paired": "translation", "unpaired": "cyclegan"}  # a translation dataset's kind -> its models
 
 
 def model_family(cfg: Config) -> str:
@@ -685,7 +686,7 @@ def model_family(cfg: Config) -> str:
     kind = translation_kind(cfg.data.name)
     model = MODELS.get(cfg.model.name)
     if kind is not None:
-        return "cyclegan" if kind == "unpaired" else "translation"
+        return FAMILY_OF_KIND[kind]
     return model.family if model is not None and model.family in TRANSLATION_FAMILIES else "gan"
 
 
@@ -697,22 +698,18 @@ def _validate_translation(cfg: Config) -> None:
 
     spec = MODELS.get(cfg.model.name)
     kind = translation_kind(cfg.data.name)
-    if kind is not None and (spec is None or spec.family not in TRANSLATION_FAMILIES or
-                             spec.family != ("cyclegan" if kind == "unpaired" else "translation")):  # fmt: skip
-        if spec is not None:  # (auto picks the dataset's kind of model)
-            family = "cyclegan" if kind == "unpaired" else "translation"
-            models = ", ".join(n for n, s in MODELS.items() if s.family == family)
-            raise ConfigError(f"model.name: '{cfg.data.name}' is {'an unpaired' if kind == 'unpaired' else 'a paired'} "
-                              f"translation dataset; use a translation model for it ({models}) or auto, not "
-                              f"{cfg.model.name}.")  # fmt: skip
-    if spec is not None and spec.family in TRANSLATION_FAMILIES:
-        wanted = "unpaired" if spec.family == "cyclegan" else "paired"
-        if kind != wanted:
-            of_kind = [n for n in DATASETS if translation_kind(n) == wanted]
-            form = "pairs:DIR" if wanted == "paired" else "unpaired:DIR_A,DIR_B"
-            raise ConfigError(f"data.name: {cfg.model.name} translates {wanted} images; use {'an' if wanted == 'unpaired' else 'a'} "
-                              f"{wanted} dataset ({', '.join(of_kind)}, or your own as {form}).")  # fmt: skip
-    family = "cyclegan" if kind == "unpaired" else "translation"
+    family = FAMILY_OF_KIND.get(kind)
+    if kind is not None and spec is not None and spec.family != family:  # (auto picks the dataset's kind of model)
+        models = ", ".join(n for n, s in MODELS.items() if s.family == family)
+        raise ConfigError(f"model.name: '{cfg.data.name}' is {'an unpaired' if kind == 'unpaired' else 'a paired'} "
+                          f"translation dataset; use a translation model for it ({models}) or auto, not "
+                          f"{cfg.model.name}.")  # fmt: skip
+    if kind is None:  # a translation model (the only way here without translation data) on other data
+        wanted = next(k for k, f in FAMILY_OF_KIND.items() if f == spec.family)
+        of_kind = [n for n in DATASETS if translation_kind(n) == wanted]
+        form = "pairs:DIR" if wanted == "paired" else "unpaired:DIR_A,DIR_B"
+        raise ConfigError(f"data.name: {cfg.model.name} translates {wanted} images; use {'an' if wanted == 'unpaired' else 'a'} "
+                          f"{wanted} dataset ({', '.join(of_kind)}, or your own as {form}).")  # fmt: skip
     latent = {
         "model.conditional": cfg.model.conditional,
         "model.pack": cfg.model.pack != 1,

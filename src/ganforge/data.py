@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes a folder's gray images come in
 
 
 class DatasetError(RuntimeError):
@@ -751,8 +752,7 @@ def load_folder(
             + "; ".join(reasons[:5]) + (" ..." if len(reasons) > 5 else "") + "."
         )
     if channels is None:
-        gray = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-        channels = 1 if all(img.mode in gray for img, _ in opened) else 3
+        channels = 1 if all(img.mode in GRAY_MODES for img, _ in opened) else 3
     arrays = [_pil_to_array(img, channels) for img, _ in opened]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([c for _, c in opened], dtype=torch.int64)
@@ -771,7 +771,6 @@ def load_folder(
 # class labels: subfolders only organise the files.
 
 TRANSLATION_RESOLUTION = 32  # their default side length: the translation models exist for 28 and 32 only
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # as load_folder counts them
 ALIGNED_MIN_RATIO = 1.5  # an aligned file holds A|B side by side: about twice as wide as tall
 _NO_TEST_SPLIT_NOTICED: set[str] = set()  # the datasets whose missing test split was already reported
 

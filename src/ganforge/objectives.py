@@ -99,20 +99,21 @@ class Feed:
     clusters: bool = False  # model.clusters: G picks its class from z
     # a translation dataset's domain A: uint8 [M, C_in, H, W]; paired: the input of each image (M = N)
     inputs: Optional[torch.Tensor] = None
-    unpaired: bool = False  # the inputs are domain A's own images, drawn in their own order
-    _order: tuple[int, Optional[torch.Tensor]] = field(default=(-1, None), repr=False)
-    _order_a: tuple[int, Optional[torch.Tensor]] = field(default=(-1, None), repr=False)
+    # each image set's current epoch order, (epoch, order), by the seed it is drawn with
+    _orders: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def batches_per_epoch(self) -> int:
         return len(self.images) // self.batch  # the incomplete last batch of an epoch is dropped
 
-    def _indices(self, b: int) -> torch.Tensor:
-        """The images of the b-th real batch of the run, this rank's share."""
-        epoch, i = divmod(b, self.batches_per_epoch)
-        if epoch != self._order[0]:
-            self._order = (epoch, epoch_order(self.seed, epoch, len(self.images)).to(self.device))
-        return self.dist.shard(self._order[1][i * self.batch : (i + 1) * self.batch])
+    def _indices(self, b: int, n: Optional[int] = None, seed: Optional[int] = None) -> torch.Tensor:
+        """The b-th batch of the run, this rank's share, of the `n` images (default: `images`) drawn in
+        the epoch orders of `seed` (default: the run's)."""
+        n, seed = (len(self.images) if n is None else n), (self.seed if seed is None else seed)
+        epoch, i = divmod(b, n // self.batch)  # the incomplete last batch of an epoch is dropped
+        if self._orders.get(seed, (-1,))[0] != epoch:
+            self._orders[seed] = (epoch, epoch_order(seed, epoch, n).to(self.device))
+        return self.dist.shard(self._orders[seed][1][i * self.batch : (i + 1) * self.batch])
 
     def _float(self, images: torch.Tensor) -> torch.Tensor:
         x = to_float(images)
@@ -131,11 +132,7 @@ class Feed:
     def domain_batches(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An unpaired dataset's b-th batch, this rank's share: (domain A images, domain B images) in
         [-1, 1], each from its own order (A's epochs are its own length; the run's epoch is B's)."""
-        per_epoch = len(self.inputs) // self.batch
-        epoch, i = divmod(b, per_epoch)
-        if epoch != self._order_a[0]:
-            self._order_a = (epoch, epoch_order(self.seed + 7, epoch, len(self.inputs)).to(self.device))
-        idx_a = self.dist.shard(self._order_a[1][i * self.batch : (i + 1) * self.batch])
+        idx_a = self._indices(b, len(self.inputs), self.seed + 7)
         return self._float(self.inputs[idx_a]), self._float(self.images[self._indices(b)])
 
     def draw_z(self) -> torch.Tensor:

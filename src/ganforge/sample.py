@@ -87,8 +87,8 @@ def pair_rows(inputs: torch.Tensor, outputs: torch.Tensor, targets: Optional[tor
     """Images for a grid of PAIR_COLUMNS columns: per group of pairs, a row of inputs, one of outputs and
     one of targets (when given); gray rows are shown in colour beside colour ones."""
     wide = max(t.shape[1] for t in (inputs, outputs, targets) if t is not None)
-    shown, outputs = (t.expand(-1, wide, -1, -1) if t.shape[1] != wide else t for t in (inputs, outputs))
-    targets = targets.expand(-1, wide, -1, -1) if targets is not None and targets.shape[1] != wide else targets
+    shown, outputs, targets = (t if t is None or t.shape[1] == wide else t.expand(-1, wide, -1, -1)
+                               for t in (inputs, outputs, targets))  # fmt: skip
     rows = []
     for start in range(0, len(outputs), PAIR_COLUMNS):
         part = slice(start, start + PAIR_COLUMNS)
@@ -231,15 +231,19 @@ class TrainedGenerator:
         return torch.cat(out) if out else torch.zeros(0, self.channels_of(direction)[1], self.resolution,
                                                       self.resolution, dtype=torch.uint8)  # fmt: skip
 
+    def dataset(self, split: str, limit: Optional[int] = None):
+        """A split of the run's dataset (its first `limit` images), loaded as the run trained on it."""
+        from ganforge.data import load_dataset
+
+        d = self.config["data"]
+        return load_dataset(d["name"], root=d.get("root"), split=split, resolution=d.get("resolution"),
+                            channels=d.get("channels"), download=d.get("download", True), limit=limit)  # fmt: skip
+
     def test_pairs(self, n: int, direction: str = "a2b") -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """The first `n` (inputs, targets, labels) of the run's dataset's test split, uint8 as trained on.
         Unpaired (CycleGAN): the test images of the direction's source domain, no targets (None)."""
-        from ganforge.data import load_dataset
-
         self.channels_of(direction)
-        d = self.config["data"]
-        ds = load_dataset(d["name"], root=d.get("root"), split="test", resolution=d.get("resolution"),
-                          channels=d.get("channels"), download=d.get("download", True), limit=n)  # fmt: skip
+        ds = self.dataset("test", n)
         if not ds.unpaired:
             return ds.inputs, ds.images, ds.labels
         return (ds.inputs, None, ds.input_labels) if direction == "a2b" else (ds.images, None, ds.labels)

@@ -8,8 +8,9 @@ same functions, so they time the step that training runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
@@ -77,6 +78,17 @@ def make_penalty(
     return total
 
 
+@contextlib.contextmanager
+def frozen(D: nn.Module) -> Iterator[None]:
+    """D's parameters frozen for a G update (no gradient is computed for them), and unfrozen again even
+    when the step fails (a compiled step's failure is redone: see train)."""
+    D.requires_grad_(False)
+    try:
+        yield
+    finally:
+        D.requires_grad_(True)
+
+
 def grad_norm(module: nn.Module) -> float:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
@@ -140,8 +152,7 @@ def g_step(
     top-k training, the loss of the `keep` fakes with the highest logits only (reg.topk). `real_img`
     (labels `c_real`): for a paired loss (relativistic), the reals D scores, without a graph, for
     the fakes to be judged against. Returns g_loss (without the mode-seeking term)."""
-    D.requires_grad_(False)
-    try:  # D unfrozen again even when the step fails (a compiled step's failure is redone: see train)
+    with frozen(D):
         with precision.autocast():
             if fake_img is None:
                 fake_img = G(z, c)
@@ -160,8 +171,6 @@ def g_step(
         total = g_loss if pair_img is None else g_loss + mode_seeking * mode_seeking_loss(fake_img, pair_img, z, z_pair)
         opt_G.zero_grad(set_to_none=True)
         precision.step(total, opt_G)
-    finally:
-        D.requires_grad_(True)
     return g_loss.detach()
 
 
@@ -180,8 +189,7 @@ def translation_g_step(
     as a sample) + l1_weight x mean |G(x) - y|. `fake`: G(x) with its graph. D's parameters are frozen
     meanwhile. adv_weight=0 skips D: the L1-only regression. Returns (adversarial loss, L1 term), detached
     (the adversarial loss is 0 without D)."""
-    D.requires_grad_(False)
-    try:
+    with frozen(D):
         l1 = (fake.float() - y.float()).abs().mean()
         if adv_weight > 0:
             with precision.autocast():
@@ -192,8 +200,6 @@ def translation_g_step(
         total = adv_weight * g_adv + l1_weight * l1
         opt_G.zero_grad(set_to_none=True)
         precision.step(total, opt_G)
-    finally:
-        D.requires_grad_(True)
     return g_adv.detach(), l1.detach()
 
 
@@ -260,8 +266,7 @@ def cycle_step(
     then both discriminators on loss.d_loss(D_b(b), D_b(fake b from pool)) + the same for D_a (each
     patch logit counts as a sample). Returns the batch's losses and D_b's logits on the reals and the
     fakes it was shown (flattened over patches), detached."""
-    D.requires_grad_(False)
-    try:
+    with frozen(D):
         with precision.autocast():
             fake_b, fake_a = G.G_ab(real_a), G.G_ba(real_b)  # [N, C_b, H, W], [N, C_a, H, W]
             rec_a, rec_b = G.G_ba(fake_b), G.G_ab(fake_a)
@@ -276,8 +281,6 @@ def cycle_step(
             total = total + identity_weight * cycle_weight * idt
         opt_G.zero_grad(set_to_none=True)
         precision.step(total, opt_G)
-    finally:
-        D.requires_grad_(True)
     shown_b = pools[1].query(fake_b.float(), noise)  # D_b sees domain B's fakes, D_a domain A's
     shown_a = pools[0].query(fake_a.float(), noise)
     with precision.autocast():

@@ -455,8 +455,7 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
     labels = (ds.labels if cluster_labels is None else cluster_labels).to(device)
     feed = Feed(images, labels, t.batch_size, t.seed, m.z_dim, nc, run.noise, dist, device, precision.memory_format,
-                G, clusters=bool(m.clusters), inputs=None if ds.inputs is None else ds.inputs.to(device),
-                unpaired=ds.unpaired)  # fmt: skip
+                G, clusters=bool(m.clusters), inputs=None if ds.inputs is None else ds.inputs.to(device))  # fmt: skip
     objective = make_objective(cfg, feed, grid, run.noise, cluster_labels)
     if ckpt is not None:
         objective.load_state(ckpt)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ganforge.data import ImageDataset, convert_channels, load_dataset
+from ganforge.data import ImageDataset, convert_channels, first
 from ganforge.metrics import fidelity
 from ganforge.metrics import translation as tm
 from ganforge.metrics.features import (
@@ -30,12 +30,6 @@ from ganforge.sample import TrainedGenerator
 # translated source training images the label-preservation classifier learns from (at most: a run with
 # data.limit uses the images it trained on)
 LABEL_TRAIN_N = 30_000  # all of mnist2mnistm's domain A
-
-
-def _split(gen: TrainedGenerator, split: str, limit: Optional[int] = None) -> ImageDataset:
-    d = gen.config["data"]
-    return load_dataset(d["name"], root=d.get("root"), split=split, resolution=d.get("resolution"),
-                        channels=d.get("channels"), download=d.get("download", True), limit=limit)  # fmt: skip
 
 
 def pick_target_extractor(extractor: str, dataset: str, channels: int) -> Optional[str]:
@@ -58,12 +52,16 @@ def evaluate_translation(gen: TrainedGenerator, n: int, extractor: str, seed: in
     """The report (protocol, results) of a translation run on the first `n` test images."""
     start = time.perf_counter()
     dataset = gen.config["data"]["name"]
-    test = _split(gen, "test", n)
+    test = gen.dataset("test", n)
     ext_name = pick_target_extractor(extractor, dataset, gen.channels_of("a2b")[1])
     ext = load_domain_extractor(ext_name) if ext_name is not None else None
     sources = test.inputs
     outputs = gen.translate(sources)
     targets = test.images  # paired: each output's own target; unpaired: domain B's test images
+    # the training split, loaded once: as many real targets as test targets for the FID's floor, and the
+    # label-preservation classifier's source images
+    label_n = _label_train_n(gen) if gen.unpaired and len(test.class_names) > 1 else 0
+    train = gen.dataset("train", max(len(targets), label_n))
     protocol = {
         "task": "unpaired translation a2b" if gen.unpaired else "paired translation",
         "n_generated": len(outputs),
@@ -77,25 +75,24 @@ def evaluate_translation(gen: TrainedGenerator, n: int, extractor: str, seed: in
     if not gen.unpaired:
         results += [row(m, getattr(tm, m)(outputs, targets), definition=tm.PROTOCOL[m]) for m in ("mae", "psnr", "ssim")]
     if ext is not None:
-        results += _domain_rows(gen, ext, ext_name, outputs, targets, sources, test, row)
+        results += _domain_rows(gen, ext, ext_name, outputs, targets, sources, test, train.images[: len(targets)], row)
     if targets.shape[1] == 3 and not gen.unpaired:
-        real = tm.colourfulness(targets)
-        results.append(row("colourfulness", tm.colourfulness(outputs), real_value=real,
-                           ratio=tm.colourfulness(outputs) / real if real else float("nan"),
+        real, made = tm.colourfulness(targets), tm.colourfulness(outputs)
+        results.append(row("colourfulness", made, real_value=real, ratio=made / real if real else float("nan"),
                            definition=tm.PROTOCOL["colourfulness"]))  # fmt: skip
-    if gen.unpaired and test.class_names and len(test.class_names) > 1:
-        results.append(_label_preservation(gen, test, seed, row))
+    if label_n:
+        results.append(_label_preservation(gen, test, first(train, label_n), seed, row))
     return {"protocol": protocol, "results": results, "seconds": time.perf_counter() - start}
 
 
-def _domain_rows(gen, ext, ext_name, outputs, targets, sources, test, row) -> list[dict[str, Any]]:
-    """FID of the outputs against the real targets (and its floor), and the classifier's accuracy."""
+def _domain_rows(gen, ext, ext_name, outputs, targets, sources, test, train_targets, row) -> list[dict[str, Any]]:
+    """FID of the outputs against the real targets (and its floor: `train_targets`, as many real training
+    targets), and the classifier's accuracy."""
     out_f, out_logits = extract(ext, outputs)
     tgt_f, tgt_logits = extract(ext, targets)
-    train = _split(gen, "train", len(targets))  # as many real training targets: the floor of the FID
-    floor = fidelity.fid(extract(ext, train.images)[0], tgt_f)
+    floor = fidelity.fid(extract(ext, train_targets)[0], tgt_f)
     rows = [row("fid", fidelity.fid(out_f, tgt_f), floor=floor,
-                floor_is=f"FID of {len(train)} real training targets against the same test targets")]  # fmt: skip
+                floor_is=f"FID of {len(train_targets)} real training targets against the same test targets")]  # fmt: skip
     labels = test.input_labels if gen.unpaired else test.labels
     if labels is not None and len(test.class_names) > 1:
         wide = ext.spec.channels
@@ -107,9 +104,13 @@ def _domain_rows(gen, ext, ext_name, outputs, targets, sources, test, row) -> li
     return rows
 
 
-def _label_preservation(gen: TrainedGenerator, test: ImageDataset, seed: int, row) -> dict[str, Any]:
+def _label_train_n(gen: TrainedGenerator) -> int:
     limit = gen.config["data"].get("limit")
-    train = _split(gen, "train", min(LABEL_TRAIN_N, limit or LABEL_TRAIN_N))
+    return min(LABEL_TRAIN_N, limit or LABEL_TRAIN_N)
+
+
+def _label_preservation(gen: TrainedGenerator, test: ImageDataset, train: ImageDataset, seed: int,
+                        row) -> dict[str, Any]:  # fmt: skip
     out = tm.label_preservation(gen.translate, train.inputs, train.input_labels, test.images, test.labels,
                                 train.images, train.labels, seed=seed)  # fmt: skip
     value = out.pop("adapted")
