@@ -195,3 +195,19 @@ def test_quick_start_uses_the_fast_preset_only_without_data_model_or_preset(offl
     r = run("train", "--dry-run", "--no-progress", "--data", "mnist-5k", env_extra=offline_env)
     cfg = yaml.safe_load(r.stdout.split("\n", 1)[1])
     assert r.returncode == 0 and "quick start" not in r.stderr and not cfg["model"]["conditional"]
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [(["--help"], 0), (["--version"], 0), (["presets"], 0), (["train", "--bogus"], 2), (["sample"], 2)],
+    ids=["help", "version", "presets", "unknown-option", "missing-argument"],
+)
+def test_help_version_presets_and_argument_errors_do_not_import_torch(argv, code):
+    # importing torch costs seconds (more on a busy machine): these answer without it
+    probe = (
+        "import sys\nfrom ganforge.cli import main\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('torch' in sys.modules, code)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split()[-2:] == ["False", str(code)], out.stdout + out.stderr

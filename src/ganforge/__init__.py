@@ -2,10 +2,31 @@
 
 __version__ = "0.1.0"
 
-from ganforge.config import Config, build_config, list_presets  # noqa: E402
-from ganforge.data import load_dataset  # noqa: E402
-from ganforge.sample import TrainedGenerator, load  # noqa: E402
-from ganforge.train import train  # noqa: E402
+# The public API, imported on first use (PEP 562) so that `import ganforge` (and the CLI's `--help`,
+# `--version`, `presets`) does not pay for torch: ganforge.train, ganforge.load, ... work as usual.
+_LAZY = {
+    "Config": "ganforge.config",
+    "build_config": "ganforge.config",
+    "list_presets": "ganforge.config",
+    "load_dataset": "ganforge.data",
+    "TrainedGenerator": "ganforge.sample",
+    "load": "ganforge.sample",
+    "train": "ganforge.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'ganforge' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def evaluate(path, **kwargs):

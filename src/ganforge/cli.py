@@ -797,38 +797,48 @@ COMMANDS = {
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from ganforge.checkpoint import CheckpointError
-    from ganforge.config import ConfigError
-    from ganforge.data import DatasetError
-    from ganforge.metrics.evaluate import EvalError
-    from ganforge.metrics.features import ExtractorError
-    from ganforge.train import TrainingStopped
-
+    # parse before importing the library: --help, --version, presets and argument errors answer
+    # without torch (a command imports what it needs)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
             return cmd_train(args, argv)
         return COMMANDS[args.command](args)
-    except ConfigError as e:
+    except BaseException as e:
+        code = _reported(e)
+        if code is None:
+            raise
+        return code
+
+
+def _reported(e: BaseException) -> Optional[int]:
+    """Print a library error as one line and return the exit status, or None for a real bug. Only
+    modules already imported are asked: an error class of a module the command never loaded cannot
+    be the one raised."""
+
+    def of(module: str, *names: str) -> tuple[type, ...]:
+        loaded = sys.modules.get(module)
+        return tuple(getattr(loaded, n) for n in names) if loaded else ()
+
+    if isinstance(e, of("ganforge.config", "ConfigError")):
         print(f"ganforge: config error: {e}", file=sys.stderr)
         return 2
-    except EvalError as e:
+    if isinstance(e, of("ganforge.metrics.evaluate", "EvalError")):
         print(f"ganforge: error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, CheckpointError, ExtractorError) as e:
+    library = (*of("ganforge.data", "DatasetError"), *of("ganforge.checkpoint", "CheckpointError"),
+               *of("ganforge.metrics.features", "ExtractorError"))  # fmt: skip
+    if isinstance(e, library):
         print(f"ganforge: error: {e}", file=sys.stderr)
         return 1
-    except TrainingStopped as e:
+    if isinstance(e, of("ganforge.train", "TrainingStopped")):
         print(f"ganforge: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    if isinstance(e, KeyboardInterrupt) or (isinstance(e, Exception) and _caused_by_interrupt(e)):
+        # a second Ctrl-C inside a library (e.g. an import) may arrive wrapped
         print("ganforge: aborted.", file=sys.stderr)
         return 130
-    except Exception as e:  # a second Ctrl-C inside a library (e.g. an import) may arrive wrapped
-        if not _caused_by_interrupt(e):
-            raise
-        print("ganforge: aborted.", file=sys.stderr)
-        return 130
+    return None
 
 
 def _caused_by_interrupt(e: BaseException) -> bool:
