@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import secrets
 import socket
 import sqlite3
 import statistics
@@ -97,8 +98,9 @@ def main() -> int:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "ganforge", "serve", str(run), "--port", str(port), "--db", str(db)],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
+    key = secrets.token_urlsafe(24)  # study creation needs serve's admin key
+    server = subprocess.Popen([sys.executable, "-m", "ganforge", "serve", str(run), "--port", str(port), "--db", str(db),
+                               "--admin-key", key], stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         import httpx
 
@@ -113,7 +115,7 @@ def main() -> int:
                 time.sleep(0.2)
         half = args.votes // 2
         made = httpx.post(f"{base}/api/studies", json={"name": "load", "runs": ["0"], "real_per_rater": args.votes - half,
-                                                       "fake_per_rater": half}, timeout=120)  # fmt: skip
+                                                       "fake_per_rater": half}, headers={"X-Admin-Key": key}, timeout=120)  # fmt: skip
         made.raise_for_status()
         result = run_load(base, made.json()["id"], args.raters)
     finally:

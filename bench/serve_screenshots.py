@@ -22,7 +22,7 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from ganforge.serve.app import create_app, open_runs, serve_in_thread
+    from ganforge.serve.app import create_app, open_runs, serve_in_thread, studies_url
     from ganforge.serve.store import StudyStore
 
     out = Path(args.out)
@@ -42,7 +42,7 @@ def main() -> int:
         page.wait_for_function("() => document.getElementById('strip').naturalWidth > 0")
         page.screenshot(path=str(out / "serve-generate.png"), full_page=True)
 
-        page.goto(base + "/studies")
+        page.goto(studies_url(app, base))  # the link `ganforge serve` prints: it carries the admin key
         page.fill("#name", "digits")
         page.fill("#per", "20")
         page.click("#create")

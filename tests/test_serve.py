@@ -21,6 +21,9 @@ from ganforge.serve.app import create_app, open_runs, serve_in_thread  # noqa: E
 from ganforge.serve.store import StudyStore  # noqa: E402
 from tests.conftest import ROOT, served_runs  # noqa: E402
 
+ADMIN_KEY = "test-admin-key-0123456789"
+AS_ADMIN = {"X-Admin-Key": ADMIN_KEY}  # listing and creating studies; raters send nothing
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -29,7 +32,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture
 def client(runs, tmp_path):
-    app = create_app(open_runs(runs), StudyStore(tmp_path / "studies.db"))
+    app = create_app(open_runs(runs), StudyStore(tmp_path / "studies.db"), admin_key=ADMIN_KEY)
     with TestClient(app) as c:
         yield c
 
@@ -41,7 +44,8 @@ def png(response) -> np.ndarray:
 
 
 def new_study(client, real=3, fake=3, runs=("0", "1"), name="pilot") -> dict:
-    r = client.post("/api/studies", json={"name": name, "runs": list(runs), "real_per_rater": real, "fake_per_rater": fake})
+    r = client.post("/api/studies", json={"name": name, "runs": list(runs), "real_per_rater": real, "fake_per_rater": fake},
+                    headers=AS_ADMIN)  # fmt: skip
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -113,7 +117,7 @@ def test_study_lifecycle_and_votes(client, tmp_path):
     made = new_study(client)
     study, key = made["id"], made["admin_key"]
     assert made["results_url"].endswith(key) and made["rate_url"] == f"/rate/{study}"
-    listed = client.get("/api/studies").json()["studies"]
+    listed = client.get("/api/studies", headers=AS_ADMIN).json()["studies"]
     assert listed[0]["id"] == study and "admin_key" not in str(listed)
     tutorial = client.get(f"/api/studies/{study}/tutorial").json()["examples"]
     assert sorted(x["truth"] for x in tutorial) == ["fake", "fake", "real", "real"]  # labelled on purpose
@@ -156,7 +160,7 @@ def test_study_lifecycle_and_votes(client, tmp_path):
     assert report["most_fooling"][0]["fooled_rate"] == 1.0
     assert report["protocol"]["runs"]["cond"]["real"] == "mnist-5k:test"
     csv_text = client.get(f"/api/studies/{study}/votes.csv?key={key}").text
-    assert csv_text.count("\n") == 25 and csv_text.startswith("rater,run,image,truth,answer,correct")
+    assert csv_text.count("\n") == 25 and csv_text.startswith('"rater","run","image","truth","answer","correct"')
 
 
 def test_rater_responses_never_reveal_the_answer_key(client, tmp_path):
@@ -199,7 +203,7 @@ def test_rater_responses_never_reveal_the_answer_key(client, tmp_path):
     ],
 )
 def test_invalid_studies_are_refused(client, body, status, words):
-    r = client.post("/api/studies", json=body)
+    r = client.post("/api/studies", json=body, headers=AS_ADMIN)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
 
@@ -256,10 +260,10 @@ def test_load_fifty_concurrent_raters(runs, tmp_path):
     import httpx
 
     load = _bench_module("serve_load")
-    app = create_app(open_runs(runs[:1]), StudyStore(tmp_path / "load.db"))
+    app = create_app(open_runs(runs[:1]), StudyStore(tmp_path / "load.db"), admin_key=ADMIN_KEY)
     with serve_in_thread(app) as base:
         made = httpx.post(f"{base}/api/studies", json={"name": "load", "runs": ["0"], "real_per_rater": 50,
-                                                       "fake_per_rater": 50}, timeout=60)  # fmt: skip
+                                                       "fake_per_rater": 50}, headers=AS_ADMIN, timeout=60)  # fmt: skip
         result = load.run_load(base, made.json()["id"], raters=50)
     assert not result["errors"], result["errors"][:3]
     assert result["answered"] == [100] * 50
@@ -279,6 +283,7 @@ def test_serve_command_binds_loopback_and_warns_otherwise(runs, tmp_path, monkey
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setattr("ganforge.serve.app.check_port", lambda host, port: None)  # 8000 may be taken here
     db = str(tmp_path / "s.db")
     assert main(["serve", str(runs[0]), "--db", db]) == 0
     captured = capsys.readouterr()
@@ -298,7 +303,7 @@ def test_results_after_the_first_vote_and_safe_exports(client, runs, tmp_path):
     s = report.json()["runs"]["cond"]
     assert s["answers"] == 1 and None in (s["false_real_rate"], s["false_fake_rate"])
     csv_text = client.get(f"/api/studies/{made['id']}/votes.csv?key={made['admin_key']}").text
-    assert "\n'=HYPERLINK(1)," in csv_text  # a spreadsheet shows the name, it does not run it
+    assert '\n"\'=HYPERLINK(1)",' in csv_text  # a spreadsheet shows the name, it does not run it
     # the pools' seeds are secret: the Generate page's seed 0 (or any small seed) does not show the fakes
     con = sqlite3.connect(tmp_path / "studies.db")
     fakes = {bytes(np.asarray(Image.open(io.BytesIO(row[0]))).tobytes()) for row in con.execute(

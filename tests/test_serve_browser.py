@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
 
-from ganforge.serve.app import create_app, open_runs, serve_in_thread  # noqa: E402
+from ganforge.serve.app import create_app, open_runs, serve_in_thread, studies_url  # noqa: E402
 from ganforge.serve.store import StudyStore  # noqa: E402
 from tests.conftest import ROOT, served_runs, shared_data  # noqa: E402
 
@@ -82,7 +82,10 @@ def test_generate_study_and_results_in_chromium(browser, artifacts, tmp_path):
         page.screenshot(path=str(artifacts / "generate.png"), full_page=True)
 
         # Studies: create one over both runs, 3 real + 3 generated images per rater and run
-        page.goto(base + "/studies")
+        page.goto(base + "/studies")  # without the admin key: the page says where to get it
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('admin key')")
+        page.goto(studies_url(app, base))  # the link `ganforge serve` prints
+        page.wait_for_function("() => !location.search")  # the key leaves the address bar
         page.fill("#name", "browser study")
         page.fill("#per", "3")
         page.check("#run-1")
@@ -112,6 +115,7 @@ def test_generate_study_and_results_in_chromium(browser, artifacts, tmp_path):
         rater = rater_ctx.new_page()
         rater.on("pageerror", lambda e: problems.append(str(e)))
         rater.goto(rate_link)
+        rater.wait_for_function("() => document.getElementById('title').textContent.includes('browser study')")
         rater.fill("#name", "playwright")
         rater.click("#start")
         rater.wait_for_selector("#tutorial:not(.hidden)")

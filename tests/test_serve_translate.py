@@ -23,6 +23,8 @@ from ganforge.serve.store import StudyStore  # noqa: E402
 from ganforge.serve.uploads import MAX_UPLOAD  # noqa: E402
 from tests.conftest import shared_data, tiny  # noqa: E402
 
+ADMIN_KEY = "test-admin-key-0123456789"
+
 
 def _train(root: Path, name: str, data: dict, **extra) -> Path:
     from ganforge import train
@@ -84,7 +86,7 @@ def runs(tmp_path_factory, data_env) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def client(runs, tmp_path_factory):
-    app = create_app(open_runs(runs), StudyStore(tmp_path_factory.mktemp("db") / "studies.db"))
+    app = create_app(open_runs(runs), StudyStore(tmp_path_factory.mktemp("db") / "studies.db"), admin_key=ADMIN_KEY)
     with TestClient(app) as c:
         yield c
 
@@ -161,7 +163,8 @@ def test_what_a_run_cannot_do_is_a_clear_error(client, method, path, status, wor
 
 
 def test_a_study_of_a_translation_run_is_refused_clearly(client):
-    r = client.post("/api/studies", json={"name": "s", "runs": ["0", "1"], "real_per_rater": 2, "fake_per_rater": 2})
+    r = client.post("/api/studies", json={"name": "s", "runs": ["0", "1"], "real_per_rater": 2, "fake_per_rater": 2},
+                    headers={"X-Admin-Key": ADMIN_KEY})  # fmt: skip
     refused(r, 422, "run 1 (edges) is a translation model")
 
 
@@ -258,6 +261,14 @@ def test_a_damaged_checkpoint_is_a_clear_error(runs, tmp_path):
         refused(c.post("/api/runs/0/translate?checkpoint=step_0000001.pt", content=png_bytes(photo()),
                        headers={"content-type": "image/png"}), 422, "damaged")  # fmt: skip
         ok(c.get("/api/runs/0/translate?test=0"))  # the intact newest still serves
+    shutil.copy(runs[0] / "checkpoints" / "last.pt", run / "checkpoints" / "gan.pt")  # another run's model
+    shutil.copy(ckpt, run / "checkpoints" / "empty.pt")
+    (run / "checkpoints" / "empty.pt").write_bytes(b"")
+    with TestClient(create_app(open_runs([run]), StudyStore(tmp_path / "s.db"))) as c:
+        refused(c.get("/api/runs/0/translate?test=0&checkpoint=gan.pt"), 422,
+                "cannot load checkpoint 'gan.pt': it holds a gan model (dcgan28-classic), not a translation")  # fmt: skip
+        refused(c.post("/api/runs/0/translate?checkpoint=empty.pt", content=png_bytes(photo()),
+                       headers={"content-type": "image/png"}), 422, "an empty file, 0 bytes")  # fmt: skip
     newest = run / "checkpoints" / "last.pt"
     newest.write_bytes(newest.read_bytes()[:4000])
     with pytest.raises(ServeError, match="cannot serve .* damaged"):

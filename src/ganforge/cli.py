@@ -629,6 +629,11 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--db", default="ganforge-studies.db", metavar="PATH",
                    help="SQLite file for studies and votes (default ./ganforge-studies.db)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="device to generate on (default cpu)")
+    p.add_argument("--admin-key", metavar="KEY",
+                   help="the key that listing and creating studies need (default: a new random one at each start; "
+                   "the Studies link printed at start carries it); 16 to 128 characters of A-Z a-z 0-9 _ -")  # fmt: skip
+    p.add_argument("--max-studies", type=int, default=50, metavar="N",
+                   help="the most studies the database may hold; creating one more is refused (default 50)")  # fmt: skip
 
 
 def _study_parser(sub: Any) -> None:
@@ -724,12 +729,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _need_serve_packages()
     import uvicorn
 
-    from ganforge.serve.app import ServeError, create_app, is_loopback, open_runs
+    from ganforge.serve.app import (
+        ServeError,
+        check_port,
+        create_app,
+        is_loopback,
+        open_runs,
+        studies_url,
+    )
     from ganforge.serve.store import StudyError, StudyStore
 
     try:
+        check_port(args.host, args.port)  # before anything is printed: a port in use is the first thing said
         runs = open_runs(args.paths, device=args.device)
         store = StudyStore(args.db)
+        app = create_app(runs, store, device=args.device, admin_key=args.admin_key, max_studies=args.max_studies)
     except (ServeError, StudyError) as e:
         print(f"ganforge: error: {e}", file=sys.stderr)
         return 1
@@ -742,7 +756,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"ganforge: run {r.key}: {r.name} ({r.default}, {len(r.checkpoints)} checkpoints)")
     print(f"ganforge: studies and votes in {store.path}")
     print(f"ganforge: open http://{shown}:{args.port}/  (Ctrl-C stops)")
-    uvicorn.run(create_app(runs, store, device=args.device), host=args.host, port=args.port, log_level="warning")
+    print("ganforge: studies (this link holds the admin key that lists and creates studies: keep it to yourself): "
+          f"{studies_url(app, f'http://{shown}:{args.port}')}")  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -754,8 +770,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"ganforge: error: no study database at '{args.db}'; pass the file `ganforge serve --db` used.",
               file=sys.stderr)  # fmt: skip
         return 1
-    store = StudyStore(args.db)
     try:
+        store = StudyStore(args.db)
         if args.study_command == "list":
             studies = store.studies()
             for s in studies:

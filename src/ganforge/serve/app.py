@@ -46,6 +46,9 @@ MAX_GRID = 256
 MAX_FRAMES = 16
 MAX_SEED = 2**31 - 1
 MIN_TRUNCATION = 0.05
+ADMIN_HEADER = "X-Admin-Key"  # listing and creating studies need it (the Studies page sends it)
+ADMIN_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # URL-safe: it travels in the printed Studies link
+MAX_STUDIES = 50  # per database: each study stores every image of its pools (hundreds of PNGs)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'",
@@ -55,6 +58,13 @@ SECURITY_HEADERS = {
 
 class ServeError(RuntimeError):
     """A run that cannot be served (named, with the reason)."""
+
+
+def _family(config: dict[str, Any]) -> str:
+    name = config["model"]["name"]
+    if is_vae(name):
+        return "vae"
+    return MODELS[name].family if MODELS[name].family in TRANSLATION_FAMILIES else "gan"
 
 
 @dataclass
@@ -72,10 +82,7 @@ class ServedRun:
     @property
     def family(self) -> str:
         """gan, vae, or a translation family (translation: pix2pix; cyclegan)."""
-        name = self.config["model"]["name"]
-        if is_vae(name):
-            return "vae"
-        return MODELS[name].family if MODELS[name].family in TRANSLATION_FAMILIES else "gan"
+        return _family(self.config)
 
     @property
     def translation(self) -> bool:
@@ -92,11 +99,28 @@ class ServedRun:
                 f"run {self.key} has no checkpoint '{str(name)[:80]}'; choose one of {', '.join(self.checkpoints)}", 404
             )
         if name not in self._loaded:
-            try:  # the newest was loaded at start; the others on first use, and one may be damaged
-                self._loaded[name] = load(self.checkpoints[name], device=device)
-            except CheckpointError as e:
-                raise StudyError(f"run {self.key} ({self.name}): cannot load checkpoint '{name}': {e}", 422) from None
+            self._loaded[name] = self._load(name, device)
         return self._loaded[name]
+
+    def _load(self, name: str, device: str) -> TrainedGenerator:
+        """The newest checkpoint was loaded at start; the others load on first use, and one may be damaged
+        (empty, truncated: CheckpointError), or intact but not loadable into its own config (weights of another
+        version or architecture: errors from building the model), or another run's model dropped into the folder."""
+        where = f"run {self.key} ({self.name}): cannot load checkpoint '{name}'"
+        try:
+            gen = load(self.checkpoints[name], device=device)
+        except CheckpointError as e:
+            raise StudyError(f"{where}: {e}", 422) from None
+        except Exception as e:  # noqa: BLE001 - what a file's content can make model building raise, as a message
+            lines = str(e).strip().splitlines()
+            raise StudyError(f"{where}: its weights do not fit its configuration ({type(e).__name__}"
+                             + (f": {lines[0][:200]}" if lines else "") + "); choose another checkpoint",
+                             422) from None  # fmt: skip
+        theirs, ours = gen.config["model"]["name"], self.config["model"]["name"]
+        if _family(gen.config) != self.family:
+            raise StudyError(f"{where}: it holds a {_family(gen.config)} model ({theirs}), not a {self.family} "
+                             f"like the run's {ours}; choose another checkpoint", 422)  # fmt: skip
+        return gen
 
     def test_inputs(self, direction: str, device: str) -> torch.Tensor:
         """The first MAX_TEST_INPUTS inputs of the run's test split for `direction` (kept: the Translate
@@ -274,11 +298,58 @@ def _real_pool(run: ServedRun, n: int, seed: int) -> tuple[torch.Tensor, dict[st
     return ref.images[idx], {"real": f"{dataset}:{split}", "real_split_size": len(ref)}
 
 
-def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") -> FastAPI:
+def check_admin_key(key: str) -> str:
+    """A chosen admin key (`--admin-key`): long enough not to be guessed, and safe in a URL."""
+    if not isinstance(key, str) or not ADMIN_KEY.match(key):
+        raise ServeError("the admin key must be 16 to 128 characters of A-Z, a-z, 0-9, _ and -; "
+                         "leave it out for a random one")  # fmt: skip
+    return key
+
+
+def studies_url(app: FastAPI, base: str) -> str:
+    """The Studies page's link for whoever started the server: it carries the admin key (the page keeps
+    it in the browser and drops it from the address bar)."""
+    return f"{base.rstrip('/')}/studies?key={app.state.admin_key}"
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ServeError when `port` on `host` cannot be bound (in use, not this machine's address, a
+    privileged port), as uvicorn will bind it: every address `host` resolves to, with SO_REUSEADDR."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ServeError(f"cannot bind '{host}': not an address or host name of this machine ({e})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise ServeError(f"port {port} on {address[0]} is in use (another ganforge serve?); "
+                                     "pass --port N") from None  # fmt: skip
+                if e.errno == errno.EACCES:
+                    raise ServeError(f"port {port} on {address[0]} needs privileges (ports below 1024 "
+                                     "usually do); pass --port N with N >= 1024") from None  # fmt: skip
+                raise ServeError(f"cannot bind port {port} on {address[0]}: {e.strerror or e}; "
+                                 "pass another --host or --port") from None  # fmt: skip
+
+
+def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu", admin_key: Optional[str] = None,
+               max_studies: Optional[int] = MAX_STUDIES) -> FastAPI:  # fmt: skip
     """The app: JSON errors and security headers, the pages, generation, translation, and the studies (the evaluator's
-    endpoints, behind each study's key, and the raters')."""
+    endpoints: listing and creating behind `admin_key` (random when not given; app.state.admin_key), results behind
+    each study's key; and the raters'). `max_studies`: the most studies the database may hold (None: no limit)."""
     from ganforge import __version__
 
+    admin_key = secrets.token_urlsafe(24) if admin_key is None else check_admin_key(admin_key)
+    if max_studies is not None and max_studies < 0:
+        raise ServeError(f"max_studies must be 0 or more (None: no limit), got {max_studies}")
     app = FastAPI(title="ganforge", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit)
     by_key = {r.key: r for r in runs}
@@ -293,9 +364,9 @@ def create_app(runs: list[ServedRun], store: StudyStore, device: str = "cpu") ->
     _add_pages(app)
     _add_generation(app, runs, get_run, lock, device)
     _add_translation(app, runs, get_run, lock, device)
-    _add_evaluator(app, store, get_run, lock, device)
+    _add_evaluator(app, store, get_run, lock, device, admin_key, max_studies)
     _add_raters(app, store)
-    app.state.runs, app.state.store = runs, store
+    app.state.runs, app.state.store, app.state.admin_key, app.state.max_studies = runs, store, admin_key, max_studies
     return app
 
 
@@ -317,6 +388,15 @@ def _add_errors_and_headers(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError):
         return _json_error(422, str(exc))
+
+    @app.exception_handler(CheckpointError)
+    async def checkpoint_error(request: Request, exc: CheckpointError):
+        return _json_error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # a bug: JSON like every error; the log has the traceback
+        return _json_error(500, f"internal error ({type(exc).__name__}) in {request.url.path[:100]}; "
+                                "the server's log has the details")  # fmt: skip
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -506,12 +586,21 @@ def _add_translation(app: FastAPI, runs: list[ServedRun], get_run: Callable[[str
         return await run_in_threadpool(work)
 
 
-def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], ServedRun],
-                   lock: threading.Lock, device: str) -> None:  # fmt: skip
-    """Studies, the evaluator's side: create one (draws and stores the images), list them, read the
-    results and the votes (with the study's key)."""
+def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], ServedRun], lock: threading.Lock,
+                   device: str, admin_key: str, max_studies: Optional[int]) -> None:  # fmt: skip
+    """Studies, the evaluator's side: create one (draws and stores the images) and list them (with the
+    admin key), read the results and the votes (with the study's key)."""
+    def require_admin(request: Request) -> None:
+        given = request.headers.get(ADMIN_HEADER)
+        if not given or not secrets.compare_digest(given.encode(), admin_key.encode()):
+            raise StudyError("listing and creating studies needs the admin key that `ganforge serve` printed at "
+                             f"start: open the Studies link it printed (/studies?key=...), or send the "
+                             f"{ADMIN_HEADER} header", 403)  # fmt: skip
+
     @app.post("/api/studies", status_code=201)
-    def create_study(body: StudyIn):
+    def create_study(request: Request, body: StudyIn):
+        require_admin(request)
+        store.check_room(max_studies)  # before drawing the images; create_study checks again as it stores
         chosen = [get_run(k) for k in body.runs]
         for r in chosen:
             if r.translation:
@@ -535,12 +624,13 @@ def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], Ser
                         "truncation": body.truncation, "fake_seed": seeds[2 * i], "real_seed": seeds[2 * i + 1],
                         **where}  # fmt: skip
             members.append(StudyRun(r.name, fake, real, protocol))
-        made = store.create_study(body.name, members, body.real_per_rater, body.fake_per_rater)
+        made = store.create_study(body.name, members, body.real_per_rater, body.fake_per_rater, max_studies)
         return {**made, "rate_url": f"/rate/{made['id']}", "results_url": f"/results/{made['id']}?key={made['admin_key']}"}
 
     @app.get("/api/studies")
-    def list_studies():
-        return {"studies": store.studies()}
+    def list_studies(request: Request):
+        require_admin(request)
+        return {"studies": store.studies(), "max_studies": max_studies}
 
     @app.get("/api/studies/{study}/results")
     def results(study: str, key: Optional[str] = Query(None, max_length=64)):
@@ -558,6 +648,10 @@ def _add_evaluator(app: FastAPI, store: StudyStore, get_run: Callable[[str], Ser
 
 def _add_raters(app: FastAPI, store: StudyStore) -> None:
     """Studies, the raters' side: nothing here says which images are real."""
+    @app.get("/api/studies/{study}")
+    def study_name(study: str):  # for the rater page's title: the id is in the rater's link already
+        return {"id": study, "name": store.study_name(study)}
+
     @app.get("/api/studies/{study}/tutorial")
     def tutorial(study: str):
         return {"examples": store.tutorial(study)}

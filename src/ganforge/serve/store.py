@@ -11,6 +11,7 @@ import re
 import secrets
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ TOKEN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # the shape of every id this modul
 NAME = re.compile(r"^[^\x00-\x1f\x7f<>]{1,64}$")  # printable, no markup characters
 MAX_PER_RATER = 500
 TUTORIAL_PER_KIND = 2  # labelled examples of each kind shown before a study starts
+# A CSV cell a spreadsheet would read as a formula (OWASP, CSV injection) starts with one of these, or with
+# a full-width or small form of one (NFKC folds those: ＝ ﹦ -> =), once leading whitespace is skipped;
+# ; and | as well (a cell separator in some locales, DDE), and the minus sign.
+FORMULA_START = frozenset("=+-@;|\u2212")
 
 
 class StudyError(ValueError):
@@ -68,7 +73,10 @@ class StudyRun:
 
 
 def _token(nbytes: int = 12) -> str:
-    return secrets.token_urlsafe(nbytes)
+    while True:  # never a leading "-": an id is then never changed by the CSV export's formula guard
+        token = secrets.token_urlsafe(nbytes)
+        if token[0] != "-":
+            return token
 
 
 def check_token(value: str, what: str) -> str:
@@ -96,18 +104,65 @@ def pad_png(data: bytes, size: int) -> bytes:
     return data[:-12] + padding + data[-12:]
 
 
+def _schema_of(con: sqlite3.Connection) -> set[tuple]:
+    """What a database defines (tables, indexes, views, triggers, with their SQL); SQLite's statistics
+    tables (ANALYZE) aside."""
+    rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'")
+    return set(rows.fetchall())
+
+
+def _expected_schema() -> set[tuple]:
+    con = sqlite3.connect(":memory:")
+    try:
+        con.executescript(SCHEMA)
+        return _schema_of(con)
+    finally:
+        con.close()
+
+
 class StudyStore:
     def __init__(self, path: str | Path):
+        """Open a study database, or make a new one (a missing or empty file). Anything else is refused
+        with StudyError, unchanged: a file that is not SQLite, a SQLite database of another program, or
+        one whose schema differs from this version's in any table, index, view or trigger (an edited or
+        crafted file: its SQL would otherwise run inside every query). Only the schema is read: O(1)
+        in the database's size."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as con:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                found, expected = _schema_of(con), _expected_schema()
+                if found and found != expected:
+                    raise StudyError(self._foreign(found, expected), 500)
                 con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-                con.executescript(SCHEMA)
-        except sqlite3.Error as e:
+                if not found:
+                    con.executescript(SCHEMA)
+            finally:
+                con.close()
+        except (OSError, sqlite3.Error) as e:
+            code = getattr(e, "sqlite_errorname", "")  # Python 3.11+; the message before
+            if code == "SQLITE_NOTADB" or "file is not a database" in str(e):
+                raise StudyError(f"{self.path} is not a ganforge study database (not SQLite): {e}; pass the "
+                                 "file `ganforge serve --db` wrote, or a new file name", 500) from None  # fmt: skip
+            if code == "SQLITE_CORRUPT" or "malformed" in str(e):
+                raise StudyError(f"{self.path} is a damaged SQLite database: {e}; pass the file `ganforge serve "
+                                 "--db` wrote, or a new file name", 500) from None  # fmt: skip
             raise StudyError(
                 f"cannot open the study database '{self.path}' ({e}); choose a writable file with --db", 500
             ) from None
+
+    def _foreign(self, found: set[tuple], expected: set[tuple]) -> str:
+        ours = {name for kind, name, _, _ in expected if kind == "table"}
+        tables = sorted(name for kind, name, _, _ in found if kind == "table")
+        if not ours & set(tables):
+            listed = ", ".join(tables[:8]) + (", ..." if len(tables) > 8 else "") or "no tables"
+            return (f"{self.path} is not a ganforge study database: a SQLite database without ganforge's tables "
+                    f"(it holds {listed[:300]}); pass the file `ganforge serve --db` wrote, or a new file name")
+        differ = sorted(f"{kind} {name[:40]}" for kind, name, _, _ in found ^ expected)
+        return (f"{self.path} is not a ganforge study database of this version: its schema differs in "
+                f"{', '.join(differ[:8])}{', ...' if len(differ) > 8 else ''} (edited, or written by another "
+                "program); pass the file `ganforge serve --db` wrote, or a new file name")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -116,15 +171,33 @@ class StudyStore:
         try:
             con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast commits
             con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA trusted_schema=OFF")  # no SQL functions from the schema (it is checked, too)
             yield con
+        except sqlite3.Error as e:  # a file damaged since it was opened, a lock held past the timeout
+            raise StudyError(f"the study database '{self.path}' failed: {e}", 500) from None
         finally:
             con.close()
 
     # -- the evaluator -------------------------------------------------------------------------
 
-    def create_study(self, name: str, runs: list[StudyRun], real_per_rater: int, fake_per_rater: int) -> dict[str, str]:
+    def count(self) -> int:
+        with self._connect() as con:
+            return con.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+
+    def check_room(self, max_studies: Optional[int], con: Optional[sqlite3.Connection] = None) -> None:
+        """Refuse (409) a new study when the database holds `max_studies` already (None: no limit)."""
+        if max_studies is None:
+            return
+        held = con.execute("SELECT COUNT(*) FROM studies").fetchone()[0] if con else self.count()
+        if held >= max_studies:
+            raise StudyError(f"the study database holds {held} studies, the most this server keeps "
+                             f"({max_studies}): start `ganforge serve` with another --db, or a higher "
+                             "--max-studies", 409)  # fmt: skip
+
+    def create_study(self, name: str, runs: list[StudyRun], real_per_rater: int, fake_per_rater: int,
+                     max_studies: Optional[int] = None) -> dict[str, str]:  # fmt: skip
         """Store every image of the study under a fresh opaque id; returns the study id and the
-        evaluator's key (which the results need)."""
+        evaluator's key (which the results need). Refused when the database holds `max_studies`."""
         name = check_name(name, "study name")
         if not runs:
             raise StudyError("a study needs at least one run")
@@ -153,13 +226,18 @@ class StudyStore:
         for row in rows:
             row[5] = pad_png(row[5], longest)
         with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            con.execute(
-                "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (study, name, key, time.time(), real_per_rater, fake_per_rater, json.dumps(protocol)),
-            )
-            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
-            con.execute("COMMIT")
+            con.execute("BEGIN IMMEDIATE")  # the count and the insert in one write transaction
+            try:
+                self.check_room(max_studies, con)
+                con.execute(
+                    "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (study, name, key, time.time(), real_per_rater, fake_per_rater, json.dumps(protocol)),
+                )
+                con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         return {"id": study, "admin_key": key}
 
     def studies(self) -> list[dict[str, Any]]:
@@ -172,7 +250,7 @@ class StudyStore:
             ).fetchall()
         return [
             {"id": r[0], "name": r[1], "created": r[2], "real_per_rater": r[3], "fake_per_rater": r[4],
-             "runs": list(json.loads(r[5])["runs"]), "raters": r[6], "votes": r[7]}
+             "runs": list(_protocol(r[0], r[5])["runs"]), "raters": r[6], "votes": r[7]}
             for r in rows
         ]  # fmt: skip
 
@@ -182,6 +260,10 @@ class StudyStore:
             raise StudyError(f"no study '{study}'", 404)
         return row
 
+    def study_name(self, study: str) -> str:
+        with self._connect() as con:
+            return self._study(con, study)[1]
+
     def admin_key(self, study: str) -> str:
         """The evaluator key (for `ganforge study list`, which has the database file anyway)."""
         with self._connect() as con:
@@ -190,7 +272,7 @@ class StudyStore:
     def check_key(self, study: str, key: Optional[str]) -> None:
         with self._connect() as con:
             row = self._study(con, study)
-        if not key or not secrets.compare_digest(str(key), row[2]):
+        if not key or not secrets.compare_digest(str(key).encode(), str(row[2]).encode()):  # bytes: any text
             raise StudyError("the results need the study's evaluator key (?key=..., shown when it was created)", 403)
 
     def votes(self, study: str) -> list[dict[str, Any]]:
@@ -216,7 +298,7 @@ class StudyStore:
             raters = con.execute("SELECT COUNT(*) FROM raters WHERE study_id = ?", (study,)).fetchone()[0]
             voted = self._votes(con, study)
         votes = [Vote(v["rater_id"], v["run"], v["image"], v["truth"], v["answer"]) for v in voted]
-        protocol = json.loads(row[6])
+        protocol = _protocol(study, row[6])
         scores = run_scores(votes)
         return {
             "study": study,
@@ -231,13 +313,13 @@ class StudyStore:
         }
 
     def votes_csv(self, study: str) -> str:
+        """Every vote as CSV, every cell quoted and guarded against spreadsheet formulas (csv_cell)."""
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, quoting=csv.QUOTE_ALL)  # a separator inside a cell (, ; tab) stays inside it
         writer.writerow(["rater", "run", "image", "truth", "answer", "correct", "ms", "time"])
         for v in self.votes(study):
-            rater = "'" + v["rater"] if v["rater"][:1] in "=+-@\t\r" else v["rater"]  # no spreadsheet formulas
-            writer.writerow([rater, v["run"], v["image"], v["truth"], v["answer"],
-                             int(v["truth"] == v["answer"]), v["ms"], f"{v['time']:.3f}"])  # fmt: skip
+            writer.writerow([csv_cell(x) for x in (v["rater"], v["run"], v["image"], v["truth"], v["answer"],
+                             int(v["truth"] == v["answer"]), v["ms"], f"{v['time']:.3f}")])  # fmt: skip
         return buffer.getvalue()
 
     # -- raters: nothing below returns which images are real ------------------------------------
@@ -255,7 +337,7 @@ class StudyStore:
                 if con.execute("SELECT 1 FROM raters WHERE study_id = ? AND name = ?", (study, name)).fetchone():
                     raise StudyError(f"the name '{name}' is already taken in this study; choose another", 409)
                 images = []
-                for run in json.loads(row[6])["runs"]:
+                for run in _protocol(study, row[6])["runs"]:
                     for truth, count in (("real", row[4]), ("fake", row[5])):
                         pool = [r[0] for r in con.execute(
                             "SELECT id FROM images WHERE study_id = ? AND run = ? AND truth = ? AND tutorial = 0",
@@ -329,6 +411,30 @@ class StudyStore:
         if row is None:
             raise StudyError(f"no image '{image}'", 404)
         return row[0]
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell that no spreadsheet runs as a formula (OWASP's CSV-injection rule): text that starts
+    with = + - @, a tab, CR or LF, or with ; | or a full-width form of any of these (after leading
+    whitespace, which some spreadsheets skip), gets a leading single quote; the spreadsheet shows the
+    text as written. None is an empty cell."""
+    text = "" if value is None else str(value)
+    rest = text.lstrip()
+    if text[:1] in ("\t", "\r", "\n") or (rest and unicodedata.normalize("NFKC", rest[0])[:1] in FORMULA_START):
+        return "'" + text
+    return text
+
+
+def _protocol(study: str, text: Any) -> dict[str, Any]:
+    """A study's stored protocol (JSON, never pickle), checked for what the code reads from it."""
+    try:
+        protocol = json.loads(text)
+    except (TypeError, ValueError):
+        protocol = None
+    if not isinstance(protocol, dict) or not isinstance(protocol.get("runs"), dict):
+        raise StudyError(f"study '{study}' is damaged in the database: its protocol is not the JSON this "
+                         "version writes", 500)  # fmt: skip
+    return protocol
 
 
 def check_name(value: Any, what: str) -> str:

@@ -64,10 +64,12 @@ async function init() {
   if (saved) {  // a reload: carry on where this rater stopped
     try { state = await api(`/api/raters/${saved}`); render(); return; } catch (e) { sessionStorage.removeItem(SESSION); }
   }
-  try {
-    const s = (await api("/api/studies")).studies.find(x => x.id === study);
-    if (!s) { $("join-error").textContent = "This study does not exist: check the link."; $("start").disabled = true; }
-    else $("title").textContent = `Real or fake? · ${s.name}`;
+  try {  // the study's name, for the title (its id is in this page's link)
+    const res = await fetch(`/api/studies/${encodeURIComponent(study)}`);
+    const data = await res.json().catch(() => ({}));
+    if (res.ok) $("title").textContent = `Real or fake? · ${data.name}`;
+    else if (res.status === 404) { $("join-error").textContent = "This study does not exist: check the link."; $("start").disabled = true; }
+    else $("join-error").textContent = data.error || `${res.status} ${res.statusText}`;
   } catch (e) { $("join-error").textContent = e.message; }
 }
 init();

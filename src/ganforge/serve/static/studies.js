@@ -1,10 +1,20 @@
 // Studies page: create a study (the evaluator key stays in this browser's storage) and list them.
+// Both need the server's admin key: `ganforge serve` prints this page's link with it (?key=...); the
+// page keeps it in this browser, drops it from the address bar, and sends it as a header.
 "use strict";
 const KEYS = "ganforge-study-keys";
+const ADMIN = "ganforge-admin-key";
 function keys() { try { return JSON.parse(localStorage.getItem(KEYS)) || {}; } catch (e) { return {}; } }
+function adminKey() {
+  const given = new URLSearchParams(location.search).get("key");
+  if (given) { localStorage.setItem(ADMIN, given); history.replaceState(null, "", location.pathname); }
+  return localStorage.getItem(ADMIN) || "";
+}
+const admin = adminKey();
+function asAdmin(options = {}) { return { ...options, headers: { ...(options.headers || {}), "X-Admin-Key": admin } }; }
 
 async function refresh() {
-  const { studies } = await api("/api/studies");
+  const { studies } = await api("/api/studies", asAdmin());
   const mine = keys();
   $("list").replaceChildren(...studies.map(s => {
     const tr = el("tr");
@@ -25,7 +35,7 @@ async function create() {
   const body = { name: $("name").value, runs, real_per_rater: +$("per").value, fake_per_rater: +$("per").value };
   $("create").disabled = true; $("create").textContent = "Creating…";
   try {
-    const made = await api("/api/studies", { method: "POST", body: JSON.stringify(body) });
+    const made = await api("/api/studies", asAdmin({ method: "POST", body: JSON.stringify(body) }));
     const mine = keys(); mine[made.id] = made.admin_key; localStorage.setItem(KEYS, JSON.stringify(mine));
     $("rate-link").textContent = location.origin + made.rate_url;
     $("results-link").textContent = location.origin + made.results_url;
@@ -54,6 +64,12 @@ async function init() {
     return label;
   }));
   $("create").addEventListener("click", create);
+  if (!admin) {
+    $("error").textContent = "This page needs the admin key that `ganforge serve` printed at start: open the " +
+      "Studies link it printed (…/studies?key=…).";
+    $("create").disabled = true;
+    return;
+  }
   await refresh();
 }
 init().catch(e => { $("error").textContent = e.message; });
