@@ -9,6 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A fixed thread count for every test's training (ganforge.threads' `auto` follows the machine's load,
+# and the thread count changes matmuls' last bits: the tests that compare two runs bit for bit must not
+# depend on what else runs). tests/test_threads.py sets `auto` where it tests it.
+os.environ.setdefault("GANFORGE_THREADS", str(max(1, min(2, os.cpu_count() or 1))))
+
 
 def shared_data() -> Path | None:
     """The real datasets: $GANFORGE_DATA, else ../shared/data beside the checkout."""

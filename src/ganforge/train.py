@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from ganforge import threads
 from ganforge.augment import make_augment
 from ganforge.checkpoint import CheckpointError, load_checkpoint
 from ganforge.config import (
@@ -528,6 +529,7 @@ def train(
     `overrides` (resume only) may change the length of the run: {"train": {"steps": 2000}}.
     """
     try:
+        threads.policy()  # a bad GANFORGE_THREADS fails before any work
         cfg, ckpt, ds, dist, run_dir = open_run(cfg, resume, overrides, resume_from)
         files = RunFiles(run_dir, main=dist.main)  # only rank 0 writes files and prints
         files.write_config(cfg)
@@ -627,6 +629,9 @@ def loop(s: Setup, run: Run, progress: bool) -> Halt:
     collector = LoopGarbageCollector()
     stop = StopFlag()
     stop.install()
+    threads_before = torch.get_num_threads()
+    governor, how = threads.governor_for_run(run.device, s.dist.world, s.ds.is_points)
+    s.files.log({"event": "threads", "step": run.step, "threads": torch.get_num_threads(), "policy": how})
     run.G.train()
     run.D.train()
     try:
@@ -669,8 +674,13 @@ def loop(s: Setup, run: Run, progress: bool) -> Halt:
                 write_log(s, run, window, norms, bar)
             maintenance(s, run)
             collector.step(run.step)
+            if governor is not None and (change := governor.tick()) is not None:  # other processes came or went
+                s.files.log({"event": "threads", "step": run.step, "threads": change[1], "was": change[0],
+                             "others_cores": round(governor.others, 2)})  # fmt: skip
     finally:
         stop.uninstall()  # first: a later interrupt gets the caller's own handler
+        if torch.get_num_threads() != threads_before:  # the caller's own setting back (the Python API)
+            torch.set_num_threads(threads_before)
         collector.close()
         if bar is not None:
             bar.close()
