@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import pickle
 import struct
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +98,69 @@ def _cifar_root(tmp: Path, images: np.ndarray, labels: np.ndarray | None = None,
     return str(root)
 
 
+def _cifar_file(tmp: Path, name: str, data: bytes) -> str:
+    root = tmp / "cifar"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(data)
+    return str(root)
+
+
+class _Payload:
+    """Unpickled, it would create the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _huge_npz(tmp: Path) -> str:
+    """A CIFAR-10 .npz whose images claim (10**7, 32, 32, 3) (30 GB) and hold 100 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**7, 32, 32, 3)})
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(4, np.int64))
+    root = tmp / "cifar"
+    root.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(root / "train.npz", "w") as zf:
+        zf.writestr("images.npy", header.getvalue() + bytes(100))
+        zf.writestr("labels.npy", labels.getvalue())
+    return str(root)
+
+
+def _idx_claiming(tmp: Path, dims: tuple[int, ...]) -> str:
+    root = tmp / "mnistdata" / "mnist"
+    root.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">HBB", 0, 8, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(1000)))
+    _idx(root / "train-labels-idx1-ubyte.gz", np.zeros(20))
+    return str(root)
+
+
+def _broken_link(p: Path) -> None:
+    p.symlink_to(p.parent / "deleted.png")
+
+
+def _gif(p: Path) -> None:
+    _rgb((30, 30)).save(p, save_all=True, append_images=[_rgb((30, 30), seed=1)])
+
+
+def _pairs(tmp: Path, files: dict[str, Callable[[Path], None]]) -> str:
+    return "pairs:" + _folder(tmp, files)[len("folder:"):]
+
+
+def _unpaired_bomb(tmp: Path) -> str:
+    a = _folder(tmp / "a", {"huge.png": _bytes(_png_header(30000, 30000))})[len("folder:"):]
+    b = _folder(tmp / "b", {"ok.png": _save(_rgb())})[len("folder:"):]
+    return f"unpaired:{a},{b}"
+
+
+def _laughs(levels: int = 4, width: int = 10) -> str:
+    rows = ["a0: &a0 [1]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "{" + ", ".join(rows) + "}"
+
+
 def _run(tmp: Path, **kw) -> Path:
     """A finished tiny run (mnist-5k, offline)."""
     from ganforge.train import train
@@ -121,6 +186,17 @@ def _data_changed(t: Path) -> list[str]:
     run = train(build_config(overrides=overrides), progress=False)
     (Path(data[len("folder:"):]) / "0.png").unlink()
     return ["train", "--resume", str(run), "--steps", "8"]
+
+
+def _without_last(run: Path) -> None:
+    for name in ("last.pt", "final.pt"):
+        (run / "checkpoints" / name).unlink()
+
+
+def _config_only(t: Path) -> None:
+    """A run folder that stopped before its first checkpoint: config.yaml alone."""
+    (t / "early").mkdir()
+    (t / "early" / "config.yaml").write_text(build_config(overrides=tiny(t)).to_yaml())
 
 
 DRY = ["train", "--dry-run", "--no-progress"]
@@ -159,6 +235,19 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
      "channels: 3"),
     ("alpha-png-works", lambda t: [*DRY1, "--data", _folder(t, {"a.png": _save(Image.new("RGBA", (30, 30), (9, 9, 9, 0)))})],
      0, "channels: 3"),
+    ("folder-broken-symlink-skipped", lambda t: [*DRY1, "--data", _folder(t, {"ok.png": _save(_rgb()), "gone.png": _broken_link})],
+     0, "gone.png (broken symlink (it points to"),
+    ("folder-broken-symlink-strict", lambda t: [*DRY, "--strict", "--data",
+                                                _folder(t, {"ok.png": _save(_rgb()), "gone.png": _broken_link})], 1,
+     "gone.png: broken symlink"),
+    ("gif-works", lambda t: [*DRY1, "--data", _folder(t, {"anim.gif": _gif})], 0, "channels: 3"),
+    ("pairs-decompression-bomb", lambda t: [*DRY, "--data", _pairs(t, {"huge.png": _bytes(_png_header(30000, 30000))})],
+     1, "huge.png (refused by the decompression-bomb guard"),
+    ("pairs-ab-decompression-bomb", lambda t: [*DRY, "--data", _pairs(t, {"A/x.png": _bytes(_png_header(30000, 30000)),
+                                                                          "B/x.png": _save(_rgb())})], 1,
+     "A/x.png (refused by the decompression-bomb guard"),
+    ("unpaired-decompression-bomb", lambda t: [*DRY, "--data", _unpaired_bomb(t)], 1,
+     "huge.png (refused by the decompression-bomb guard"),
     ("channels-flag-invalid", lambda t: [*DRY, "--data", _folder(t, {"ok.png": _save(_rgb())}), "--channels", "2"],
      2, "data.channels: must be 1 or 3"),
     # --- MNIST IDX files ----------------------------------------------------------------------
@@ -168,6 +257,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
      "the file is truncated or damaged"),
     ("idx-count-mismatch", lambda t: [*DRY, "--data", "mnist", "--data-root", _mnist_root(t, n_lbl=19)], 1,
      "holds 20 images but"),
+    ("idx-header-claims-terabytes", lambda t: [*DRY, "--data", "mnist", "--data-root", _idx_claiming(t, (2**31, 28, 28))],
+     1, "more than ganforge reads from an IDX file"),
     ("idx-label-out-of-range", lambda t: [*DRY, "--data", "mnist", "--data-root", _mnist_root(t, label_max=60)], 1,
      "is out of range for mnist's 10 classes"),
     # --- CIFAR-10 npz -------------------------------------------------------------------------
@@ -183,6 +274,20 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
     ("cifar-bad-labels", lambda t: [*DRY, "--data", "cifar10", "--data-root",
                                     _cifar_root(t, np.zeros((4, 32, 32, 3), U8), np.array([0, 1, 2, 11]))], 1,
      "'labels' must be integers 0..9"),
+    ("cifar-batch-pickle-runs-code", lambda t: [*DRY, "--data", "cifar10", "--data-root",
+                                                _cifar_file(t, "data_batch_1", pickle.dumps({"data": _Payload(t / "ran"),
+                                                                                             "labels": [0]}, protocol=2))],
+     1, "refers to io.open, which a CIFAR-10 batch never does"),
+    ("cifar-batch-damaged", lambda t: [*DRY, "--data", "cifar10", "--data-root", _cifar_file(t, "data_batch_1", b"\x80\x02junk")],
+     1, "damaged or not a CIFAR-10 batch"),
+    ("cifar-npz-random-bytes", lambda t: [*DRY, "--data", "cifar10", "--data-root",
+                                          _cifar_file(t, "train.npz", np.random.default_rng(0).bytes(2000))], 1,
+     "is not a readable .npz file"),
+    ("cifar-npz-object-array", lambda t: [*DRY, "--data", "cifar10", "--data-root",
+                                          _cifar_root(t, np.array([None, 1], dtype=object), np.zeros(2, np.int64))], 1,
+     "holds Python objects"),
+    ("cifar-npz-claims-30-gb", lambda t: [*DRY, "--data", "cifar10", "--data-root", _huge_npz(t)], 1,
+     "its header claims shape (10000000, 32, 32, 3)"),
     # --- config -------------------------------------------------------------------------------
     ("unknown-key", lambda t: [*DRY, "--set", "train.batch_sise=3"], 2, "Did you mean 'batch_size'"),
     ("unknown-section", lambda t: [*DRY, "--set", "trian.steps=3"], 2, "unknown config key 'trian'"),
@@ -212,6 +317,11 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
     ("runs-dir-not-writable", lambda t: (t / "afile").write_text("x") and
      ["train", "--data", "mnist-5k", "--steps", "1", "--no-progress", "--runs-dir", str(t / "afile" / "runs")], 1,
      "cannot create the run folder"),
+    ("seed-out-of-range", lambda t: [*DRY, "--seed", "99999999999999999999"], 2,
+     "train.seed: must be a whole number from 0 to 4294967295"),
+    ("negative-seed", lambda t: [*DRY, "--seed", "-1"], 2, "train.seed: must be a whole number from 0"),
+    ("preset-given-as-a-path", lambda t: [*DRY, "--preset", "../../../../etc/passwd"], 2, "unknown preset"),
+    ("yaml-aliases-in-set", lambda t: [*DRY, "--set", f"train.seed={_laughs()}"], 2, "do not use YAML aliases"),
     ("cuda-without-gpu", lambda t: [*DRY, "--device", "cuda", "--data", "mnist-5k"], 2, "no CUDA GPU is visible"),
     # --- runs and checkpoints -----------------------------------------------------------------
     ("sample-no-checkpoint", lambda t: (t / "r").mkdir() or ["sample", str(t / "r")], 1, "holds no checkpoint"),
@@ -225,12 +335,36 @@ CASES: list[tuple[str, Callable[[Path], list[str]], int, str]] = [
     ("resume-data-changed", _data_changed, 2, "it was trained on 8 images"),
     ("sample-class-unconditional", lambda t: ["sample", str(_run(t)), "--class", "3", "--out", str(t / "g.png")], 2,
      "this generator is unconditional"),
+    ("sample-unknown-extension", lambda t: ["sample", str(_run(t)), "--out", str(t / "g.gaf")], 1,
+     "'.gaf' is not an image format ganforge writes"),
+    ("sample-jpg-works", lambda t: ["sample", str(_run(t)), "--out", str(t / "g.jpg")], 0, "wrote"),
+    ("sample-safetensors-header-too-long", lambda t: (t / "g.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{}")
+     and ["sample", str(t / "g.safetensors")], 1, "its header claims 1,000,000,000,000 bytes"),
+    ("eval-extractor-of-another-domain", lambda t: ["eval", str(_run(t)), "--extractor", "cifar10", "--n", "20",
+                                                    "--metrics", "fid"], 0,
+     "warning: the cifar10 extractor was trained on cifar10, but this run's dataset is mnist-5k"),
+    ("eval-seed-out-of-range", lambda t: ["eval", str(_run(t)), "--seed", "99999999999999999999"], 2,
+     "--seed must be a whole number from 0 to 4294967295"),
     ("sample-zero-images", lambda t: ["sample", str(_run(t)), "--n", "0"], 2, "--n must be at least 1"),
     ("eval-unknown-metric", lambda t: ["eval", str(_run(t)), "--metrics", "fid,fidd"], 2, "unknown metric(s) fidd"),
     ("eval-bad-split", lambda t: ["eval", str(_run(t)), "--ref", "mnist-5k:val"], 2, "split must be train or test"),
     ("truncated-checkpoint", lambda t: _truncate(_run(t)) or ["sample", str(t / "runs" / "tiny")], 1,
      "damaged"),
     ("compare-one-run", lambda t: ["compare", str(_run(t)), "--out", str(t / "c")], 2, "at least two runs"),
+    # --- recovery advice (#29 item 3): what resume finds, and what it may change ---------------
+    ("resume-without-last-pt", lambda t: _without_last(_run(t)) or ["train", "--resume", str(t / "runs" / "tiny")], 1,
+     "Continue from the newest with: ganforge train --resume"),
+    ("resume-before-first-checkpoint", lambda t: _config_only(t) or ["train", "--resume", str(t / "early")], 1,
+     "start it again with: ganforge train --config"),
+    ("resume-with-config", lambda t: ["train", "--resume", str(_run(t)), "--config", "x.yaml"], 2,
+     "--config cannot be combined with --resume"),
+    ("resume-repoint-builtin-dataset", lambda t: ["train", "--resume", str(_run(t)), "--data", "mnist"], 2,
+     "only a folder dataset may be re-pointed"),
+    ("config-file-missing", lambda t: [*DRY, "--config", str(t / "nope.yaml")], 2, "is not a file"),
+    ("config-file-not-a-mapping", lambda t: (t / "c.yaml").write_text("- 1\n- 2\n") and
+     [*DRY, "--config", str(t / "c.yaml")], 2, "must hold a mapping of sections"),
+    ("sample-seed-out-of-range", lambda t: ["sample", str(_run(t)), "--seed", "99999999999999999999"], 2,
+     "--seed must be a whole number from 0 to"),
 ]
 
 

@@ -101,3 +101,29 @@ def test_resolve_fills_model_and_checks_batch_against_dataset():
     assert cfg.model.name == "auto"  # the input is untouched
     with pytest.raises(ConfigError, match="batch_size: 64 is larger than the dataset"):
         resolve(cfg, "cifar10", channels=3, n_images=10)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 99999999999999999999])
+def test_a_seed_out_of_range_is_a_config_error(seed):
+    with pytest.raises(ConfigError, match=f"train.seed: must be a whole number from 0 to 4294967295.*got {seed}"):
+        build_config(overrides={"train": {"seed": seed}})
+    assert build_config(overrides={"train": {"seed": 2**32 - 1}}).train.seed == 2**32 - 1
+
+
+def test_a_seed_out_of_range_makes_no_run_folder(tmp_path, isolated_env, capsys):
+    from ganforge.cli import main
+
+    runs = tmp_path / "runs"
+    argv = ["train", "--data", "mnist-5k", "--steps", "1", "--no-progress", "--runs-dir", str(runs),
+            "--seed", "99999999999999999999"]  # fmt: skip
+    assert main(argv) == 2
+    assert "train.seed: must be a whole number" in capsys.readouterr().err and not runs.exists()
+
+
+def test_the_largest_seed_trains(tmp_path, isolated_env):
+    """Every seed derived from train.seed (data order seed * 1_000_003 + epoch, latents seed + k) fits torch's."""
+    from ganforge.train import train
+
+    from .conftest import tiny
+
+    assert train(build_config(overrides=tiny(tmp_path, steps=2, seed=2**32 - 1)), progress=False).is_dir()

@@ -220,3 +220,46 @@ def test_a_data_root_with_a_tilde_is_expanded(data_root, isolated_env, monkeypat
     (isolated_env / "mnist").symlink_to(data_root / "mnist")
     ds = load_dataset("mnist", root="~/mnist", split="test", download=False)
     assert len(ds) == 10_000
+
+
+def test_exif_orientation_turns_a_photo_upright(tmp_path):
+    # stored with the dark half on the left; EXIF orientation 6: shown turned 90 degrees clockwise (dark on top)
+    stored = np.zeros((32, 32), dtype=np.uint8)
+    stored[:, 16:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    img = load_dataset(f"folder:{tmp_path}", resolution=32).images[0, 0].float()  # [H, W]
+    assert img[:12].mean() < 30 and img[-12:].mean() > 225  # dark on top, bright below, as a viewer shows it
+
+
+def test_16_bit_images_share_one_scale(tmp_path):
+    """16-bit gray is scaled by 65535 in every image: a dark one stays dark (it was stretched to its own maximum)."""
+    dark = np.tile(np.linspace(0, 200, 32).round().astype(np.uint16), (32, 1))  # values 0..200 of 65535
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(tmp_path / "bright.png")
+    assert Image.open(tmp_path / "dark.png").mode == "I;16"
+    ds = load_dataset(f"folder:{tmp_path}", resolution=32)
+    bright, dark_img = ds.images[0, 0].float(), ds.images[1, 0].float()  # sorted by name
+    assert dark_img.max() <= 1 and dark_img.mean() < 1  # 200 / 65535 of white
+    assert bright.min() == bright.max() == round(40000 / 65535 * 255)
+
+
+def test_broken_symlink_is_counted_and_named_as_skipped(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (16, 16)).save(folder / "ok.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    ds = load_dataset(f"folder:{folder}", resolution=16)
+    assert len(ds) == 1 and ds.skipped == ["gone.png"]
+    assert "skipped 1 unreadable file(s)" in (err := capsys.readouterr().err) and "gone.png (broken symlink" in err
+    with pytest.raises(DatasetError, match="gone.png: broken symlink"):
+        load_dataset(f"folder:{folder}", resolution=16, strict=True)
+
+
+def test_a_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (24, 24), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    ds = load_dataset(f"folder:{tmp_path}", resolution=16)
+    assert ds.images.shape == (1, 3, 16, 16)
+    assert ds.images[0, 0].min() > 240 and ds.images[0, 2].max() < 15  # red, the first frame

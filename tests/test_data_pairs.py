@@ -225,3 +225,24 @@ def test_unpaired_train_end_to_end(tmp_path):
 
 def test_unpaired_gray_to_colour_train_end_to_end(tmp_path):
     _unpaired_run(tmp_path, lambda v: _gray(v, (40, 40)))
+
+
+def test_pairs_share_the_folders_reading_orientation_16_bit_and_broken_links(tmp_path, capsys):
+    """A/ + B/ pairs are read by the same helpers as folders: EXIF orientation applied, 16-bit scaled by
+    65535, and a pair with a broken symlink skipped and named."""
+    stored = np.zeros((16, 16), dtype=np.uint8)
+    stored[:, 8:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the dark half on top
+    (tmp_path / "p" / "A").mkdir(parents=True)
+    Image.fromarray(stored).save(tmp_path / "p" / "A" / "0.png", exif=exif)
+    _png(tmp_path / "p" / "B" / "0.png", _rgb(9))
+    Image.fromarray(np.full((16, 16), 200, dtype=np.uint16)).save(tmp_path / "p" / "A" / "1.png")  # dark 16-bit
+    _png(tmp_path / "p" / "B" / "1.png", _rgb(9))
+    (tmp_path / "p" / "A" / "2.png").symlink_to(tmp_path / "nowhere.png")
+    _png(tmp_path / "p" / "B" / "2.png", _rgb(9))
+    ds = load_dataset(f"pairs:{tmp_path / 'p'}", resolution=16)
+    assert len(ds) == 2 and ds.skipped == ["A/2.png"] and "A/2.png (broken symlink" in capsys.readouterr().err
+    upright = ds.inputs[0, 0].float()
+    assert upright[:6].mean() < 10 and upright[-6:].mean() > 245
+    assert ds.inputs[1].max() <= 1  # 200 / 65535 of white, not stretched to its own maximum

@@ -270,3 +270,21 @@ def test_modes_and_memorization_on_real_images(isolated_env):
     honest = memorization.memorization(test_f[250:], held_f, train_f)
     assert copier["ratio"] < 0.05 and copier["near_copy_fraction"] > 0.95
     assert 0.8 < honest["ratio"] < 1.25 and honest["near_copy_fraction"] < 0.1
+
+
+def test_eval_warns_when_the_extractor_knows_another_domain(tiny_run, capsys):
+    from ganforge.metrics.evaluate import format_table
+
+    report = evaluate(tiny_run, metrics=["fid"], n=20, extractor="cifar10")
+    warning = "the cifar10 extractor was trained on cifar10, but this run's dataset is mnist-5k"
+    assert f"ganforge: warning: {warning}" in capsys.readouterr().err
+    assert warning in report["protocol"]["extractor_domain_warning"]
+    assert warning in report["results"][0]["extractor_domain_warning"]  # every result carries its protocol
+    assert f"warning: {warning}" in format_table(report)
+    plain = evaluate(tiny_run, metrics=["fid"], n=20)  # auto: the run's own extractor
+    assert "extractor_domain_warning" not in plain["protocol"] and "warning" not in capsys.readouterr().err
+
+
+def test_eval_seed_out_of_range_is_an_eval_error(tiny_run):
+    with pytest.raises(EvalError, match="--seed must be a whole number from 0 to 4294967295"):
+        evaluate(tiny_run, metrics=["fid"], n=20, seed=10**20)

@@ -46,7 +46,11 @@ def test_interpolation_runs_from_seed_a_to_seed_b_on_the_great_circle():
 
 
 def test_truncation_leaves_the_latent_code_coordinate_alone(tmp_path, isolated_env):
-    from ganforge import build_config, load, train
+    # from the modules, not `from ganforge import train`: once any test has imported the module ganforge.train,
+    # the package's attribute `train` is that module, not the function
+    from ganforge.config import build_config
+    from ganforge.sample import load
+    from ganforge.train import train
     from tests.conftest import tiny
 
     overrides = tiny(tmp_path, steps=2)
@@ -55,3 +59,28 @@ def test_truncation_leaves_the_latent_code_coordinate_alone(tmp_path, isolated_e
     z = gen.latents(20_000, seed=0, truncation=0.5)
     assert z[:, 1:].abs().max() <= 0.5  # the noise is truncated...
     assert abs(z[:, 0].std() - 1) < 0.03 and z[:, 0].abs().max() > 2  # ...the code picker is not: every code stays
+
+
+@pytest.mark.parametrize("name, magic", [("g.png", b"\x89PNG"), ("g.jpg", b"\xff\xd8\xff"), ("g.JPEG", b"\xff\xd8\xff"),
+                                         ("g.webp", b"RIFF"), ("g.bmp", b"BM")])  # fmt: skip
+def test_a_grid_is_written_in_the_format_its_extension_names(tmp_path, name, magic):
+    from ganforge.sample import write_samples
+
+    (path,) = write_samples(generator(), 4, tmp_path / name, seed=0)
+    assert path.read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize("name", ["g.gaf", "grid"])
+def test_an_unknown_extension_is_refused_before_sampling(tmp_path, name):
+    from ganforge.sample import ImageFormatError, write_samples
+
+    with pytest.raises(ImageFormatError, match="the extension picks the format, one of .png, .jpg"):
+        write_samples(generator(), 4, tmp_path / name, seed=0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_scatter_plot_follows_its_extension_too(tmp_path):
+    from ganforge.sample import save_scatter
+
+    assert save_scatter(torch.randn(20, 2), tmp_path / "p.jpg").read_bytes().startswith(b"\xff\xd8\xff")
+    assert save_scatter(torch.randn(20, 2), tmp_path / "p.svg").read_bytes().lstrip().startswith(b"<?xml")

@@ -20,6 +20,9 @@ from typing import Any, Literal, Optional
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+MAX_CONFIG_BYTES = 1_000_000  # a YAML config (the largest preset is about 1 KB); a longer file is refused unread
+MAX_SEED = 2**32 - 1  # numpy's seed range; it also keeps the seeds derived from it (seed * 1_000_003 + epoch for
+# the data order, seed + k for the latents) within the 64 bits torch.manual_seed takes
 
 
 class ConfigError(ValueError):
@@ -356,10 +359,44 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], full))
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader (plain data only, no Python objects), without aliases: `*name` repeats a node,
+    and aliases of aliases make a few hundred bytes grow into a billion items ("billion laughs"); a config has
+    no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"found the alias *{event.anchor}; ganforge configs do not "
+                                              "use YAML aliases (anchors &name and *name): write the value out",
+                                              event.start_mark)  # fmt: skip
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> plain data (dicts, lists, str, int, float, bool, None), as yaml.safe_load, without aliases."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no Python objects
+
+
+def load_yaml_file(path: Path, what: str) -> Any:
+    """A YAML config file, refused with a ConfigError when it is larger than MAX_CONFIG_BYTES or not valid YAML."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} '{path}' is {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} bytes "
+                              "(the presets are about 1 KB), so this is not one.")  # fmt: skip
+        text = path.read_text(encoding="utf-8")
+        return load_yaml(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {what} '{path}': {e}.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}") from None
+
+
 def _parse_scalar(text: str) -> Any:
     """`--set` values are YAML scalars: 64 -> int, 2e-4 -> float, true -> bool, null -> None."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:  # also bad explicit tags: !!int x
         problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(
@@ -407,15 +444,31 @@ def list_presets() -> dict[str, str]:
     return out
 
 
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """`ganforge train --config FILE`: a run's config.yaml or the user's own YAML of config sections."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config: '{path}' is not a file (a run's config.yaml, or YAML of config sections).")
+    values = load_yaml_file(path, "config file") or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...), "
+                          f"not {type(values).__name__}.")  # fmt: skip
+    return values
+
+
 def load_preset(name: str) -> dict[str, Any]:
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
+    # a preset is a name, not a path: "../x" would read any YAML file on the machine
+    if not path.is_file() or Path(name).name != name or name.startswith("."):
         names = list(list_presets())
         raise ConfigError(
             f"unknown preset '{name}'; available presets: {', '.join(names)}."
             + _suggest(name, names)
         )
-    return yaml.safe_load(path.read_text()) or {}
+    values = load_yaml_file(path, "preset") or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"preset '{path}' must hold a mapping of sections (data:, model:, ...), not {type(values).__name__}.")
+    return values
 
 
 def from_dict(values: dict[str, Any]) -> Config:
@@ -660,6 +713,8 @@ def _check_train(cfg: Config) -> None:
     _positive("train.n_samples", cfg.train.n_samples)
     _positive("train.eval_every", cfg.train.eval_every)
     _positive("train.eval_n", cfg.train.eval_n)
+    if not 0 <= cfg.train.seed <= MAX_SEED:
+        raise ConfigError(f"train.seed: must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {cfg.train.seed}.")
     if cfg.train.eval_n < 2:
         raise ConfigError(f"train.eval_n: must be at least 2, got {cfg.train.eval_n}.")
     if cfg.train.eval_every is not None and not (

@@ -9,11 +9,15 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import math
 import os
 import pickle
+import pickletools
 import struct
 import sys
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # a GIF: its first frame
+# The decoders Pillow may use for those files. Pillow picks a decoder by the file's content, not its name: without
+# this list a file named x.png holding PostScript would be handed to Ghostscript (EPS), a program of its own.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes a folder's gray images come in
 
 
@@ -182,42 +189,58 @@ def _candidate_dirs(name: str, root: Optional[str], extra: tuple[str, ...] = ())
 # MNIST-style IDX files.
 
 
-def _open_maybe_gz(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DatasetError(
-            f"cannot read {path}: {e}. The file is damaged; delete it and fetch it again."
-        ) from None
+MAX_IDX_BYTES = 1 << 30  # MNIST's training images are 47 MB: a header that claims more than 1 GiB is refused unread
+_CHUNK = 1 << 20
+
+
+def _read_at_most(f, n: int) -> bytearray:
+    """Up to `n` bytes of `f`, read in chunks: memory follows what the file holds, not what it claims."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(min(_CHUNK, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format): big-endian header, then raw uint8 data."""
-    raw = _open_maybe_gz(path)
-    if len(raw) < 4:
-        raise DatasetError(f"{path} is too short to be an IDX file ({len(raw)} bytes).")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
-        magic = struct.unpack(">I", raw[:4])[0]
-        raise DatasetError(
-            f"{path}: wrong magic number {magic} (expected 2049 for labels or 2051 for images); "
-            "this is not an MNIST-style IDX file of uint8 data."
-        )
-    offset = 4 + 4 * ndim
-    if len(raw) < offset:
-        raise DatasetError(f"{path}: the IDX header is cut short ({len(raw)} bytes); the file is truncated. "
-                           "Delete it and fetch it again.")  # fmt: skip
-    dims = struct.unpack(f">{ndim}I", raw[4:offset])
-    expected = int(np.prod(dims))
-    if len(raw) - offset != expected:
-        raise DatasetError(
-            f"{path}: header promises {expected} values {tuple(dims)}, the file holds {len(raw) - offset}; "
-            "the file is truncated or damaged. Delete it and fetch it again."
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+    """Read an IDX file (the MNIST format): big-endian header, then raw uint8 data. The header's dimensions
+    are checked against the file (and against MAX_IDX_BYTES) before the data is read."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise DatasetError(f"{path} is too short to be an IDX file ({len(head)} bytes).")
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+                magic = struct.unpack(">I", head)[0]
+                raise DatasetError(
+                    f"{path}: wrong magic number {magic} (expected 2049 for labels or 2051 for images); "
+                    "this is not an MNIST-style IDX file of uint8 data."
+                )
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DatasetError(f"{path}: the IDX header is cut short ({4 + len(raw_dims)} bytes); the file is "
+                                   "truncated. Delete it and fetch it again.")  # fmt: skip
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            expected = math.prod(dims)  # a Python int: no overflow, whatever the header says
+            if expected > MAX_IDX_BYTES:
+                raise DatasetError(
+                    f"{path}: the header claims {tuple(dims)} = {expected:,} values, more than ganforge reads from an "
+                    f"IDX file ({MAX_IDX_BYTES:,} bytes; MNIST's largest file holds 47,040,000); the file is damaged "
+                    "or not an MNIST-style file. Delete it and fetch it again."
+                )
+            # in chunks, one byte more than promised (a longer file is damaged too): a header that claims more than
+            # the file holds allocates only what is there, and a gzip bomb stops at the claimed size
+            data = _read_at_most(f, expected + 1)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"cannot read {path}: {e}. The file is damaged; delete it and fetch it again.") from None
+    if len(data) != expected:
+        held = f"more than {expected}" if len(data) > expected else str(len(data))
+        raise DatasetError(f"{path}: header promises {expected} values {tuple(dims)}, the file holds {held}; the file "
+                           "is truncated or damaged. Delete it and fetch it again.")  # fmt: skip
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx(folder: Path, stem: str) -> Optional[Path]:
@@ -456,8 +479,11 @@ def _cached_derived(name: str, split: str, key: str, make: Callable[[], torch.Te
     path = cache_dir() / "derived" / f"{name}-{split}-{key}.npy"
     if path.is_file():
         try:
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        except (OSError, ValueError):
+            with open(path, "rb") as f:  # its header checked first: a damaged one claiming a huge shape allocates nothing
+                _npy_header(f, path, "", os.fstat(f.fileno()).st_size)
+                f.seek(0)
+                return torch.from_numpy(np.lib.format.read_array(f, allow_pickle=False))
+        except (OSError, ValueError, DatasetError):
             pass  # damaged: made again below
     made = make()
     try:
@@ -552,16 +578,63 @@ def load_mnist2mnistm(root: Optional[str] = None, split: str = "train", download
 # CIFAR-10: torchvision's python batches or .npz files.
 
 
-def _check_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+MAX_NPZ_RATIO = 200  # a member inflating more than 200-fold (and past 64 MiB) is a zip bomb, not images
+
+
+def _npy_header(f, path: Path, member: str, available: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The (shape, dtype) of the .npy stream `f`, refused before its data is read when it is an object array
+    (a pickle, which ganforge never loads: it can run code) or claims more bytes than the `available` ones."""
+    where = f"{path}" + (f" (its array '{member}')" if member else "")
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise DatasetError(f"{where}: .npy format version {version} is not one ganforge reads (1.0 or 2.0); "
+                           "write the arrays again with numpy.savez.")  # fmt: skip
+    if dtype.hasobject:
+        raise DatasetError(f"{where} holds Python objects (dtype {dtype}), which numpy stores as a pickle; ganforge "
+                           "loads numeric arrays only, so it does not read this file. Save the images as a uint8 "
+                           "array and the labels as an integer array.")  # fmt: skip
+    claimed, held = math.prod(shape) * dtype.itemsize, available - f.tell()
+    if claimed != held:
+        raise DatasetError(f"{where}: its header claims shape {shape} of {dtype} ({claimed:,} bytes), but the file "
+                           f"holds {held:,} bytes; it is damaged or not written by numpy. Write it again.")  # fmt: skip
+    return shape, dtype
+
+
+def _read_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays `names` of an .npz file, each checked from its header (_npy_header) before it is read."""
+    damaged = (f"{path} is not a readable .npz file (a zip archive of .npy arrays, as numpy.savez writes); it is "
+               "damaged or of another format")  # fmt: skip
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{damaged}.")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz or "labels" not in npz:
-                raise DatasetError(
-                    f"{path} must hold arrays 'images' and 'labels'; it has {list(npz.keys())}."
-                )
-            images, labels = npz["images"], npz["labels"]
-    except (OSError, ValueError, EOFError) as e:
-        raise DatasetError(f"cannot read {path}: {e}") from None
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            if not all(name in members for name in names):
+                raise DatasetError(f"{path} must hold arrays {' and '.join(map(repr, names))}; it has {list(members)}.")
+            arrays = {}
+            for name in names:
+                info = members[name]
+                if (info.compress_type != zipfile.ZIP_STORED and info.file_size > 64 << 20
+                        and info.file_size > MAX_NPZ_RATIO * max(info.compress_size, 1)):  # fmt: skip
+                    raise DatasetError(f"{path}: its array '{name}' inflates from {info.compress_size:,} to "
+                                       f"{info.file_size:,} bytes, more than {MAX_NPZ_RATIO}-fold: a zip bomb, not "
+                                       "images; refusing to read it.")  # fmt: skip
+                with zf.open(info) as f:
+                    _npy_header(f, path, name, info.file_size)
+                with zf.open(info) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DatasetError(f"{damaged} ({type(e).__name__}: {e}).") from None
+    return arrays
+
+
+def _check_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    arrays = _read_npz(path, ("images", "labels"))
+    images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
         raise DatasetError(
             f"{path}: 'images' must be uint8 of shape (N, 32, 32, 3); got {images.dtype} {images.shape}."
@@ -576,6 +649,80 @@ def _check_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"with values {labels.min() if labels.size else '-'}..{labels.max() if labels.size else '-'}."
         )
     return images, labels
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """_codecs.encode as a batch re-saved by Python 3 at protocol 2 uses it (bytes as latin-1 text), and only so."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}, which a CIFAR-10 batch never uses")
+    return text.encode("latin1")
+
+
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """Every global a CIFAR-10 python batch refers to: numpy's array reconstruction, as numpy 1 (the official
+    files, Python 2's cPickle) and numpy 2 name it, and Python 3's spelling of bytes at protocol 2."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): _latin1_encode}  # fmt: skip
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle, restricted to what a CIFAR-10 batch holds (a dict of str/bytes, lists of ints and numpy arrays):
+    any other global (os.system, builtins.eval, ...) is how a pickle runs code, and is refused."""
+
+    def __init__(self, f, path: Path):
+        super().__init__(f, encoding="latin1")  # the batches were pickled by Python 2
+        self.path, self.allowed = path, _cifar_globals()
+
+    def find_class(self, module: str, name: str):
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise DatasetError(f"{self.path} refers to {module}.{name}, which a CIFAR-10 batch never does: the file is "
+                               "not a genuine CIFAR-10 batch; refusing to load it. Delete it and fetch the batches "
+                               "again (torchvision's CIFAR10, or --data-root with .npz files).")  # fmt: skip
+        return found
+
+
+MAX_CIFAR_BATCH_BYTES = 256 << 20  # an official batch is 31 MB
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official python batch -> (images uint8 [N, 3, 32, 32], labels int64 [N]), through _CifarUnpickler."""
+    size = path.stat().st_size
+    if size > MAX_CIFAR_BATCH_BYTES:
+        raise DatasetError(f"{path} is {size:,} bytes; a CIFAR-10 batch is about 31 MB (at most "
+                           f"{MAX_CIFAR_BATCH_BYTES:,} are read), so it is not one.")  # fmt: skip
+    try:
+        raw = path.read_bytes()
+        # every length the pickle states is checked against what follows it first: the unpickler allocates what
+        # a length claims before it reads (a few bytes claiming 16 GB would take 16 GB)
+        for _ in pickletools.genops(raw):
+            pass
+        batch = _CifarUnpickler(io.BytesIO(raw), path).load()
+    except DatasetError:
+        raise
+    except Exception as e:  # pickle raises many kinds (UnpicklingError, EOFError, ValueError, ...) on a bad file
+        raise DatasetError(f"cannot read {path}: it is damaged or not a CIFAR-10 batch ({type(e).__name__}: {e}). "
+                           "Delete it and fetch the batches again.") from None  # fmt: skip
+    if isinstance(batch, dict):
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise DatasetError(f"{path} is not a CIFAR-10 batch: it must hold a dict with 'data' and 'labels'.")
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DatasetError(f"{path}: 'data' must be uint8 pixels and 'labels' integers ({e}).") from None
+    n = labels.shape[0] if labels.ndim == 1 else -1
+    if data.size != n * 3 * 32 * 32 or (n > 0 and (labels.min() < 0 or labels.max() > 9)):
+        raise DatasetError(f"{path}: a CIFAR-10 batch holds 'data' [N, 3072] and 'labels' 0..9 [N]; got data of "
+                           f"shape {data.shape} and labels of shape {labels.shape}.")  # fmt: skip
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 @register_dataset("cifar10", 32, 3, "CIFAR-10 colour images of 10 classes, 32x32 (Krizhevsky 2009)")
@@ -618,13 +765,7 @@ def _read_cifar_folder(folder: Path, split: str) -> Optional[ImageDataset]:
     pickles = sorted(folder.glob("data_batch_*")) if split == "train" else [folder / "test_batch"]
     pickles = [p for p in pickles if p.is_file() and p.suffix == ""]
     if pickles:
-        images, labels = [], []
-        for path in pickles:
-            with open(path, "rb") as f:
-                # torchvision reads these the same way; they are the official python batches.
-                batch = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        images, labels = zip(*(_read_cifar_batch(path) for path in pickles))
         return ImageDataset(
             torch.from_numpy(np.concatenate(images)),
             torch.from_numpy(np.concatenate(labels)),
@@ -657,11 +798,14 @@ def _pil_to_array(img, channels: int) -> np.ndarray:
     """A PIL image in any common mode -> uint8 [H, W, channels]; alpha is composited over white."""
     from PIL import Image
 
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float gray: scale, don't clip
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit gray (and 32-bit "I", which Pillow also uses for 16-bit files) by the 16-bit range, float gray as
+        # [0, 1]: the same scale for every image, never an image's own maximum (that would brighten a dark image
+        # and leave a bright one, so a folder's images would no longer compare)
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else max(arr.max(), 1.0)
+        top = 1.0 if img.mode == "F" else 65535.0
         arr = np.clip(arr / top * 255.0, 0, 255).round().astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -676,6 +820,8 @@ def _pil_to_array(img, channels: int) -> np.ndarray:
 def _resize_pil(img, resolution: int):
     from PIL import Image
 
+    if img.mode in ("P", "1"):  # Pillow resizes these by nearest neighbour only: resample the colours instead
+        img = img.convert("RGBA" if img.mode == "P" else "L")
     w, h = img.size
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
@@ -688,16 +834,20 @@ MIN_IMAGE_SIDE = 8  # smaller images hold too little to upscale into training da
 
 
 def _open_image(p: Path):
-    """Open and decode one image file fully (so damage shows here, not later)."""
-    from PIL import Image
+    """Open and decode one image file fully (so damage shows here, not later), turned upright as its EXIF
+    orientation says (as photo viewers show it); an animated GIF or WebP gives its first frame."""
+    from PIL import Image, ImageOps
 
+    if p.is_symlink() and not p.exists():
+        raise ValueError(f"broken symlink (it points to {os.readlink(p)}, which does not exist)")
     if p.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
-    img = Image.open(p)
+    img = Image.open(p, formats=IMAGE_FORMATS)
     w, h = img.size  # known from the header, before decoding: the bomb guard has already run
     if min(w, h) < MIN_IMAGE_SIDE:
         raise ValueError(f"too small ({w}x{h} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)")
     img.load()
+    ImageOps.exif_transpose(img, in_place=True)
     return img
 
 
@@ -793,7 +943,8 @@ def _image_files(root: Path, what: str) -> list[Path]:
     try:
         with os.scandir(root):  # rglob alone would skip an unreadable folder silently
             pass
-        everything = [p for p in root.rglob("*") if p.is_file()]
+        # a broken symlink is listed too: it is then skipped (or refused) as one, not silently left out
+        everything = [p for p in root.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists())]
     except OSError as e:
         raise DatasetError(
             f"cannot read {what} '{root}': {e.strerror or e}. Check its permissions (ls -ld '{root}')."
@@ -869,7 +1020,7 @@ def _all_gray(paths: list[Path]) -> bool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported when the file is read
         for p in paths:
             try:
-                with Image.open(p) as img:
+                with Image.open(p, formats=IMAGE_FORMATS) as img:
                     mode = img.mode
             except Exception:
                 continue

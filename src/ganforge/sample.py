@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ganforge.checkpoint import atomic_write_bytes, find_checkpoint, load_checkpoint
+from ganforge.checkpoint import WriteError, atomic_write_bytes, find_checkpoint, load_checkpoint
 from ganforge.config import TRANSLATION_FAMILIES, from_dict
 from ganforge.data import convert_channels, resize_square, to_float, to_uint8
 from ganforge.models import MODELS, build_models
@@ -32,24 +32,58 @@ def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2) ->
     return grid
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """uint8 [H, W, C] (C = 1 or 3) -> PNG bytes."""
+# The formats a grid is written in, named by the file's extension: (Pillow's format, its save options).
+# JPEG at quality 95 (Pillow's default 75 blurs small digits); WebP lossless, as PNG is.
+GRID_FORMATS: dict[str, tuple[str, dict]] = {
+    ".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"lossless": True}), ".bmp": ("BMP", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}),
+}  # fmt: skip
+# A scatter plot (2D point data) is drawn by matplotlib, which also writes vector formats.
+PLOT_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".pdf", ".svg")
+
+
+class ImageFormatError(WriteError, ValueError):
+    """A file name whose extension names no format ganforge writes images in; nothing was written."""
+
+
+def image_format(path: str | Path, plot: bool = False) -> str:
+    """The extension of `path` (lowercased) when ganforge writes images (`plot`: scatter plots) in that format;
+    else ImageFormatError, before anything is computed or written."""
+    suffix = Path(path).suffix.lower()
+    formats = PLOT_FORMATS if plot else tuple(GRID_FORMATS)
+    if suffix not in formats:
+        named = f"'{suffix}' is not an image format ganforge writes" if suffix else "it has no extension"
+        raise ImageFormatError(f"cannot write {path}: {named}; the extension picks the format, one of "
+                               f"{', '.join(formats)} (e.g. {Path(path).with_suffix('.png').name}).")  # fmt: skip
+    return suffix
+
+
+def encode_image(array: np.ndarray, suffix: str = ".png") -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) -> the bytes of an image file in the format of `suffix` (GRID_FORMATS)."""
     from PIL import Image
 
+    fmt, options = GRID_FORMATS[suffix]
     img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
+    img.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 [H, W, C] (C = 1 or 3) -> PNG bytes."""
+    return encode_image(array, ".png")
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: Optional[int] = None) -> Path:
-    """Write a grid of images (float in [-1, 1] or uint8, [N, C, H, W]) as a PNG, atomically."""
+    """Write a grid of images (float in [-1, 1] or uint8, [N, C, H, W]) atomically, in the format its
+    extension names (PNG, JPEG, WebP, ...: GRID_FORMATS; another extension raises ImageFormatError)."""
+    suffix = image_format(path)
     if images.dtype != torch.uint8:
         images = to_uint8(images)
     scale = max(1, 128 // images.shape[-1])  # small images are enlarged so the grid is legible
     if scale > 1:
         images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    atomic_write_bytes(Path(path), encode_png(make_grid(images, nrow)))
+    atomic_write_bytes(Path(path), encode_image(make_grid(images, nrow), suffix))
     return Path(path)
 
 
@@ -57,7 +91,9 @@ def save_scatter(
     points: torch.Tensor, path: str | Path, real: Optional[torch.Tensor] = None, title: str = "",
     label: str = "generated",
 ) -> Path:  # fmt: skip
-    """Scatter plot PNG of 2D points [N, 2] (generated in blue, real ones in grey when given), atomically."""
+    """Scatter plot of 2D points [N, 2] (generated in blue, real ones in grey when given), atomically, in the
+    format its extension names (PLOT_FORMATS)."""
+    suffix = image_format(path, plot=True)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +110,7 @@ def save_scatter(
     # below the axes: inside, it hid a corner mode of grid25
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, markerscale=4, frameon=False)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format=suffix[1:], dpi=100)
     plt.close(fig)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
@@ -443,6 +479,27 @@ def export_onnx(path: str | Path, out: str | Path, opset: int = 18, direction: s
     return out
 
 
+MAX_SAFETENSORS_HEADER = 16 << 20  # a ganforge export's header (its tensor table and config) is a few KB
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """A .safetensors file opens with the length of its JSON header (8 bytes, little-endian): one that claims more
+    than the file holds, or more than an export ever needs, is refused before anything is parsed."""
+    from ganforge.checkpoint import CheckpointError
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"'{path}' is not a readable .safetensors file: {size} bytes, too short for its header.")
+    claimed = int.from_bytes(head, "little")
+    if claimed > size - 8 or claimed > MAX_SAFETENSORS_HEADER:
+        why = (f"more than a ganforge export's header ever needs ({MAX_SAFETENSORS_HEADER:,})"
+               if claimed > MAX_SAFETENSORS_HEADER else f"the file holds only {size - 8:,} bytes after it")  # fmt: skip
+        raise CheckpointError(f"'{path}' is not a readable .safetensors file: its header claims {claimed:,} bytes, {why}; "
+                              "it is damaged or not a safetensors file. Export it again with `ganforge export RUN_DIR`.")  # fmt: skip
+
+
 def _load_safetensors(path: Path) -> tuple[dict, dict]:
     import json
 
@@ -451,6 +508,7 @@ def _load_safetensors(path: Path) -> tuple[dict, dict]:
 
     from ganforge.checkpoint import CheckpointError
 
+    _check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -462,7 +520,13 @@ def _load_safetensors(path: Path) -> tuple[dict, dict]:
             f"'{path}' is a .safetensors file but not a ganforge generator export (no ganforge config in "
             "its metadata); make one with `ganforge export RUN_DIR`."
         )
-    return weights, json.loads(metadata["config"])
+    try:
+        config = json.loads(metadata["config"])
+    except ValueError as e:
+        raise CheckpointError(f"'{path}': the ganforge config in its metadata is not valid JSON ({e}).") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"'{path}': the ganforge config in its metadata is not a mapping.")
+    return weights, config
 
 
 def load(path: str | Path, device: str = "cpu") -> TrainedGenerator:
@@ -502,7 +566,10 @@ def write_samples(
     For 2D point generators `out` is a scatter plot and `individual` a file of points (.npy). For a
     translation model, the first `n` test inputs: `out` is a grid of input | output | target rows
     (PAIR_COLUMNS per row; a CycleGAN's third row is the output translated back), `individual` the
-    outputs; `direction` (a2b, b2a) picks a CycleGAN's generator."""
+    outputs; `direction` (a2b, b2a) picks a CycleGAN's generator. The extension of `out` picks its format
+    (a grid: GRID_FORMATS; a scatter plot: PLOT_FORMATS), checked before anything is generated."""
+    if out is not None:
+        image_format(out, plot=gen.points)
     if gen.translation:
         return _write_translations(gen, n, out, individual, direction)
     images = gen.sample(n, seed=seed, classes=classes, truncation=truncation)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ganforge.checkpoint import atomic_write_bytes
+from ganforge.config import MAX_SEED
 from ganforge.data import DATASETS, ImageDataset, cache_dir, load_dataset, to_uint8
 from ganforge.metrics import fidelity, memorization, modes
 from ganforge.metrics.features import (
@@ -124,6 +125,19 @@ def pick_extractor(name: str, dataset: str) -> str:
     return name
 
 
+def domain_note(ext_name: str, dataset: str) -> Optional[str]:
+    """A warning when domain extractor `ext_name` was not trained on the run's `dataset`: its features then
+    describe images outside the domain it knows, and its numbers compare with nothing. None when it was
+    (and for Inception, the general-purpose extractor)."""
+    if ext_name == "inception" or EXTRACTOR_FOR_DATASET.get(dataset) == ext_name:
+        return None
+    own = EXTRACTOR_FOR_DATASET.get(dataset)
+    return (f"the {ext_name} extractor was trained on {DOMAIN_EXTRACTORS[ext_name].dataset}, but this run's dataset "
+            f"is {dataset}" + (f" (whose extractor is {own})" if own else "") + ": its numbers measure images "
+            "outside the extractor's domain and compare with no published figure; use --extractor auto "
+            f"({own or 'inception'}) to compare.")  # fmt: skip
+
+
 def parse_ref(ref: Optional[str], run_data: dict[str, Any]) -> tuple[str, str]:
     """`DATASET:SPLIT` (default: the run's dataset, its test split if it has one, else train)."""
     if ref:
@@ -209,6 +223,8 @@ def evaluate(
     start_time = time.perf_counter()
     if n < 2:
         raise EvalError(f"--n must be at least 2, got {n}.")
+    if not 0 <= seed <= MAX_SEED:
+        raise EvalError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}.")
     metrics = list(metrics) if metrics else default_metrics()
     check_metrics(metrics)
     gen = load(path, device=device)
@@ -246,6 +262,9 @@ def evaluate(
             "metric 'modes' needs a domain extractor (its classes); use --extractor mnist|fashion-mnist|cifar10."
         )
     ext_info = ext.describe()
+    note = domain_note(ext_name, run_data["name"])
+    if note:
+        print(f"ganforge: warning: {note}", file=sys.stderr)
 
     ref_set = load_reference(ref_dataset, ref_split, run_data)
     n_ref = min(n, len(ref_set))
@@ -280,6 +299,7 @@ def evaluate(
         else "bilinear to 299x299 (TF1-compatible), grayscale repeated to RGB",
         "checkpoint": str(gen.path),
         "versions": versions,
+        **({"extractor_domain_warning": note} if note else {}),
     }
     inputs = MetricInputs(
         gen=gen, path=path, run_data=run_data, ext=ext, ext_name=ext_name, n=n, n_ref=n_ref, ref_set=ref_set,
@@ -494,5 +514,7 @@ def format_table(report: dict[str, Any]) -> str:
                     f"{r['real_train_n']} real images, tested on {r['test_n']} real test images")  # fmt: skip
         lines.append(f"  {r['metric']:<22}{r['value']:>12.5g}  {note}")
     lines.append("")
+    if "extractor_domain_warning" in p:
+        lines.append(f"  warning: {p['extractor_domain_warning']}")
     lines.append(f"  written: {report['path']}  ({report['seconds']:.1f} s)")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from ganforge.data import IMAGE_FORMATS
 from ganforge.serve.store import StudyError
 
 # what an upload may declare (browsers send the type of the file's extension) -> a file suffix for the reader
@@ -66,7 +67,7 @@ def read_upload(body: bytes, content_type: Optional[str], channels: int) -> Uplo
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as header:  # the size from the header, before any decoding
+                with Image.open(path, formats=IMAGE_FORMATS) as header:  # the size from the header, before any decoding
                     w, h = header.size
                 if w * h > MAX_UPLOAD_PIXELS:
                     raise StudyError(f"image too large: {w}x{h} pixels, the limit is {MAX_UPLOAD_PIXELS:,} "
