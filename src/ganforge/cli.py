@@ -90,6 +90,9 @@ def _train_parser(sub: Any) -> None:
         epilog=EXAMPLES,
     )
     p.add_argument("--preset", help="start from a preset (see `ganforge presets`)")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from a config file: a run's config.yaml (the same run again, in a new folder) or "
+                   "your own YAML of config sections; --preset, --set and the options override it")  # fmt: skip
     p.add_argument("--data", help=_Lazy(lambda: "dataset: auto, " + _dataset_help()))
     p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
     p.add_argument(
@@ -247,19 +250,22 @@ def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int
         return _launch(args, list(argv if argv is not None else sys.argv[1:]))
     overrides = _train_overrides(args)
     if args.resume:
-        if args.preset:
-            print(
-                "ganforge: error: --preset cannot be combined with --resume (the run keeps its config).",
-                file=sys.stderr,
-            )
+        if args.preset or args.config:
+            print(f"ganforge: error: {'--preset' if args.preset else '--config'} cannot be combined with --resume "
+                  "(the run keeps its config; --set changes what may change).", file=sys.stderr)  # fmt: skip
             return 2
         train(resume=args.resume, overrides=overrides, progress=not args.no_progress,
               resume_from=args.resume_from)  # fmt: skip
         return 0
-    preset = args.preset or quick_start_preset(overrides)
+    base = None
+    if args.config:
+        from ganforge.config import load_config_file
+
+        base = load_config_file(args.config)
+    preset = args.preset or (None if base is not None else quick_start_preset(overrides))
     if preset and not args.preset and os.environ.get("RANK", "0") == "0":  # once, not per process
         print(f"ganforge: quick start: preset {preset} (digits; `ganforge presets` lists the others)", file=sys.stderr)
-    cfg = build_config(preset, overrides)
+    cfg = build_config(preset, overrides, base=base)
     from ganforge.precision import pick_device
 
     pick_device(cfg.train.device)  # an unavailable device fails before any data is loaded or folder made
@@ -275,10 +281,14 @@ def cmd_train(args: argparse.Namespace, argv: Optional[list[str]] = None) -> int
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ganforge.config import MAX_SEED
     from ganforge.sample import load, write_samples
 
     if args.n < 1:
         print(f"ganforge: error: --n must be at least 1, got {args.n}.", file=sys.stderr)
+        return 2
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        print(f"ganforge: error: --seed must be a whole number from 0 to {MAX_SEED}, got {args.seed}.", file=sys.stderr)
         return 2
     gen = load(args.path, device=args.device)
     classes = None

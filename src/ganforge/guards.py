@@ -1,11 +1,14 @@
-"""What guards a training run against the world: signals (a first Ctrl-C or SIGTERM finishes the step
-and saves; a second aborts at once), Python's garbage collector (run by the loop at fixed steps, so
+"""What guards a training run against the world: signals (a first Ctrl-C, SIGTERM or SIGHUP finishes the
+step and saves; a second aborts at once), output that can no longer be written (a closed pipe or
+terminal: dropped, never fatal), Python's garbage collector (run by the loop at fixed steps, so
 ranks in lockstep do not wait for one another's pauses), and torch.compile's own failures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -25,9 +28,63 @@ def raised_in_torch_compile(error: BaseException) -> bool:
     return False
 
 
+# The signals that stop a run with a checkpoint: Ctrl-C, `kill`, and SIGHUP (the terminal was closed, an
+# ssh session dropped), which would otherwise kill the process without one
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class SafeStream:
+    """A text stream (stdout, stderr) whose failed writes never reach the training loop: a pipe whose
+    reader has gone (`ganforge train ... | head`) or a terminal that was closed. On the first failure its
+    file descriptor is pointed at /dev/null, so later writes, and Python's own flush at exit, succeed
+    silently; the run goes on and its files say what it did."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.broken = stream, False
+
+    def _failed(self) -> None:
+        self.broken = True
+        try:
+            fd = self.stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no descriptor (a test's capture): just stop writing
+            pass
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):
+                self._failed()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._failed()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, ... as the stream has them
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def safe_output() -> Any:
+    """sys.stdout and sys.stderr as SafeStreams for the duration (a training run), then as they were."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if isinstance(s, SafeStream) or s is None else SafeStream(s) for s in saved)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 @dataclass
 class StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves, and stops. A second signal aborts.
+    """Set by SIGINT/SIGTERM/SIGHUP: the loop finishes its step, saves, and stops. A second signal aborts.
 
     The second signal's KeyboardInterrupt is raised wherever the main thread happens to be. When that is a
     weakref callback or a `__del__`, Python would print "Exception ignored ... Traceback" and carry on;
@@ -45,7 +102,7 @@ class StopFlag:
     def install(self) -> None:
         if not _in_main_thread():
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
         self.previous_hook = sys.unraisablehook
         sys.unraisablehook = self._unraisable
@@ -70,11 +127,11 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        print(
-            f"\nganforge: {self.signal_name} received; finishing this step and saving a checkpoint "
-            "(press Ctrl-C again to quit at once)",
-            file=sys.stderr,
-        )
+        try:  # (after SIGHUP the terminal may be gone: the save matters, not the message)
+            print(f"\nganforge: {self.signal_name} received; finishing this step and saving a checkpoint "
+                  "(press Ctrl-C again to quit at once)", file=sys.stderr)  # fmt: skip
+        except (OSError, ValueError):
+            pass
 
     def _unraisable(self, unraisable: Any) -> None:
         if not (self.aborting and issubclass(unraisable.exc_type, KeyboardInterrupt)):

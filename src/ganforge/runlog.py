@@ -30,6 +30,7 @@ class RunFiles:
         self.ckpt_dir, self.sample_dir = run_dir / "checkpoints", run_dir / "samples"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.healthy_path = self.ckpt_dir / "healthy.pt"
+        self.log_failed = False
 
     def say(self, *args: Any, **kwargs: Any) -> None:
         """Print (to stderr unless told otherwise), on rank 0."""
@@ -37,18 +38,27 @@ class RunFiles:
             print(*args, **{"file": sys.stderr, **kwargs})
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl."""
+        """Append one record to metrics.jsonl. A failed write (a full disk) loses the record, says so
+        once, and never stops training: the checkpoints are what a run cannot lose, and their own
+        writes fail loudly."""
         if self.main:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                if not self.log_failed:
+                    self.say(f"\nganforge: warning: cannot append to {self.metrics_path} ({e.strerror or e}); "
+                             "training goes on, but log records are lost until it can.")  # fmt: skip
+                self.log_failed = True
 
     def log_bytes(self) -> int:
         """metrics.jsonl's length now: stored in each checkpoint, so a resume can cut the log back to it."""
         return self.metrics_path.stat().st_size if self.metrics_path.is_file() else 0
 
     def write_config(self, cfg: Config) -> None:
+        """config.yaml, atomically: a full disk raises WriteError and leaves no empty file behind."""
         if self.main:
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            atomic_write_bytes(self.run_dir / "config.yaml", cfg.to_yaml().encode())
 
     def save(self, name: str, make: Callable[[], dict[str, Any]]) -> None:
         """checkpoints/NAME from make() (called on rank 0 only: making a state can cost a BN recalibration)."""

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from ganforge import threads
 from ganforge.augment import make_augment
-from ganforge.checkpoint import CheckpointError, load_checkpoint
+from ganforge.checkpoint import CheckpointError, WriteError, load_checkpoint
 from ganforge.config import (
     TRANSLATION_FAMILIES,
     Config,
@@ -39,7 +40,7 @@ from ganforge.data import ImageDataset, load_dataset
 from ganforge.distributed import VOTE_EVERY, Dist, init_distributed, shutdown
 from ganforge.draws import Draws
 from ganforge.ema import ema_beta, recalibrate_bn, update_ema
-from ganforge.guards import LoopGarbageCollector, StopFlag, raised_in_torch_compile
+from ganforge.guards import LoopGarbageCollector, StopFlag, raised_in_torch_compile, safe_output
 from ganforge.losses import LOSSES
 from ganforge.models import MODELS, build_models, is_vae
 from ganforge.monitor import HealthMonitor, all_finite, weights_finite
@@ -60,12 +61,20 @@ from ganforge.precision import Precision, cuda_speedups, make_adam, pick_device,
 from ganforge.runlog import RunFiles, new_run_dir
 from ganforge.steps import grad_norm
 
-# What `ganforge train --resume RUN --set ...` may change: the run's length, cadences and where it runs.
-# The rest would make the resumed run a different run (and the model's shape cannot change at all).
+# What `ganforge train --resume RUN --set ...` may change: the run's length, cadences and where it runs,
+# the learning rates and their schedule (Adam's moments do not depend on the rate; a new rate replaces the
+# base rate a rollback may have lowered), and the health monitor's policy; each change is logged. The rest
+# would make the resumed run a different run (and the model's shape cannot change at all). A folder
+# dataset may be re-pointed (data.name, data.root) to a copy that holds the same images (checked by hash).
 RESUMABLE = {
     "train": ("steps", "epochs", "time_limit", "log_every", "sample_every", "checkpoint_every", "eval_every",
-              "device", "precision", "compile"),
+              "device", "precision", "compile", "keep_checkpoints"),
+    "optim": ("g_lr", "d_lr", "lr_decay", "decay_start"),
+    "monitor": ("every", "on_collapse", "n", "diversity_threshold", "entropy_threshold", "patience", "warmup",
+                "lr_factor", "rollback_lr", "max_rollbacks"),
 }  # fmt: skip
+REPOINTABLE = ("name", "root")  # data.*: a folder dataset's new place, checked by the images' hash (repointed_data)
+FOLDER_PREFIXES = ("folder:", "pairs:", "unpaired:")  # datasets that are the user's own files
 
 
 class TrainingStopped(RuntimeError):
@@ -97,6 +106,7 @@ class Run:
     best: float = math.inf  # the best in-training eval value so far (lower is better)
     rollbacks: int = 0
     ema_stale: bool = True  # G_ema's BN statistics do not match its weights (after an update or a restore)
+    runaway_said: bool = False  # a runaway (see runaway) was reported: once until the next rollback
     # training wall time over all sessions (the cost `ganforge compare` reports); base None: a checkpoint
     # from before it was recorded
     clock_base: Optional[float] = 0.0
@@ -239,6 +249,7 @@ def _load_data(cfg: Config) -> ImageDataset:
 
 def prepare(cfg: Config) -> tuple[Config, ImageDataset]:
     """Load the data and resolve the config against it (no files written): what --dry-run shows."""
+    cfg = absolute_paths(cfg)
     ds = _load_data(cfg)
     if ds.unpaired and len(ds.inputs) < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than domain A of '{ds.name}' "
@@ -318,11 +329,13 @@ class Setup:
     points_ref: Optional[torch.Tensor]  # 2D points: the real points drawn under the samples' scatter
     grid_nrow: Optional[int]  # a conditional grid: one column per class
     pre_seconds: float = 0.0  # training time spent before the loop (model.clusters' k-means)
+    data_digest: str = ""  # dataset_digest of the data: checkpointed, so a re-pointed folder can be checked
 
     def state(self, run: Run) -> dict[str, Any]:
         state = run_state(run, self.cfg, self.ds, self.files, self.objective, self.recalibrate)
         if self.monitor is not None:  # the collapse patience carries over a resume
             state["monitor_streak"] = self.monitor.unhealthy_streak
+        state["dataset"]["sha256"] = self.data_digest
         return state
 
     def show(self, run: Run) -> nn.Module:
@@ -351,11 +364,17 @@ def open_run(cfg: Optional[Config], resume: Optional[str | Path], overrides: Opt
     run_dir = Path(resume)
     ckpt_path = run_dir / "checkpoints" / Path(resume_from or "last.pt").name
     if not ckpt_path.is_file():
-        raise CheckpointError(
-            f"cannot resume '{run_dir}': no checkpoints/{ckpt_path.name} there. Is it a ganforge run folder?"
-        )
+        raise CheckpointError(missing_checkpoint(run_dir, ckpt_path.name))
     ckpt = load_checkpoint(ckpt_path)
-    cfg = resumed_config(from_dict(ckpt["config"]), overrides or {})
+    overrides = dict(overrides or {})
+    data = dict(overrides.pop("data", {}))
+    data_change = {key: data.pop(key) for key in REPOINTABLE if key in data}
+    if data:  # the other data.* keys: resumed_config refuses them
+        overrides["data"] = data
+    saved = from_dict(ckpt["config"])
+    cfg = resumed_config(saved, overrides)
+    if data_change:
+        cfg = repointed_data(cfg, data_change, run_dir)
     dist = init_distributed(pick_device(cfg.train.device))
     _check_distributed(cfg, dist)
     with dist.main_first():  # a download happens once, by rank 0
@@ -365,7 +384,81 @@ def open_run(cfg: Optional[Config], resume: Optional[str | Path], overrides: Opt
             f"cannot resume '{run_dir}': it was trained on {ckpt['dataset']['n']} images of "
             f"'{cfg.data.name}', but {len(ds)} were found now; the data changed."
         )
+    digest = ckpt["dataset"].get("sha256")
+    if data_change and digest is None:
+        raise ConfigError(f"cannot re-point the data of '{run_dir}': its checkpoint predates the images' hash "
+                          "that would show the new folder holds the same images; resume it where its data is.")  # fmt: skip
+    if data_change and dataset_digest(ds) != digest:
+        raise ConfigError(f"cannot resume '{run_dir}' on '{cfg.data.name}': it holds {len(ds)} images as the run's "
+                          "data did, but not the same ones (their hash differs); the data changed.")  # fmt: skip
+    ckpt["resume_changes"] = config_changes(saved, cfg)
     return cfg, ckpt, ds, dist, run_dir
+
+
+def missing_checkpoint(run_dir: Path, name: str) -> str:
+    """Why `--resume run_dir` (from checkpoints/`name`) cannot start, and what can: the intact checkpoints
+    the run does hold (a divergence stop, an abort or a full disk can leave no last.pt), with the command."""
+    from ganforge.checkpoint import _alternatives
+
+    ckpt_dir = run_dir / "checkpoints"
+    if not run_dir.is_dir():
+        return f"cannot resume '{run_dir}': no such folder."
+    if any(ckpt_dir.glob("*.pt")):
+        advice = _alternatives(ckpt_dir / name)
+        return f"cannot resume '{run_dir}': it has no checkpoints/{name}. {advice}"
+    if (run_dir / "config.yaml").is_file():
+        return (f"cannot resume '{run_dir}': the run stopped before its first checkpoint, so there is nothing to "
+                f"continue; start it again with: ganforge train --config {run_dir / 'config.yaml'}")  # fmt: skip
+    return f"cannot resume '{run_dir}': no checkpoints/{name} there. Is it a ganforge run folder?"
+
+
+def repointed_data(cfg: Config, change: dict[str, Any], run_dir: Path) -> Config:
+    """A folder dataset's new place (data.name, data.root) for a resume; the images are checked after."""
+    old = cfg.data.name
+    new_name = change.get("name", old)
+    if not (old.startswith(FOLDER_PREFIXES) and new_name.startswith(FOLDER_PREFIXES)
+            and old.split(":")[0] == new_name.split(":")[0]):  # fmt: skip
+        if new_name != old:
+            raise ConfigError(f"cannot change data.name when resuming '{run_dir}' (it trained on '{old}'): only a "
+                              "folder dataset may be re-pointed, to a folder of the same kind holding the same images.")  # fmt: skip
+    values = cfg.to_dict()
+    values["data"] = {**values["data"], **change}
+    return absolute_paths(from_dict(values))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """The config with its data folders as absolute paths, so the run resumes and evaluates from anywhere."""
+    d = cfg.data
+    name, root = d.name, d.root
+    for prefix in FOLDER_PREFIXES:
+        if name.startswith(prefix):
+            paths = name[len(prefix):].split(",")
+            name = prefix + ",".join(str(Path(p).expanduser().resolve()) for p in paths)
+    if root is not None:
+        root = str(Path(root).expanduser().resolve())
+    if (name, root) == (d.name, d.root):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.name, cfg.data.root = name, root
+    return cfg
+
+
+def dataset_digest(ds: ImageDataset) -> str:
+    """SHA-256 of the dataset's images (and a translation dataset's inputs), as trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (ds.images, ds.inputs):
+        if t is not None:
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def config_changes(old: Config, new: Config) -> dict[str, list[Any]]:
+    """{"section.key": [old, new]} for each value a resume changed (for the log)."""
+    a, b = old.to_dict(), new.to_dict()
+    return {f"{section}.{key}": [a[section][key], b[section][key]] for section in b if isinstance(b[section], dict)
+            for key in b[section] if a.get(section, {}).get(key) != b[section][key]}  # fmt: skip
 
 
 def resumed_config(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -379,7 +472,8 @@ def resumed_config(cfg: Config, overrides: dict[str, Any]) -> Config:
             raise ConfigError(f"cannot change {', '.join(f'{section}.{k}' for k in sorted(bad))} when resuming; "
                               f"only {allowed} may change.")  # fmt: skip
     old_length = (cfg.train.steps, cfg.train.epochs)
-    cfg = from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides.get("train", {})}})
+    values = cfg.to_dict()
+    cfg = from_dict({**values, **{section: {**values[section], **changed} for section, changed in overrides.items()}})
     if cfg.optim.lr_decay != "none" and (cfg.train.steps, cfg.train.epochs) != old_length:
         print(f"ganforge: note: optim.lr_decay={cfg.optim.lr_decay} follows the new length of the run, "
               "so the learning rates jump to that schedule's value at the resumed step.", file=sys.stderr)  # fmt: skip
@@ -453,6 +547,10 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     if ckpt is not None:
         restore(run, ckpt)
         run.clock_base = ckpt.get("train_seconds")
+        for key, opt in (("optim.g_lr", run.opt_G), ("optim.d_lr", run.opt_D)):
+            if key in ckpt.get("resume_changes", {}):  # the new rate replaces the base (a rollback's cut too)
+                for group in opt.param_groups:
+                    group["base_lr"] = ckpt["resume_changes"][key][1]
     images = ds.images.to(device)  # uint8 [N, C, H, W] decoded once (float [N, D] for points)
     labels = (ds.labels if cluster_labels is None else cluster_labels).to(device)
     feed = Feed(images, labels, t.batch_size, t.seed, m.z_dim, nc, run.noise, dist, device, precision.memory_format,
@@ -477,7 +575,8 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
                   InTrainingEval(cfg, ds.name, device) if t.eval_every else None,
                   dict(z_dim=m.z_dim, device=device, num_classes=g_nc, seed=t.seed + 5, **batches),
                   images[: t.n_samples].cpu() if ds.is_points else None,
-                  grid.nrow if translation else g_nc if 0 < g_nc <= 16 else None, cluster_seconds)  # fmt: skip
+                  grid.nrow if translation else g_nc if 0 < g_nc <= 16 else None, cluster_seconds,
+                  dataset_digest(ds))  # fmt: skip
     return run, setup
 
 
@@ -532,14 +631,29 @@ def train(
         threads.policy()  # a bad GANFORGE_THREADS fails before any work
         cfg, ckpt, ds, dist, run_dir = open_run(cfg, resume, overrides, resume_from)
         files = RunFiles(run_dir, main=dist.main)  # only rank 0 writes files and prints
-        files.write_config(cfg)
+        write_config(files, cfg, new_run=ckpt is None)
         run, s = build_run(cfg, ds, dist, files, ckpt)
-        begin(s, run, ckpt)
-        halt = loop(s, run, progress)
-        return finish(s, run, halt)
+        with safe_output():  # a closed pipe or terminal must not kill the run: its output is dropped
+            begin(s, run, ckpt)
+            halt = loop(s, run, progress)
+            return finish(s, run, halt)
     finally:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a job torchrun started: leave it cleanly
             shutdown()
+
+
+def write_config(files: RunFiles, cfg: Config, new_run: bool) -> None:
+    """config.yaml; a new run that cannot write it (a full disk) leaves no empty run folder behind, and
+    says to run the command again (there is nothing to resume)."""
+    try:
+        files.write_config(cfg)
+    except WriteError as e:
+        if not new_run:
+            raise
+        if files.main and files.run_dir.is_dir() and not any(files.run_dir.iterdir()):
+            files.run_dir.rmdir()
+        raise WriteError(f"cannot start the run: {str(e).split('; ')[0]}. Nothing was trained; free some space "
+                         "(or choose another folder with --runs-dir) and run the same command again.") from None  # fmt: skip
 
 
 @dataclass
@@ -597,7 +711,7 @@ def begin(s: Setup, run: Run, ckpt: Optional[dict[str, Any]]) -> None:
     if ckpt is not None:  # after a crash: the log and temp files may hold what the checkpoint does not
         dropped = files.after_crash(ckpt.get("log_bytes"))
         if dropped:
-            files.say(f"ganforge: resuming from step {run.step}; {dropped} log line(s) written after that checkpoint "
+            files.say(f"ganforge: {dropped} log line(s) written after step {run.step}'s checkpoint "
                       "were dropped (those steps are redone)")  # fmt: skip
     ds, dist, batch, p = s.ds, s.dist, cfg.train.batch_size, run.precision.name
     files.say(
@@ -610,13 +724,17 @@ def begin(s: Setup, run: Run, ckpt: Optional[dict[str, Any]]) -> None:
     )  # fmt: skip
     where = {"device": str(run.device), "precision": p, "processes": dist.world,
              "batch_per_process": batch // dist.world, "global_batch": batch}  # fmt: skip
-    if run.step == 0:
+    if ckpt is None:
         s.write_grid(run)
         files.log({"event": "start", "step": 0, "dataset": ds.name, "n_images": len(ds), **where})
         if s.monitor is not None:
             files.save("healthy.pt", lambda: s.state(run))  # the initial state is the first rollback target
     else:
-        files.log({"event": "resume", "step": run.step, "nimg": run.nimg, **where})
+        changes = ckpt.get("resume_changes", {})
+        files.say(f"ganforge: resuming {files.run_dir} from step {run.step} of {s.total_steps}"
+                  + (f" (checkpoints/{ckpt.path.name})" if getattr(ckpt, "path", None) else "")
+                  + "".join(f"\nganforge:   {key}: {old} -> {new}" for key, (old, new) in changes.items()))  # fmt: skip
+        files.log({"event": "resume", "step": run.step, "nimg": run.nimg, **where, "changes": changes})
 
 
 def loop(s: Setup, run: Run, progress: bool) -> Halt:
@@ -659,7 +777,7 @@ def loop(s: Setup, run: Run, progress: bool) -> Halt:
 
             # health: divergence at every step (before a checkpoint could store it), the monitor at its cadence
             norms = dict(zip(objective.norm_keys, (d_norm, g_norm)))
-            if check_health(s, run, out, halt, stop, norms if check_now else None):
+            if check_health(s, run, out, halt, stop, norms, check_now):
                 window.reset()  # rolled back: the restored step runs next
                 if bar is not None:
                     bar.reset(total=s.total_steps * t.batch_size)
@@ -728,10 +846,10 @@ def iterate(s: Setup, run: Run) -> Optional[StepOut]:
 
 
 def check_health(s: Setup, run: Run, out: StepOut, halt: Halt, stop: StopFlag,
-                 norms: Optional[dict[str, Optional[float]]]) -> bool:  # fmt: skip
-    """Divergence (NaN/Inf losses or weights) after every step, and the health monitor's check when
-    `norms` (the step's gradient norms) is given. Applies the collapse policy; returns True when it
-    rolled the run back."""
+                 norms: dict[str, Optional[float]], monitor_now: bool) -> bool:  # fmt: skip
+    """Divergence (NaN/Inf losses or weights) after every step, runaway losses and vanished gradients
+    wherever `norms` (the step's gradient norms, None where not computed) are, and the health monitor's
+    check when `monitor_now`. Applies the collapse policy; returns True when it rolled the run back."""
     bad_stats = halt.vote(s, run, out.stats, stop)
     if bad_stats or not weights_finite(run.G, run.D):  # the weights are the same on every rank: no vote
         bad = [key for key, v in out.stats.items() if not all_finite(v)]
@@ -739,7 +857,12 @@ def check_health(s: Setup, run: Run, out: StepOut, halt: Halt, stop: StopFlag,
         if on_event(s, run, "divergence", [f"{', '.join(bad)} became NaN/Inf" if bad
                                            else "a loss became NaN/Inf in another process"]):  # fmt: skip
             return True
-    if norms is None:
+    signs = runaway(out.stats, norms)
+    if signs and not run.runaway_said:  # finite but going nowhere: the collapse policy decides, at the step
+        run.runaway_said = True
+        if on_event(s, run, "runaway", signs):
+            return True
+    if not monitor_now:
         return False
     collapsed, reasons = False, ["rank 0's health monitor flagged a collapse"]
     if s.files.main:  # rank 0's monitor decides for every rank
@@ -752,6 +875,21 @@ def check_health(s: Setup, run: Run, out: StepOut, halt: Halt, stop: StopFlag,
     return s.dist.any(collapsed)[0] and on_event(s, run, "collapse", reasons)
 
 
+# A loss beyond this (per-step mean) has run away: the bounded losses stay within tens, and a WGAN critic's
+# within thousands, when training works. g_lr=d_lr=10 gave g_loss 3e5 with d_loss exactly 0 from step 50.
+LOSS_RUNAWAY = 1e5
+
+
+def runaway(stats: dict[str, torch.Tensor], norms: Optional[dict[str, Optional[float]]]) -> list[str]:
+    """Finite signs that training has diverged, checked at every step (losses) and wherever the gradient
+    norms were computed: reasons, or [] when there are none."""
+    reasons = [f"{key} is {float(v):.3g} (beyond ±{LOSS_RUNAWAY:g})" for key, v in stats.items()
+               if v.numel() == 1 and math.isfinite(float(v)) and abs(float(v)) > LOSS_RUNAWAY]  # fmt: skip
+    if norms and all(v is not None for v in norms.values()) and all(v == 0.0 for v in norms.values()):
+        reasons.append(f"every gradient is exactly zero ({', '.join(norms)}): the losses are flat, D is saturated")
+    return reasons
+
+
 def on_event(s: Setup, run: Run, kind: str, reasons: list[str]) -> bool:
     """The collapse policy (monitor.on_collapse) for a collapse or divergence event: log it, then warn
     (return False), roll back to checkpoints/healthy.pt with lower learning rates (return True), or stop
@@ -759,7 +897,7 @@ def on_event(s: Setup, run: Run, kind: str, reasons: list[str]) -> bool:
     mon, files = s.cfg.monitor, s.files
     policy = mon.on_collapse
     if kind == "divergence" and policy == "warn":
-        policy = "stop"  # training cannot go on from NaN weights
+        policy = "stop"  # training cannot go on from NaN weights (a runaway's finite ones can: it warns)
     if policy == "rollback" and run.rollbacks >= mon.max_rollbacks:
         policy, reasons = "stop", [*reasons, f"already rolled back {run.rollbacks} times (monitor.max_rollbacks)"]
     if policy == "rollback" and not files.healthy_path.is_file():
@@ -771,18 +909,34 @@ def on_event(s: Setup, run: Run, kind: str, reasons: list[str]) -> bool:
     if policy == "rollback":
         rollback(s, run)
         return True
-    if kind == "collapse":  # the weights are valid: keep them for inspection and resume
+    finite = weights_finite(run.G, run.D)
+    if finite:  # the weights are valid: keep them for inspection and resume
         files.save("last.pt", lambda: s.state(run))
-    hint = ("try --set monitor.on_collapse=rollback, a lower learning rate, or a stabiliser "
-            "(model.spectral_norm, reg.r1_gamma, model.pack; see `ganforge presets`)")  # fmt: skip
     healthy = files.healthy_path if files.healthy_path.is_file() else "none saved yet"
     raise TrainingStopped(
         f"{kind} at step {run.step}: {'; '.join(reasons)}. "
-        + ("The weights are not finite and were not saved. " if kind == "divergence" else "")
-        + f"Last healthy state: {healthy}. Resume with: ganforge train --resume {files.run_dir}; {hint}.",
+        + ("" if finite else "The weights are not finite and were not saved. ")
+        + f"Last healthy state: {healthy}. {resume_advice(s, run)}",
         files.run_dir,
         3,
     )
+
+
+def resume_advice(s: Setup, run: Run) -> str:
+    """After a stop: commands that work as printed. From the last healthy state (else the newest
+    checkpoint) with half the learning rates, or with the rollback policy; a stabiliser is a new run."""
+    ckpt_dir, run_dir = s.files.ckpt_dir, s.files.run_dir
+    periodic = sorted(ckpt_dir.glob("step_*.pt"))
+    start = next((p for p in (s.files.healthy_path, ckpt_dir / "last.pt", *periodic[::-1]) if p.is_file()), None)
+    stabilisers = "or start a new run with a stabiliser (model.spectral_norm, reg.r1_gamma, model.pack; see `ganforge presets`)"
+    if start is None:
+        return f"No checkpoint was saved before it; {stabilisers.removeprefix('or ')}."
+    rates = [(opt.param_groups[0]["base_lr"], name) for opt, name in ((run.opt_G, "g_lr"), (run.opt_D, "d_lr"))]
+    lower = " ".join(f"optim.{name}={rate / 2 if math.isfinite(rate) else 2e-4:.3g}" for rate, name in rates)
+    base = f"ganforge train --resume {run_dir} --from {start.name}"
+    rollback = (f"or roll back by itself at the next collapse: {base} --set monitor.on_collapse=rollback; "
+                if s.cfg.monitor.on_collapse != "rollback" and all(math.isfinite(r) for r, _ in rates) else "")  # fmt: skip
+    return f"Resume with half the learning rates: {base} --set {lower}; {rollback}{stabilisers}."
 
 
 def rollback(s: Setup, run: Run) -> None:
@@ -803,6 +957,7 @@ def rollback(s: Setup, run: Run) -> None:
               f"G {record['g_lr']:.3g}, D {record['d_lr']:.3g}")  # fmt: skip
     if s.monitor is not None:
         s.monitor.unhealthy_streak = 0
+    run.runaway_said = False
 
 
 def write_log(s: Setup, run: Run, window: LogWindow, norms: dict[str, Optional[float]], bar: Any) -> None:
@@ -868,10 +1023,22 @@ def finish(s: Setup, run: Run, halt: Halt) -> Path:
             f"stopped by {signal_name} at step {run.step}/{s.total_steps}; checkpoint saved. "
             f"Resume with: ganforge train --resume {files.run_dir}",
             files.run_dir,
-            143 if halt.signal_name == "SIGTERM" else 130,
+            {"SIGTERM": 143, "SIGHUP": 129}.get(halt.signal_name, 130),  # 128 + the signal's number
         )
     files.save("final.pt", lambda: s.state(run))
     if halt.out_of_time:
         files.say(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {run.step}/{s.total_steps}.")
     files.say(f"ganforge: done. Samples: {files.run_dir / 'samples.png'}  Checkpoint: {files.ckpt_dir / 'final.pt'}")
     return files.run_dir
+
+
+class _CallableModule(types.ModuleType):
+    """`ganforge.train` is both this module and the API's function, and importing the module makes it the
+    package's attribute: so the module calls train() itself, and `ganforge.train(cfg)` (or `from ganforge
+    import train`) works whichever of the two the name holds."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
