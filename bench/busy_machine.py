@@ -54,7 +54,7 @@ def run_once(job: str, arm: str, steps: int, runs_dir: Path) -> dict:
     args = JOBS[job]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GANFORGE_THREADS", "OMP_WAIT_POLICY")}
     env.update(ARMS[arm])
-    cmd = ["ganforge", *args, "--steps", str(steps), "--no-progress", "--runs-dir", str(runs_dir)]
+    cmd = [sys.executable, "-m", "ganforge", *args, "--steps", str(steps), "--no-progress", "--runs-dir", str(runs_dir)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
