@@ -288,3 +288,35 @@ def test_eval_warns_when_the_extractor_knows_another_domain(tiny_run, capsys):
 def test_eval_seed_out_of_range_is_an_eval_error(tiny_run):
     with pytest.raises(EvalError, match="--seed must be a whole number from 0 to 4294967295"):
         evaluate(tiny_run, metrics=["fid"], n=20, seed=10**20)
+
+
+def test_eval_table_gives_directions_and_the_real_vs_real_value(tiny_run, capsys):
+    from ganforge.metrics.evaluate import format_table
+
+    report = evaluate(tiny_run, n=300, metrics=["fid", "kid", "pr"], out=str(tiny_run / "e.json"))
+    err = capsys.readouterr().err
+    # the KID note names both counts and the reference split, not only "from N samples"
+    assert "KID from 300 generated and 300 reference images (mnist-5k:test" in err
+    rows = {r["metric"]: r for r in report["results"]}
+    assert report["protocol"]["real_vs_real"] == {"dataset": "mnist-5k", "split": "train", "n": 300}
+    assert all("real_vs_real" in rows[m] for m in ("fid", "kid", "precision", "recall"))
+    assert rows["fid"]["real_vs_real"] < rows["fid"]["value"]  # real digits beat a 4-step generator
+    table = format_table(report)
+    assert "real vs real" in table
+    fid_line = next(line for line in table.splitlines() if line.strip().startswith("fid"))
+    assert "↓" in fid_line and f"{rows['fid']['real_vs_real']:.5g}" in fid_line
+    assert "↑" in next(line for line in table.splitlines() if line.strip().startswith("recall"))
+    kid = rows["kid"]
+    if kid["std"] > abs(kid["value"]):
+        assert "indistinguishable from 0" in table
+
+
+def test_a_kid_within_its_error_bar_says_it_is_indistinguishable_from_zero():
+    from ganforge.metrics.evaluate import format_table
+
+    protocol = {"checkpoint": "c.pt", "n_generated": 10, "reference": {"dataset": "d", "split": "test", "n": 10},
+                "extractor": "mnist", "weights_sha256": "0" * 64, "versions": {"torch_fidelity": "x"}}  # fmt: skip
+    report = {"protocol": protocol, "path": "e.json", "seconds": 1.0,
+              "results": [{"metric": "kid", "value": 0.001, "std": 0.004}, {"metric": "kid", "value": 0.01, "std": 0.004}]}  # fmt: skip
+    lines = [line for line in format_table(report).splitlines() if "kid" in line]
+    assert "indistinguishable from 0" in lines[0] and "indistinguishable" not in lines[1]

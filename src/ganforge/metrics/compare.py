@@ -17,25 +17,32 @@ from typing import Any, Optional
 
 from ganforge.checkpoint import atomic_write_bytes
 from ganforge.data import DATASETS
-from ganforge.metrics.evaluate import MODE_BENCHMARKS, EvalError, default_metrics, evaluate
+from ganforge.metrics.evaluate import (
+    HIGHER_IS_BETTER,
+    MODE_BENCHMARKS,
+    EvalError,
+    default_metrics,
+    evaluate,
+)
 from ganforge.models import MODELS
 from ganforge.sample import load, make_grid
 
-# metric -> (row label, True when higher is better); the table's rows, in this order
-ROWS = {
-    "fid": ("FID", False),
-    "kid": ("KID", False),
-    "is": ("IS", True),
-    "precision": ("precision (k=3)", True),
-    "recall": ("recall (k=3)", True),
-    "classes_covered": ("classes covered", True),
-    "class_kl_to_real": ("class KL to real", False),
-    "confident_fraction": ("confident (p >= 0.9)", True),
-    "cas": ("CAS", True),
-    "sharpness_ratio": ("sharpness (gen/real)", None),  # best: closest to 1
-    "memorization_ratio": ("memorization ratio", True),
-    "near_copy_fraction": ("near copies", False),
+# metric -> row label; the table's rows, in this order (which way is better: evaluate.HIGHER_IS_BETTER)
+LABELS = {
+    "fid": "FID",
+    "kid": "KID",
+    "is": "IS",
+    "precision": "precision (k=3)",
+    "recall": "recall (k=3)",
+    "classes_covered": "classes covered",
+    "class_kl_to_real": "class KL to real",
+    "confident_fraction": "confident (p >= 0.9)",
+    "cas": "CAS",
+    "sharpness_ratio": "sharpness (gen/real)",
+    "memorization_ratio": "memorization ratio",
+    "near_copy_fraction": "near copies",
 }
+ROWS = {metric: (label, HIGHER_IS_BETTER[metric]) for metric, label in LABELS.items()}
 # eval's defaults and CAS: reported for the class-conditional runs, n/a for the others
 DEFAULT_METRICS = tuple(default_metrics(conditional=True))
 

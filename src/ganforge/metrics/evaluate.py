@@ -6,6 +6,8 @@ and sample count, so a second evaluation against the same reference only extract
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import json
 import sys
@@ -20,7 +22,7 @@ import torch
 
 from ganforge.checkpoint import atomic_write_bytes
 from ganforge.config import MAX_SEED
-from ganforge.data import DATASETS, ImageDataset, cache_dir, load_dataset, to_uint8
+from ganforge.data import DATASETS, DatasetError, ImageDataset, cache_dir, load_dataset, to_uint8
 from ganforge.metrics import fidelity, memorization, modes
 from ganforge.metrics.features import (
     DOMAIN_EXTRACTORS,
@@ -307,6 +309,8 @@ def evaluate(
         gen_logits=gen_logits, gen_images=gen_images,
     )  # fmt: skip
     results = [row for metric in metrics for row in METRICS[metric].compute(inputs)]
+    if needs_features:
+        _add_real_vs_real(inputs, results, metrics, ref_dataset, ref_split, key)
     report = {"protocol": protocol, "results": results, "seconds": time.perf_counter() - start_time}
     out_path = Path(out) if out else _default_out(path)
     atomic_write_bytes(out_path, json.dumps(report, indent=2, default=float).encode())
@@ -325,9 +329,10 @@ def _fid(x: MetricInputs) -> list[dict[str, Any]]:
 @register_metric("kid")
 def _kid(x: MetricInputs) -> list[dict[str, Any]]:
     if min(x.n, x.n_ref) < 2048:
-        print(f"ganforge: note: KID from {min(x.n, x.n_ref)} samples (< 2,048) is noisy; its subset size "
-              "is clamped to the sample count. Compare only KIDs with the same subset size.",
-              file=sys.stderr)  # fmt: skip
+        ref = x.protocol["reference"]
+        print(f"ganforge: note: KID from {x.n} generated and {x.n_ref} reference images ({ref['dataset']}:"
+              f"{ref['split']}, which holds {len(x.ref_set)}): fewer than 2,048 is noisy, and its subset size is "
+              f"clamped to {min(x.n, x.n_ref)}. Compare only KIDs with the same subset size.", file=sys.stderr)  # fmt: skip
     size = min(fidelity.KID_DEFAULT_SUBSET, x.n, x.n_ref)
     mean, std, size = fidelity.kid(x.gen_f, x.ref_feats["features"], subset_size=size)
     return [x.row("kid", mean, std=std, subset_size=size, subsets=100)]
@@ -475,6 +480,45 @@ def _skimage_version() -> str:
     return skimage.__version__
 
 
+# metric -> True when higher is better, False when lower, None when closest to 1 (the tables' arrows)
+HIGHER_IS_BETTER = {
+    "fid": False, "kid": False, "is": True, "precision": True, "recall": True, "classes_covered": True,
+    "class_kl_to_real": False, "confident_fraction": True, "cas": True, "sharpness_ratio": None,
+    "memorization_ratio": True, "near_copy_fraction": False,
+}  # fmt: skip
+
+
+def arrow(metric: str) -> str:
+    higher = HIGHER_IS_BETTER.get(metric, "")
+    return "" if higher == "" else "→1" if higher is None else "↑" if higher else "↓"
+
+
+def _add_real_vs_real(x: MetricInputs, results: list[dict[str, Any]], metrics: list[str], dataset: str,
+                      split: str, key: str) -> None:  # fmt: skip
+    """What a good value is with this extractor: each feature metric's value for real images of the other
+    split (as many as generated, where it holds them) against the same reference, set as `real_vs_real`
+    on the rows; the images' source goes into the protocol. Skipped for a dataset without another split."""
+    other = "train" if split == "test" else "test"
+    try:
+        real_set = load_reference(dataset, other, x.run_data)
+    except DatasetError:
+        return
+    n_real = min(x.n, len(real_set))
+    real = _cached_features(key.replace(f"-{split}-", f"-{other}-", 1).rsplit("-n", 1)[0] + f"-n{n_real}",
+                            lambda: dict(zip(("features", "logits"), extract(x.ext, real_set.images[:n_real]))))  # fmt: skip
+    as_real = dataclasses.replace(x, gen_f=real["features"], gen_logits=real["logits"], n=n_real, gen_images=None)
+    values = {}
+    with contextlib.redirect_stderr(io.StringIO()):  # (the KID note again, for the real images)
+        for metric in metrics:
+            spec = METRICS[metric]
+            if spec.features and not spec.images:
+                values.update({row["metric"]: row["value"] for row in spec.compute(as_real)})
+    x.protocol["real_vs_real"] = {"dataset": dataset, "split": other, "n": n_real}
+    for row in results:
+        if row["metric"] in values:
+            row["real_vs_real"] = values[row["metric"]]
+
+
 def format_table(report: dict[str, Any]) -> str:
     p = report["protocol"]
     if "translation" in p.get("task", ""):
@@ -492,12 +536,15 @@ def format_table(report: dict[str, Any]) -> str:
                   for r in report["results"]]  # fmt: skip
         lines += ["", f"  written: {report['path']}  ({report['seconds']:.1f} s)"]
         return "\n".join(lines)
+    rr = p.get("real_vs_real")
     lines = [
         f"ganforge eval: {p['checkpoint']}",
         f"  {p['n_generated']} generated vs {p['reference']['n']} real ({p['reference']['dataset']}:{p['reference']['split']}), "
         f"extractor {p['extractor']} (sha256 {p['weights_sha256'][:12]}), torch-fidelity {p['versions']['torch_fidelity']}",
+        *([f"  real vs real: {rr['n']} real {rr['dataset']}:{rr['split']} images against the same reference, "
+           "scored as the generated ones (what a good value is with this extractor)"] if rr else []),
         "",
-        f"  {'metric':<22}{'value':>12}  note",
+        f"  {'metric':<22}{'':<3}{'value':>12}{'real vs real':>14}  note",
     ]
     for r in report["results"]:
         note = ""
@@ -512,7 +559,10 @@ def format_table(report: dict[str, Any]) -> str:
         if r["metric"] == "cas":
             note = (f"real-data classifier {r['real_accuracy']:.4f}; trained on {r['train_n']} generated / "
                     f"{r['real_train_n']} real images, tested on {r['test_n']} real test images")  # fmt: skip
-        lines.append(f"  {r['metric']:<22}{r['value']:>12.5g}  {note}")
+        if r["metric"] == "kid" and r.get("std", 0) > abs(r["value"]):
+            note += " (the error bar exceeds the value: indistinguishable from 0)"
+        real = f"{r['real_vs_real']:>14.5g}" if "real_vs_real" in r else f"{'':>14}"
+        lines.append(f"  {r['metric']:<22}{arrow(r['metric']):<3}{r['value']:>12.5g}{real}  {note}".rstrip())
     lines.append("")
     if "extractor_domain_warning" in p:
         lines.append(f"  warning: {p['extractor_domain_warning']}")
