@@ -125,11 +125,16 @@ def test_damaged_last_checkpoint_offers_an_intact_one_and_resume_from_it(tmp_pat
     run = train(build_config(overrides=overrides), progress=False)
     last = run / "checkpoints" / "last.pt"
     data = bytearray(last.read_bytes())
-    last.write_bytes(bytes(data[: len(data) // 2]))  # truncated, as by a crash mid-copy
+
+    def damage(damaged: bytes) -> None:  # last.pt alone: final.pt and healthy.pt are links to the same file
+        last.unlink()
+        last.write_bytes(damaged)
+
+    damage(bytes(data[: len(data) // 2]))  # truncated, as by a crash mid-copy
     with pytest.raises(CheckpointError, match=r"damaged or truncated.*final.pt \(step 6\).*--from final.pt"):
         load_checkpoint(last)
     data[len(data) // 2] ^= 0xFF  # one flipped bit-pattern in an otherwise complete file
-    last.write_bytes(bytes(data))
+    damage(bytes(data))
     with pytest.raises(CheckpointError, match=r"healthy.pt \(step 6\)"):
         load_checkpoint(last)
     train(resume=run, overrides={"train": {"steps": 8}}, progress=False, resume_from="healthy.pt")

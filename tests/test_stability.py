@@ -262,3 +262,32 @@ def test_a_resume_keeps_the_monitors_collapse_patience(tmp_path, isolated_env):
     assert load_checkpoint(part / "checkpoints" / "last.pt")["monitor_streak"] == 2
     train(resume=part, overrides={"train": {"steps": 6}}, progress=False)
     assert [e["step"] for e in _events(part, "collapse")] == [6]
+
+
+def test_the_first_failed_health_check_is_said_on_the_terminal(tmp_path, isolated_env, monkeypatch, capsys):
+    """Issue #30: a run going wrong said nothing until the warm-up ended; the first failed check of a run
+    of them prints one line (the policy is unchanged: no collapse event before monitor.warmup)."""
+    _collapsing_models(monkeypatch)
+    overrides = tiny(tmp_path, steps=20)
+    overrides["monitor"] = {"every": 5, "warmup": 100, "n": 16}  # checks at 5, 10, 15, 20: all fail
+    run = train(build_config(overrides=overrides), progress=False)
+    err = capsys.readouterr().err
+    notices = [line for line in err.splitlines() if "health check at step" in line]
+    assert len(notices) == 1, err
+    assert notices[0].startswith("ganforge: health check at step 5 failed: sample diversity is 0.00")
+    assert "monitor.on_collapse=warn acts after 2 failed check(s) in a row from step 100 on" in notices[0]
+    assert [r["healthy"] for r in _events(run, "health")] == [False] * 4 and not _events(run, "collapse")
+
+
+def test_the_notice_comes_again_after_a_healthy_check(isolated_env):
+    ds = load_dataset("mnist-5k", download=False, limit=64)
+    monitor = HealthMonitor(MonitorConfig(n=16, warmup=0, on_collapse="stop"), ds, torch.randn(16, 8))
+    failed = {"event": "health", "step": 5, "healthy": False, "reasons": ["sample diversity is 0.10"]}
+    first = monitor.notice(failed)
+    assert first == ("ganforge: health check at step 5 failed: sample diversity is 0.10. monitor.on_collapse=stop "
+                     "acts after 2 failed check(s) in a row; metrics.jsonl has every check.")  # fmt: skip
+    assert monitor.notice({**failed, "step": 10}) is None  # the same run of failed checks
+    assert monitor.notice({**failed, "step": 15, "healthy": True, "reasons": []}) is None
+    assert "at step 20" in monitor.notice({**failed, "step": 20})
+    monitor.reset()  # a rollback starts a new run of checks
+    assert "at step 25" in monitor.notice({**failed, "step": 25})

@@ -45,10 +45,12 @@ def test_one_thread_beside_a_busy_process_and_back_when_it_stops(keep_threads):
     m = FakeMachine()
     g = m.governor()
     assert g.start() == 2
-    m.advance(1.0, others=1.0)
-    assert g.tick() is None  # before the interval: nothing measured
-    m.advance(1.5, others=1.0)
+    m.advance(0.3, others=1.0)
+    assert g.tick() is None  # before the first window (FIRST_WINDOW): nothing measured
+    m.advance(0.5, others=1.0)
     assert g.tick() == (2, 1) and torch.get_num_threads() == 1  # the first measurement decides alone
+    m.advance(1.0, others=0.0)
+    assert g.tick() is None and g.threads == 1  # then every INTERVAL: 1 s is too soon
     assert g.others == pytest.approx(1.0)
     m.advance(2.0, others=0.0)
     assert g.tick() is None and g.threads == 1  # one quiet interval is not enough to change back
@@ -71,17 +73,17 @@ def test_threads_wanted_are_the_free_cores_within_the_cap(others, cores, cap, wa
 def test_policy_from_the_environment(monkeypatch, keep_threads):
     cpu = torch.device("cpu")
     monkeypatch.setenv("GANFORGE_THREADS", "off")
-    assert governor_for_run(cpu, 1, False)[0] is None
+    assert governor_for_run(cpu, 1)[0] is None
     monkeypatch.setenv("GANFORGE_THREADS", "1")
-    assert governor_for_run(cpu, 1, False)[0] is None and torch.get_num_threads() == 1
+    assert governor_for_run(cpu, 1)[0] is None and torch.get_num_threads() == 1
     monkeypatch.setenv("GANFORGE_THREADS", "auto")
-    governor, how = governor_for_run(cpu, 1, True)
-    assert governor.max_threads == 1 and "at most 1" in how  # 2D point MLPs: one thread
+    governor, how = governor_for_run(cpu, 1)
+    assert governor.max_threads == threads.usable_cores() and "at most" in how
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert governor_for_run(cpu, 1, False)[0] is None  # the user's own choice stays
+    assert governor_for_run(cpu, 1)[0] is None  # the user's own choice stays
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert governor_for_run(cpu, 2, False)[0] is None  # --nproc: cores // nproc each, fixed by the launcher
-    assert governor_for_run(torch.device("meta"), 1, False)[0] is None
+    assert governor_for_run(cpu, 2)[0] is None  # --nproc: cores // nproc each, fixed by the launcher
+    assert governor_for_run(torch.device("meta"), 1)[0] is None
     for bad in ("many", "0", "-2", "1.5"):
         monkeypatch.setenv("GANFORGE_THREADS", bad)
         with pytest.raises(ConfigError, match="expected auto, off, or a number of threads"):

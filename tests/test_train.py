@@ -489,3 +489,38 @@ def test_loop_garbage_collector_collects_on_its_own_steps_and_then_restores_the_
     finally:
         gc.unfreeze()
         gc.enable() if was else gc.disable()
+
+
+def _bar_setup(step: int, total: int):
+    from types import SimpleNamespace
+
+    s = SimpleNamespace(total_steps=total, cfg=SimpleNamespace(train=SimpleNamespace(batch_size=64)))
+    return s, SimpleNamespace(step=step)
+
+
+def test_the_progress_bar_counts_steps_and_a_resumed_bar_times_only_its_own_steps(monkeypatch, capsys):
+    """Issue #30: the bar counts steps (as --steps does), and after a resume (or a rollback: a new bar at
+    the restored step) its rate and time left come from the steps it ran, not from all steps since 0."""
+    from ganforge.train import progress_bar
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr("tqdm.std.time", lambda: clock["t"])
+    bar = progress_bar(*_bar_setup(900, 1000))  # resumed at step 900 of 1000
+    for _ in range(10):  # 10 steps, 1 s each
+        clock["t"] += 1.0
+        bar.update()
+    text, rate = str(bar), bar.format_dict["rate"]
+    bar.close()
+    # 1 step/s from its own 10 steps: 90 s left (counting 910 steps in 10 s would say 0.1 s)
+    assert "910/1000 [00:10<01:30,  1.00step/s]" in text, text
+    assert rate == pytest.approx(1.0)
+
+
+def test_the_progress_bar_shows_steps_and_images_per_second(tmp_path, isolated_env, capsys):
+    import re
+
+    train(build_config(overrides=tiny(tmp_path)), progress=True)
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()
+    line = next(text for text in reversed(final) if "6/6" in text)
+    assert re.search(r"6/6 \[.*(step/s|s/step), d_loss=\d+\.\d{3}, g_loss=\d+\.\d{3}, img/s=\d+\]", line), line

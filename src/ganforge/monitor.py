@@ -9,7 +9,9 @@ mode, no effect on training) and a fixed real batch:
   classifier, or nearest mixture centre for ring8/grid25); dropping classes lowers it;
 - D's accuracy on the last real and fake batches, and the gradient norms (logged, not thresholded).
 Each check is healthy or not; `patience` unhealthy checks in a row after `warmup` steps make a
-collapse event. NaN/Inf in the losses or weights is a divergence event at the step it happens.
+collapse event. NaN/Inf in the losses or weights is a divergence event at the step it happens. The
+first unhealthy check of a run of them is also said on the terminal (`notice`), warm-up or not: the
+log has every check, the terminal one line per run of them.
 """
 
 from __future__ import annotations
@@ -102,6 +104,12 @@ class HealthMonitor:
             class_entropy(real_cls, self.featurize.num_classes) if real_cls is not None else None
         )
         self.unhealthy_streak = 0
+        self.noticed = False  # the current run of unhealthy checks was said on the terminal
+
+    def reset(self) -> None:
+        """After a rollback: the restored state starts a new count (and a new notice)."""
+        self.unhealthy_streak = 0
+        self.noticed = False
 
     @torch.no_grad()
     def check(self, G: nn.Module, step: int, real_logits: Optional[torch.Tensor], fake_logits: Optional[torch.Tensor],
@@ -146,3 +154,18 @@ class HealthMonitor:
             return False
         self.unhealthy_streak += 1
         return record["step"] >= self.cfg.warmup and self.unhealthy_streak >= self.cfg.patience
+
+    def notice(self, record: dict[str, Any]) -> Optional[str]:
+        """One line for the terminal at the first unhealthy check of a run of them (None otherwise): what
+        failed, and when the collapse policy would act. The policy itself is not changed by it."""
+        if record["healthy"]:
+            self.noticed = False
+            return None
+        if self.noticed:
+            return None
+        self.noticed = True
+        cfg = self.cfg
+        later = f" from step {cfg.warmup} on" if record["step"] < cfg.warmup else ""
+        return (f"ganforge: health check at step {record['step']} failed: {'; '.join(record['reasons'])}. "
+                f"monitor.on_collapse={cfg.on_collapse} acts after {cfg.patience} failed check(s) in a row{later}; "
+                "metrics.jsonl has every check.")  # fmt: skip

@@ -1,13 +1,20 @@
 """A run's folder and what the loop writes into it: config.yaml, metrics.jsonl (appended, trimmed back
-on resume), the loss plot, the sample grids and the checkpoints, all from rank 0 only.
+on resume), the loss plot, the sample grids, the checkpoints and, with train.tensorboard, a TensorBoard
+copy of the log; all from rank 0 only.
 
     RUN/config.yaml  metrics.jsonl  losses.png  samples.png  samples/step_NNNNNNN.png
     RUN/checkpoints/last.pt  final.pt  step_NNNNNNN.pt  healthy.pt  best.pt
+    RUN/tensorboard/events.out.tfevents.*  (train.tensorboard)
+
+Checkpoints of the same state (the same step, e.g. final.pt and last.pt) are one file under several
+names (hard links; copies where the file system has none). Every checkpoint write replaces its name by
+a rename, so writing one name never changes the others.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -25,12 +32,15 @@ class RunFiles:
     """The files of one run folder. Every write goes through here, and happens on rank 0 only
     (`main`), so the loop itself never asks which rank it is."""
 
-    def __init__(self, run_dir: Path, main: bool = True):
+    def __init__(self, run_dir: Path, main: bool = True, tensorboard: bool = False):
         self.run_dir, self.main = run_dir, main
         self.ckpt_dir, self.sample_dir = run_dir / "checkpoints", run_dir / "samples"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.healthy_path = self.ckpt_dir / "healthy.pt"
         self.log_failed = False
+        # the checkpoint names written for one state: {(step, rollbacks, entries): names}, this step's only
+        self.same_state: dict[tuple[Any, ...], list[str]] = {}
+        self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if tensorboard and main else None
 
     def say(self, *args: Any, **kwargs: Any) -> None:
         """Print (to stderr unless told otherwise), on rank 0."""
@@ -50,6 +60,8 @@ class RunFiles:
                     self.say(f"\nganforge: warning: cannot append to {self.metrics_path} ({e.strerror or e}); "
                              "training goes on, but log records are lost until it can.")  # fmt: skip
                 self.log_failed = True
+            if self.tensorboard is not None:
+                self.tensorboard.log(record)
 
     def log_bytes(self) -> int:
         """metrics.jsonl's length now: stored in each checkpoint, so a resume can cut the log back to it."""
@@ -60,20 +72,38 @@ class RunFiles:
         if self.main:
             atomic_write_bytes(self.run_dir / "config.yaml", cfg.to_yaml().encode())
 
-    def save(self, name: str, make: Callable[[], dict[str, Any]]) -> None:
-        """checkpoints/NAME from make() (called on rank 0 only: making a state can cost a BN recalibration)."""
+    def save(self, name: str | list[str], make: Callable[[], dict[str, Any]]) -> None:
+        """checkpoints/NAME (or each of several names) from make() (called on rank 0 only: making a state
+        can cost a BN recalibration)."""
         if self.main:
-            save_checkpoint(self.ckpt_dir / name, make())
+            self.save_state([name] if isinstance(name, str) else name, make())
 
     def save_periodic(self, state: dict[str, Any], keep: int, step: int) -> None:
         """last.pt, and with `keep` > 0 also step_NNNNNNN.pt, pruned to the `keep` newest."""
         if not self.main:
             return
-        save_checkpoint(self.ckpt_dir / "last.pt", state)
+        self.save_state(["last.pt", *([f"step_{step:07d}.pt"] if keep else [])], state)
         if keep:
-            save_checkpoint(self.ckpt_dir / f"step_{step:07d}.pt", state)
             for old in sorted(self.ckpt_dir.glob("step_*.pt"))[:-keep]:
                 old.unlink(missing_ok=True)
+
+    def save_state(self, names: list[str], state: dict[str, Any]) -> None:
+        """Write `state` once as checkpoints/NAMES[0], and make the other names links to that file.
+
+        The names written earlier for the same state point (this step, as many rollbacks, the same
+        entries: healthy.pt at a health check, then last.pt and step_N.pt at that step; last.pt and
+        step_N.pt, then final.pt at the end) are linked to the new file too: it differs from theirs only
+        in the bookkeeping (the log's length, the training seconds), and holds their current values."""
+        key = (state.get("step"), state.get("rollbacks", 0), tuple(sorted(state)))
+        self.same_state = {k: v for k, v in self.same_state.items() if k[:2] == key[:2]}
+        earlier = [n for n in self.same_state.get(key, []) if n not in names and (self.ckpt_dir / n).exists()]
+        first = self.ckpt_dir / names[0]
+        save_checkpoint(first, state)
+        for name in [*names[1:], *earlier]:
+            link_or_copy(first, self.ckpt_dir / name)
+        if len(names) > 1 or earlier:
+            fsync_dir(self.ckpt_dir)  # the renames themselves durable (as atomic_write_bytes makes its own)
+        self.same_state[key] = [*names, *earlier]
 
     def save_samples(self, fake: torch.Tensor, step: int, points_ref: Optional[torch.Tensor] = None,
                      nrow: Optional[int] = None) -> None:  # fmt: skip
@@ -87,20 +117,115 @@ class RunFiles:
         else:
             save_grid(fake, path, nrow)
         atomic_write_bytes(self.run_dir / "samples.png", path.read_bytes())  # drawn once, copied
+        if self.tensorboard is not None:
+            self.tensorboard.image(path, step)
 
     def plot(self) -> None:
         if self.main:
             plot_losses(self.metrics_path, self.run_dir / "losses.png")
 
-    def after_crash(self, log_bytes: Optional[int]) -> int:
-        """Before a resume: cut the log back to the checkpoint's length and delete the temp files of
-        writers killed mid-write. Returns how many log lines went."""
+    def after_crash(self, log_bytes: Optional[int], step: int) -> int:
+        """Before a resume from `step`: cut the log back to the checkpoint's length, hide what TensorBoard
+        holds of later steps, and delete the temp files of writers killed mid-write. Returns how many log
+        lines went."""
         if not self.main:
             return 0
         dropped = trim_log(self.metrics_path, log_bytes)
         for stale in [*self.run_dir.glob(".*.tmp-*"), *self.ckpt_dir.glob(".*.tmp-*")]:
             stale.unlink(missing_ok=True)
+        if self.tensorboard is not None:
+            self.tensorboard.purge_step = step + 1  # the steps after the checkpoint are redone
         return dropped
+
+    def close(self) -> None:
+        """Flush and close what stays open during a run (the TensorBoard writer)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` name the file `src` names: a hard link, put in place by a rename (atomic, like every
+    checkpoint write); a copy where the file system has no hard links. Raises WriteError on failure."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+    except OSError:  # no hard links here (FAT, some network shares), or too many
+        atomic_write_bytes(dst, src.read_bytes())
+        return
+    try:
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {dst}: {e.strerror or e} (errno {e.errno}); the previous version is "
+                         "intact. Free some space or choose a writable folder (--runs-dir), then resume the run "
+                         "with `ganforge train --resume`.") from None  # fmt: skip
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # (not possible everywhere, e.g. on Windows)
+        pass
+
+
+def require_tensorboard() -> None:
+    """train.tensorboard's package, checked before a run starts."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("train.tensorboard: the tensorboard package is not installed; install it with "
+                          "pip install 'ganforge[tensorboard]', or leave train.tensorboard=false "
+                          "(metrics.jsonl and losses.png hold the same numbers).") from None  # fmt: skip
+
+
+class TensorBoardLog:
+    """A TensorBoard copy of metrics.jsonl (which stays the record: resume and `compare` read it): every
+    number of every record as a scalar (`train/d_loss`, `health/diversity_ratio`, `eval/<metric>`, ...),
+    and each sample grid as an image. The writer opens at the first record (tensorboard imports then)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        # a resume: TensorBoard hides the events of this step on, which the resumed run logs again
+        self.purge_step: Optional[int] = None
+        self.writer: Any = None
+        self.step = 0  # records without a step (the end's "ranks") go at the last step seen
+
+    def _writer(self) -> Any:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step, flush_secs=10)
+        return self.writer
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.step = step = record.get("step", self.step)
+        event = record.get("event")
+        if event == "eval":
+            scalars = {f"eval/{record['metric']}": record["value"]}
+        else:
+            scalars = {f"{event or 'train'}/{key}": value for key, value in record.items()
+                       if key not in ("step", "time", "event") and isinstance(value, (int, float))}  # fmt: skip
+        writer = self._writer()
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, float(value), step, walltime=record.get("time"))
+
+    def image(self, png: Path, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(png) as im:
+            pixels = np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+        self._writer().add_image("samples", pixels, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def read_log(metrics_path: Path) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ from ganforge.objectives import (
     VAEObjective,
 )
 from ganforge.precision import Precision, cuda_speedups, make_adam, pick_device, resolve_precision
-from ganforge.runlog import RunFiles, new_run_dir
+from ganforge.runlog import RunFiles, new_run_dir, require_tensorboard
 from ganforge.steps import grad_norm
 
 # What `ganforge train --resume RUN --set ...` may change: the run's length, cadences and where it runs,
@@ -68,7 +68,7 @@ from ganforge.steps import grad_norm
 # dataset may be re-pointed (data.name, data.root) to a copy that holds the same images (checked by hash).
 RESUMABLE = {
     "train": ("steps", "epochs", "time_limit", "log_every", "sample_every", "checkpoint_every", "eval_every",
-              "device", "precision", "compile", "keep_checkpoints"),
+              "device", "precision", "compile", "keep_checkpoints", "tensorboard"),
     "optim": ("g_lr", "d_lr", "lr_decay", "decay_start"),
     "monitor": ("every", "on_collapse", "n", "diversity_threshold", "entropy_threshold", "patience", "warmup",
                 "lr_factor", "rollback_lr", "max_rollbacks"),
@@ -357,6 +357,8 @@ def open_run(cfg: Optional[Config], resume: Optional[str | Path], overrides: Opt
         cfg = cfg or Config()
         dist = init_distributed(pick_device(cfg.train.device))  # the device check fails before a run folder
         _check_distributed(cfg, dist)
+        if cfg.train.tensorboard:
+            require_tensorboard()
         with dist.main_first():  # a download happens once, by rank 0
             cfg, ds = prepare(cfg)
         run_dir = dist.broadcast(new_run_dir(cfg) if dist.main else None)  # rank 0 names it for all
@@ -377,6 +379,8 @@ def open_run(cfg: Optional[Config], resume: Optional[str | Path], overrides: Opt
         cfg = repointed_data(cfg, data_change, run_dir)
     dist = init_distributed(pick_device(cfg.train.device))
     _check_distributed(cfg, dist)
+    if cfg.train.tensorboard:
+        require_tensorboard()
     with dist.main_first():  # a download happens once, by rank 0
         ds = _load_data(cfg)
     if len(ds) != ckpt["dataset"]["n"]:
@@ -629,14 +633,18 @@ def train(
     """
     try:
         threads.policy()  # a bad GANFORGE_THREADS fails before any work
+        load_since = threads.snapshot()  # the other processes' load is measured from here (see loop)
         cfg, ckpt, ds, dist, run_dir = open_run(cfg, resume, overrides, resume_from)
-        files = RunFiles(run_dir, main=dist.main)  # only rank 0 writes files and prints
-        write_config(files, cfg, new_run=ckpt is None)
-        run, s = build_run(cfg, ds, dist, files, ckpt)
-        with safe_output():  # a closed pipe or terminal must not kill the run: its output is dropped
-            begin(s, run, ckpt)
-            halt = loop(s, run, progress)
-            return finish(s, run, halt)
+        files = RunFiles(run_dir, main=dist.main, tensorboard=cfg.train.tensorboard)  # rank 0 writes and prints
+        try:
+            write_config(files, cfg, new_run=ckpt is None)
+            run, s = build_run(cfg, ds, dist, files, ckpt)
+            with safe_output():  # a closed pipe or terminal must not kill the run: its output is dropped
+                begin(s, run, ckpt)
+                halt = loop(s, run, progress, load_since)
+                return finish(s, run, halt)
+        finally:
+            files.close()
     finally:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a job torchrun started: leave it cleanly
             shutdown()
@@ -709,7 +717,7 @@ def begin(s: Setup, run: Run, ckpt: Optional[dict[str, Any]]) -> None:
     files, cfg = s.files, s.cfg
     files.sample_dir.mkdir(exist_ok=True)
     if ckpt is not None:  # after a crash: the log and temp files may hold what the checkpoint does not
-        dropped = files.after_crash(ckpt.get("log_bytes"))
+        dropped = files.after_crash(ckpt.get("log_bytes"), run.step)
         if dropped:
             files.say(f"ganforge: {dropped} log line(s) written after step {run.step}'s checkpoint "
                       "were dropped (those steps are redone)")  # fmt: skip
@@ -737,7 +745,7 @@ def begin(s: Setup, run: Run, ckpt: Optional[dict[str, Any]]) -> None:
         files.log({"event": "resume", "step": run.step, "nimg": run.nimg, **where, "changes": changes})
 
 
-def loop(s: Setup, run: Run, progress: bool) -> Halt:
+def loop(s: Setup, run: Run, progress: bool, load_since: Optional[tuple] = None) -> Halt:
     """The training loop. Returns why it ended (normally: neither flag set)."""
     t, objective = s.cfg.train, s.objective
     bar = progress_bar(s, run) if progress and s.files.main else None
@@ -748,8 +756,11 @@ def loop(s: Setup, run: Run, progress: bool) -> Halt:
     stop = StopFlag()
     stop.install()
     threads_before = torch.get_num_threads()
-    governor, how = threads.governor_for_run(run.device, s.dist.world, s.ds.is_points)
+    governor, how = threads.governor_for_run(run.device, s.dist.world, since=load_since)
     s.files.log({"event": "threads", "step": run.step, "threads": torch.get_num_threads(), "policy": how})
+    if governor is not None and (change := governor.tick()) is not None:  # the load since the run's start
+        s.files.log({"event": "threads", "step": run.step, "threads": change[1], "was": change[0],
+                     "others_cores": round(governor.others, 2)})  # fmt: skip
     run.G.train()
     run.D.train()
     try:
@@ -779,15 +790,15 @@ def loop(s: Setup, run: Run, progress: bool) -> Halt:
             norms = dict(zip(objective.norm_keys, (d_norm, g_norm)))
             if check_health(s, run, out, halt, stop, norms, check_now):
                 window.reset()  # rolled back: the restored step runs next
-                if bar is not None:
-                    bar.reset(total=s.total_steps * t.batch_size)
-                    bar.update(run.step * t.batch_size)
+                if bar is not None:  # a new bar from the restored step: its rate and time left start afresh
+                    bar.close()
+                    bar = progress_bar(s, run)
                 continue
 
             # maintenance: log / grid / checkpoint / eval
             window.add(out.stats)
             if bar is not None:
-                bar.update(t.batch_size)
+                bar.update()
             if log_now:
                 write_log(s, run, window, norms, bar)
             maintenance(s, run)
@@ -807,11 +818,14 @@ def loop(s: Setup, run: Run, progress: bool) -> Halt:
 
 
 def progress_bar(s: Setup, run: Run) -> Any:
+    """The terminal's progress bar, in steps (as --steps and the log count them; write_log adds the img/s).
+    It starts at run.step (a resume, a rollback), and tqdm measures its rate and time left from the steps
+    it sees itself (the updates after `initial`), so they start afresh instead of counting the steps
+    before as done in no time."""
     from tqdm import tqdm
 
-    batch = s.cfg.train.batch_size
-    return tqdm(total=s.total_steps * batch, initial=run.step * batch, unit="img", unit_scale=True,
-                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)  # fmt: skip
+    return tqdm(total=s.total_steps, initial=run.step, unit="step", dynamic_ncols=True, mininterval=1.0,
+                file=sys.stderr)  # fmt: skip
 
 
 def iterate(s: Setup, run: Run) -> Optional[StepOut]:
@@ -870,6 +884,9 @@ def check_health(s: Setup, run: Run, out: StepOut, halt: Halt, stop: StopFlag,
         record.update(norms)
         s.files.log(record)
         collapsed, reasons = s.monitor.collapse_due(record), record["reasons"]
+        notice = s.monitor.notice(record)  # the first failed check of a run of them, said at once
+        if notice and not collapsed:  # (a collapse event says its own line)
+            s.files.say(f"\n{notice}")
         if not collapsed and record["healthy"]:  # the rollback target: the last check that passed
             s.files.save("healthy.pt", lambda: s.state(run))
     return s.dist.any(collapsed)[0] and on_event(s, run, "collapse", reasons)
@@ -956,14 +973,15 @@ def rollback(s: Setup, run: Run) -> None:
     files.say(f"ganforge: rolled back to step {run.step} (checkpoints/healthy.pt); learning rates now "
               f"G {record['g_lr']:.3g}, D {record['d_lr']:.3g}")  # fmt: skip
     if s.monitor is not None:
-        s.monitor.unhealthy_streak = 0
+        s.monitor.reset()
     run.runaway_said = False
 
 
 def write_log(s: Setup, run: Run, window: LogWindow, norms: dict[str, Optional[float]], bar: Any) -> None:
-    """One metrics.jsonl record of the window's means, and the progress bar's two numbers."""
+    """One metrics.jsonl record of the window's means, and the progress bar's losses and img/s."""
     t = s.cfg.train
     elapsed = time.perf_counter() - window.start
+    img_per_s = window.steps * t.batch_size / max(elapsed, 1e-9)
     record = window.means(s.dist)
     s.files.log({
         "step": run.step,
@@ -971,14 +989,15 @@ def write_log(s: Setup, run: Run, window: LogWindow, norms: dict[str, Optional[f
         "nimg": run.nimg,
         **record,
         **norms,
-        "img_per_s": window.steps * t.batch_size / max(elapsed, 1e-9),
+        "img_per_s": img_per_s,
         # the rates of the last step (after lr decay and rollbacks)
         "g_lr": run.opt_G.param_groups[0]["lr"],
         "d_lr": run.opt_D.param_groups[0]["lr"],
         "time": time.time(),
     })  # fmt: skip
-    if bar is not None:  # d_loss and g_loss, or the VAE's loss and reconstruction term
-        bar.set_postfix({k: f"{record[k]:.3f}" for k in list(record)[:2]}, refresh=False)
+    if bar is not None:  # d_loss and g_loss, or the VAE's loss and reconstruction term, and the images/s
+        bar.set_postfix({**{k: f"{record[k]:.3f}" for k in list(record)[:2]}, "img/s": f"{img_per_s:.0f}"},
+                        refresh=False)  # fmt: skip
     window.reset()
 
 
@@ -1014,8 +1033,9 @@ def finish(s: Setup, run: Run, halt: Halt) -> Path:
         files.log({"event": "end", "step": run.step, "nimg": run.nimg, "seconds": time.perf_counter() - halt.t_start,
                    "train_seconds": run.train_seconds(),
                    **({"stopped_by": "train.time_limit"} if halt.out_of_time else {})})  # fmt: skip
-    # the last checkpoints after those lines: a resume cuts the log back to its checkpoint, and keeps them
-    files.save("last.pt", lambda: s.state(run))
+    # the last checkpoints after those lines: a resume cuts the log back to its checkpoint, and keeps them.
+    # final.pt is the same state as last.pt: one file under both names (see RunFiles.save_state)
+    files.save(["last.pt"] if halt.interrupted else ["last.pt", "final.pt"], lambda: s.state(run))
     s.write_grid(run)
     files.plot()
     if halt.interrupted:
@@ -1025,7 +1045,6 @@ def finish(s: Setup, run: Run, halt: Halt) -> Path:
             files.run_dir,
             {"SIGTERM": 143, "SIGHUP": 129}.get(halt.signal_name, 130),  # 128 + the signal's number
         )
-    files.save("final.pt", lambda: s.state(run))
     if halt.out_of_time:
         files.say(f"ganforge: train.time_limit ({t.time_limit:g} s) reached at step {run.step}/{s.total_steps}.")
     files.say(f"ganforge: done. Samples: {files.run_dir / 'samples.png'}  Checkpoint: {files.ckpt_dir / 'final.pt'}")

@@ -5,6 +5,12 @@ shipped inside the package and SHA-256 checked on load. Each gives two feature l
 (the penultimate activations, for FID/KID/precision-recall/memorisation) and `logits` (for IS and
 mode counting). They work offline; their numbers are comparable only with numbers computed with
 the same extractor, whose name and weights hash every report carries.
+
+Where the weights come from (`find_weights`): the user's own, rebuilt by `ganforge train-classifier`
+into the user cache (~/.cache/ganforge/extractors/NAME.pt, or under $XDG_CACHE_HOME), when present;
+else the shipped ones. The checksums: shipped weights must match the pinned SHA-256; weights in the
+cache must match the SHA-256 that train-classifier recorded beside them (NAME.pt.sha256) when it wrote
+them (or the pinned one); a file given by path is loaded as given, and its hash goes into the report.
 """
 
 from __future__ import annotations
@@ -180,7 +186,31 @@ def file_sha256(path: Path) -> str:
 
 
 def weights_path(name: str) -> Path:
+    """The shipped weights of extractor `name`, inside the package."""
     return WEIGHTS_DIR / f"{name}.pt"
+
+
+def user_weights_path(name: str) -> Path:
+    """Where `ganforge train-classifier` writes extractor `name` by default: the user cache, not the
+    package (which may be read-only, or, installed in editable mode, the clone's tracked files)."""
+    from ganforge.data import cache_dir
+
+    return cache_dir() / "extractors" / f"{name}.pt"
+
+
+def recorded_sha256_path(path: Path) -> Path:
+    """The SHA-256 train-classifier recorded for weights it wrote outside the package."""
+    return path.with_name(path.name + ".sha256")
+
+
+def find_weights(name: str) -> Path:
+    """The weights `load_domain_extractor(name)` uses: the user's (user_weights_path) when present, else
+    the shipped ones."""
+    user = user_weights_path(name)
+    return user if user.is_file() else weights_path(name)
+
+
+_USER_WEIGHTS_SAID: set[str] = set()  # extractors whose user weights were announced in this process
 
 
 class DomainExtractor(nn.Module):
@@ -210,13 +240,15 @@ class DomainExtractor(nn.Module):
 
 
 def load_domain_extractor(name: str, path: Optional[Path] = None) -> DomainExtractor:
-    """The shipped (or given) weights of domain extractor `name`, checksum-verified."""
+    """Domain extractor `name` from the given weights, else the user's or the shipped ones (find_weights),
+    checksum-verified."""
     if name not in DOMAIN_EXTRACTORS:
         raise ExtractorError(
             f"unknown extractor '{name}'; choose one of {', '.join(DOMAIN_EXTRACTORS)}, inception."
         )
     spec = DOMAIN_EXTRACTORS[name]
-    path = Path(path) if path else weights_path(name)
+    given = path is not None
+    path = Path(path) if given else find_weights(name)
     if not path.is_file():
         raise ExtractorError(
             f"weights of the '{name}' extractor not found at {path}; rebuild them with "
@@ -229,6 +261,8 @@ def load_domain_extractor(name: str, path: Optional[Path] = None) -> DomainExtra
             f"expected {spec.sha256[:12]}...); reinstall ganforge or rebuild them with "
             f"'ganforge train-classifier {spec.dataset}'."
         )
+    if path == user_weights_path(name) and digest != spec.sha256:
+        _check_user_weights(name, path, digest, announce=not given)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -239,6 +273,30 @@ def load_domain_extractor(name: str, path: Optional[Path] = None) -> DomainExtra
         net = spec.build()
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return DomainExtractor(name, net, spec, digest)
+
+
+def _check_user_weights(name: str, path: Path, digest: str, announce: bool) -> None:
+    """The user's weights must be those train-classifier wrote (their recorded SHA-256). Used in place of
+    the shipped ones, they are said (`announce`) once per process: their numbers compare only with
+    numbers from the same weights."""
+    spec = DOMAIN_EXTRACTORS[name]
+    record = recorded_sha256_path(path)
+    text = record.read_text().split() if record.is_file() else []
+    recorded = text[0] if text else None
+    if recorded != digest:
+        why = (f"no SHA-256 was recorded for them ({record} is missing or empty)" if recorded is None
+               else f"they fail the SHA-256 recorded when they were written (got {digest[:12]}..., "
+                    f"recorded {recorded[:12]}...)")  # fmt: skip
+        raise ExtractorError(
+            f"the '{name}' extractor weights at {path} are not used: {why}. Rebuild them with "
+            f"'ganforge train-classifier {spec.dataset}', delete {path} to use the shipped weights, or, "
+            f"for weights you trust, write their SHA-256 into {record.name}."
+        )
+    if announce and name not in _USER_WEIGHTS_SAID:
+        _USER_WEIGHTS_SAID.add(name)
+        print(f"ganforge: note: the '{name}' extractor uses your weights {path} (sha256 {digest[:12]}...), not "
+              "the shipped ones: its numbers compare only with numbers from the same weights (each report "
+              "names them); delete the file to use the shipped weights.", file=sys.stderr)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +314,10 @@ def train_domain_classifier(
     """Train extractor `name` on its dataset's train split; returns (weights path, test accuracy).
 
     Weights are saved as float16 (they stay under 3 MB); accuracy is measured after that rounding.
+    `out` defaults to the user cache (user_weights_path), which load_domain_extractor then prefers to
+    the shipped weights; outside the package their SHA-256 is recorded beside them (OUT.sha256).
+    Rebuilding the shipped weights: out=weights_path(name), then pin the printed SHA-256 in
+    DOMAIN_EXTRACTORS.
     """
     from ganforge.checkpoint import atomic_write_bytes
     from ganforge.data import load_dataset
@@ -310,8 +372,12 @@ def train_domain_classifier(
     state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    out = Path(out) if out else weights_path(name)
-    atomic_write_bytes(out, buffer.getvalue())
+    out = Path(out) if out else user_weights_path(name)
+    data = buffer.getvalue()
+    if out.resolve() != weights_path(name).resolve():  # (the shipped ones are pinned in DOMAIN_EXTRACTORS)
+        digest = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(recorded_sha256_path(out), f"{digest}  {out.name}\n".encode())  # sha256sum's format
+    atomic_write_bytes(out, data)
     extractor = load_domain_extractor(name, out)
     accuracy = classifier_accuracy(extractor, test_set.images, test_set.labels)
     return out, accuracy
