@@ -199,8 +199,9 @@ def test_quick_start_uses_the_fast_preset_only_without_data_model_or_preset(offl
 
 @pytest.mark.parametrize(
     "argv, code",
-    [(["--help"], 0), (["--version"], 0), (["presets"], 0), (["train", "--bogus"], 2), (["sample"], 2)],
-    ids=["help", "version", "presets", "unknown-option", "missing-argument"],
+    [(["--help"], 0), (["--version"], 0), (["presets"], 0), (["presets", "mnist-fast"], 0), (["train", "--bogus"], 2),
+     (["sample"], 2)],
+    ids=["help", "version", "presets", "presets-name", "unknown-option", "missing-argument"],
 )
 def test_help_version_presets_and_argument_errors_do_not_import_torch(argv, code):
     # importing torch costs seconds (more on a busy machine): these answer without it
@@ -211,3 +212,74 @@ def test_help_version_presets_and_argument_errors_do_not_import_torch(argv, code
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.split()[-2:] == ["False", str(code)], out.stdout + out.stderr
+
+
+def test_presets_one_sentence_each_and_one_in_full(capsys):
+    from ganforge.cli import main
+    from ganforge.config import list_presets, preset_description
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, about in list_presets().items():
+        assert any(line.split() == [name, *about.split()] for line in lines), name  # the whole sentence
+    assert "`ganforge presets NAME`" in lines[-1]
+
+    assert main(["presets", "seed-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert " ".join(out.split()).startswith(f"seed-mnist: {preset_description('seed-mnist').split(chr(10))[0]}")
+    flat = " ".join(out.split())  # the paragraphs are wrapped to the terminal
+    assert "docs/seed.md" in flat and "kept to reproduce the original" in flat  # the last comment line too
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")}
+    assert rows["optim.g_lr"] == ["0.0001", "default", "0.0002"]
+    assert rows["train.update"] == ["simultaneous", "default", "alternating"]
+    assert rows["train.epochs"] == ["50", "default", "null"]
+    assert rows["data.name"] == ["auto", "(the", "default", "too)"]
+    assert "ganforge train --preset seed-mnist" in out
+
+    assert main(["presets", "seed-mnsit"]) == 2
+    assert "unknown preset 'seed-mnsit'" in capsys.readouterr().err
+
+
+def test_train_help_comes_from_the_defaults_and_the_run_name_format(tmp_path):
+    """The cadences in `train --help` are the config's defaults (and the quick start preset's), its
+    paragraphs are wrapped, and its example run folders are named as a run names them."""
+    import re
+
+    from ganforge.cli import QUICK_START, WIDTH, build_parser
+    from ganforge.config import TrainConfig, build_config, load_preset
+    from ganforge.runlog import new_run_dir
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    text, t = train.description, TrainConfig()
+    assert max(map(len, text.splitlines())) <= WIDTH
+    flat = " ".join(text.split())
+    assert f"train.log_every steps ({t.log_every})" in flat
+    assert f"train.checkpoint_every steps ({t.checkpoint_every})" in flat
+    assert f"train.keep_checkpoints ({t.keep_checkpoints}) newest" in flat
+    assert f"train.sample_every steps ({load_preset(QUICK_START)['train']['sample_every']} in the quick start)" in flat
+    assert t.sample_every is None and "else one at the end of every epoch" in flat
+
+    made = new_run_dir(build_config(overrides={"data": {"name": "mnist"}, "model": {"name": "dcgan28-classic"},
+                                               "run": {"runs_dir": str(tmp_path)}})).name  # fmt: skip
+    stamp = re.compile(r"\d{8}-\d{6}$")  # YYYYMMDD-HHMMSS
+    assert stamp.sub("T", made) == "mnist-dcgan28-classic-T", made
+    shown = re.findall(r"runs/(\S+)", train.epilog + parser.epilog)
+    assert shown and {stamp.sub("T", name) for name in shown if stamp.search(name)} == {stamp.sub("T", made)}
+    for command in ("eval", "serve"):  # the other commands' examples name runs the same way
+        epilog = parser._subparsers._group_actions[0].choices[command].epilog
+        assert f"runs/{made[:-15]}20261207-101500" in epilog, command
+
+
+def test_offline_dry_run_and_data_say_one_line_and_make_no_folder(isolated_env, monkeypatch, capsys):
+    import ganforge.data as gd
+    from ganforge.cli import main
+
+    monkeypatch.setattr(gd, "_reachable", lambda url: False)  # offline, whatever this machine is
+    assert main(["train", "--dry-run", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("using the embedded mnist-5k") == 1 and "downloading" not in err, err
+    assert main(["data", "mnist", "--out", str(isolated_env / "m.png")]) == 1
+    err = capsys.readouterr().err
+    assert "ganforge data mnist-5k" in err and "downloading" not in err
+    assert not (gd.cache_dir() / "mnist").exists()

@@ -8,6 +8,8 @@ from ganforge.config import (
     list_presets,
     load_preset,
     parse_overrides,
+    preset_changes,
+    preset_description,
     resolve,
 )
 
@@ -127,3 +129,32 @@ def test_the_largest_seed_trains(tmp_path, isolated_env):
     from .conftest import tiny
 
     assert train(build_config(overrides=tiny(tmp_path, steps=2, seed=2**32 - 1)), progress=False).is_dir()
+
+
+def test_each_preset_opens_with_one_short_complete_sentence():
+    """`ganforge presets` shows each preset's first comment line: a whole sentence, not a cut one."""
+    for name, about in list_presets().items():
+        assert about.endswith(".") and len(about) <= 100, f"{name}: {about!r}"
+        assert about[0].isupper() or about.split()[0] in ("pix2pix",), f"{name}: {about!r}"
+    assert "seed's" not in " ".join(preset_description(n) for n in list_presets())  # jargon (issue #30 item 12)
+
+
+def test_preset_description_and_changes_are_the_whole_file():
+    from ganforge.config import PRESET_DIR
+
+    for name in list_presets():
+        text = (PRESET_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+        comments = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+        about = preset_description(name)
+        assert about.split("\n\n")[0] == list_presets()[name]
+        assert " ".join(about.split()) == " ".join(" ".join(comments).split())  # every comment line, in order
+        cfg, defaults = build_config(name), Config()
+        changes = preset_changes(name)
+        assert len(changes) == sum(len(section) for section in load_preset(name).values())
+        for key, value, default in changes:  # the values a run of the preset really gets
+            section, field_name = key.split(".")
+            assert getattr(getattr(cfg, section), field_name) == value, key
+            assert getattr(getattr(defaults, section), field_name) == default, key
+    assert ("optim.g_lr", 1e-4, 2e-4) in preset_changes("seed-mnist")
+    with pytest.raises(ConfigError, match="unknown preset 'seed-mnsit'"):
+        preset_description("seed-mnsit")

@@ -1,5 +1,6 @@
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,9 +210,89 @@ def test_download_path_with_files_already_present(data_root, isolated_env, monke
         ):
             shutil.copyfileobj(src, dst)
     monkeypatch.setattr(gd, "_candidate_dirs", lambda *a, **k: [])  # nothing found by the search
+    monkeypatch.setattr(gd, "_reachable", lambda url: True)  # as if online: the download branch runs
     ds = load_dataset("mnist", split="test", download=True)
     assert ds.images.shape == (10000, 1, 28, 28)
     assert ds.source == str(raw)
+
+
+def _cache_folders(isolated_env) -> list:
+    cache = isolated_env / "cache"
+    return sorted(p for p in cache.rglob("*") if p.is_dir()) if cache.exists() else []
+
+
+def test_offline_auto_says_one_line_and_makes_no_folder(isolated_env, monkeypatch, capsys):
+    """Offline, `auto` announces no download it cannot make: one line (the fallback, and why), no folder."""
+    import ganforge.data as gd
+
+    monkeypatch.setattr(gd, "_reachable", lambda url: False)  # offline, whatever this machine is
+    ds = load_dataset("auto")
+    assert ds.name == "mnist-5k"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "downloading" not in err[0], err
+    assert "full MNIST not found (it cannot be downloaded: no connection to" in err[0]
+    assert "using the embedded mnist-5k" in err[0] and str(gd.cache_dir() / "mnist") in err[0]
+    assert _cache_folders(isolated_env) == []
+    monkeypatch.setenv("RANK", "1")  # the other processes of `--nproc 2` load it quietly: one line per command
+    load_dataset("auto")
+    assert capsys.readouterr().err == ""
+
+
+def test_reachable_is_false_without_a_server():
+    from ganforge.data import _reachable
+
+    assert not _reachable("http://127.0.0.1:9/mnist/train-images-idx3-ubyte.gz", timeout=2)  # refused
+    assert not _reachable("https://ganforge.invalid/x", timeout=2)  # .invalid never resolves
+
+
+def _fake_torchvision_mnist(fail: bool):
+    """A stand-in for torchvision.datasets.MNIST: it 'downloads' into root/MNIST/raw (or fails half-way)."""
+
+    class FakeMNIST:
+        mirrors = ["https://example.org/mnist/"]
+        resources = [("train-images-idx3-ubyte.gz", "")]
+        calls = 0
+
+        def __init__(self, root, train, download):
+            FakeMNIST.calls += 1
+            raw = Path(root) / "MNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            print("Downloading https://example.org/mnist/train-images-idx3-ubyte.gz")  # torchvision's own line
+            if fail:
+                raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+            _write_idx(raw / "train-images-idx3-ubyte.gz", np.full((5, 28, 28), 7), 2051)
+            _write_idx(raw / "train-labels-idx1-ubyte.gz", np.arange(5), 2049)
+
+    return FakeMNIST
+
+
+def test_online_download_says_so_once_and_a_failed_one_leaves_no_empty_folder(isolated_env, monkeypatch, capsys):
+    import torchvision.datasets as tvd
+
+    import ganforge.data as gd
+
+    monkeypatch.setattr(gd, "_reachable", lambda url: url == "https://example.org/mnist/train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(tvd, "MNIST", _fake_torchvision_mnist(fail=True))
+    with pytest.raises(DatasetError, match=r"download failed: RuntimeError: Error downloading"):
+        load_dataset("mnist")
+    out = capsys.readouterr()
+    assert out.out == ""  # torchvision's lines go to stderr: stdout is for results (--dry-run's YAML)
+    assert out.err.count("ganforge: downloading mnist to ") == 1
+    assert _cache_folders(isolated_env) == []  # the folders the failed download made are gone
+
+    fake = _fake_torchvision_mnist(fail=False)
+    monkeypatch.setattr(tvd, "MNIST", fake)
+    ds = load_dataset("auto")
+    assert ds.name == "mnist" and len(ds) == 5 and fake.calls == 1
+    err = capsys.readouterr().err
+    assert err.count("ganforge: downloading mnist to ") == 1 and "mnist-5k" not in err
+    assert ds.source == str(gd.cache_dir() / "mnist" / "MNIST" / "raw")
+
+
+def test_offline_mnist_error_suggests_mnist5k(isolated_env):
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mnist", download=False)
+    assert "'mnist-5k'" in str(err.value) and "ganforge data mnist-5k" in str(err.value)
 
 
 def test_a_data_root_with_a_tilde_is_expanded(data_root, isolated_env, monkeypatch):

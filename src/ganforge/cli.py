@@ -7,17 +7,79 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-EXAMPLES = """examples:
-  ganforge train                                   digits on MNIST (or the embedded mnist-5k offline):
-                                                   the quick start, preset mnist-fast
+WIDTH = 100  # the help texts' hand-wrapped paragraphs
+
+
+def _example_run(dataset: str = "mnist", model: Optional[str] = None) -> str:
+    """A run folder as a run names it (config.run_name: DATA-MODEL-YYYYMMDD-HHMMSS); by default the quick
+    start's on full MNIST."""
+    import datetime
+
+    from ganforge.config import RunConfig, load_preset, run_name
+
+    model = model or load_preset(QUICK_START)["model"]["name"]
+    return f"{RunConfig().runs_dir}/{run_name(dataset, model, datetime.datetime(2026, 12, 7, 10, 15, 0))}"
+
+
+def _examples() -> str:
+    run = _example_run()
+    return f"""examples:
+  ganforge train                                   the quick start: digits on MNIST (offline: the
+                                                   embedded mnist-5k), preset {QUICK_START}
+  ganforge presets {QUICK_START:<32}what a preset is for and what it sets
   ganforge train --preset seed-cifar --data cifar10 --data-root ~/data/cifar10
   ganforge train --data folder:~/pictures/cats --resolution 64 --epochs 20
   ganforge train --set train.batch_size=128 optim.g_lr=1e-4 --dry-run
-  ganforge train --resume runs/mnist-dcgan28-20261126-101500
-  ganforge sample runs/mnist-dcgan28-20261126-101500 --n 64 --out grid.png
+  ganforge train --resume {run}
+  ganforge sample {run} --n 64 --out grid.png
   ganforge data mnist --out mnist.png
   ganforge serve runs/mnist-a runs/mnist-b        generate in the browser; real-or-fake studies
 """
+
+
+def _hanging(items: list[tuple[str, str]], indent: int = 2) -> str:
+    """`name   text` rows, the text wrapped to WIDTH under itself."""
+    import textwrap
+
+    col = indent + max(len(name) for name, _ in items) + 2
+    return "\n".join(textwrap.fill(text, WIDTH, initial_indent=f"{' ' * indent}{name:<{col - indent}}",
+                                    subsequent_indent=" " * col, break_on_hyphens=False)
+                      for name, text in items)  # fmt: skip
+
+
+def _train_description() -> str:
+    """`train --help`'s text, from the defaults the run itself uses (config.TrainConfig, RunConfig)."""
+    import textwrap
+
+    from ganforge.config import RunConfig, TrainConfig, load_preset
+
+    t, r = TrainConfig(), RunConfig()
+    grids = f"every {t.sample_every} steps" if t.sample_every else "at the end of every epoch"
+    quick_every = load_preset(QUICK_START)["train"].get("sample_every", t.sample_every)
+
+    def fill(text: str) -> str:
+        return textwrap.fill(text, WIDTH, break_on_hyphens=False)
+
+    files = _hanging([
+        ("config.yaml", "the resolved config (`--dry-run` prints it and trains nothing)"),
+        ("metrics.jsonl", f"losses and rates every train.log_every steps ({t.log_every}), and every event"),
+        ("samples.png", "the newest grid of the same fixed latents"),
+        ("samples/", f"every grid, as step_NNNNNNN.png: one every train.sample_every steps "
+                     f"({quick_every} in the quick start), else one {grids}"),
+        ("losses.png", "the loss curves"),
+        ("checkpoints/", f"last.pt (every train.checkpoint_every steps ({t.checkpoint_every}) and at each "
+                         "epoch's end), final.pt (at the end), step_NNNNNNN.pt (the train.keep_checkpoints "
+                         f"({t.keep_checkpoints}) newest), healthy.pt (the last state that passed the health "
+                         "check: the rollback target) and best.pt (best FID, with --eval-every)"),
+    ])  # fmt: skip
+    return "\n\n".join([
+        fill(f"Train a GAN (or the VAE baseline, or an image-to-image model). `ganforge train` alone is the "
+             f"quick start: preset {QUICK_START}, digits on MNIST."),
+        fill(f"A run writes everything into {r.runs_dir}/DATA-MODEL-YYYYMMDD-HHMMSS/ (--runs-dir, --name):"),
+        files,
+        fill("Ctrl-C finishes the step, saves a checkpoint and prints the command that resumes: --resume "
+             "RUN_DIR continues exactly where the run stopped (--from picks another checkpoint)."),
+    ])  # fmt: skip
 
 
 class _Lazy(str):
@@ -78,16 +140,14 @@ def _extractor_help() -> str:
 
 
 def _train_parser(sub: Any) -> None:
+    from ganforge.config import RunConfig, TrainConfig, load_preset
+
     p = sub.add_parser(
         "train",
         help="train a GAN (default: DCGAN on MNIST digits)",
-        description="Train a GAN. Everything lands in RUNS_DIR/NAME/: config.yaml, metrics.jsonl, "
-        "samples.png (newest fixed-noise grid), samples/ (a grid per epoch, or per train.sample_every steps), losses.png and "
-        "checkpoints/: last.pt (newest), final.pt (at the end), step_NNNNNNN.pt (the train.keep_checkpoints "
-        "newest), healthy.pt (the last state that passed the health check: the rollback target) and best.pt "
-        "(best FID, with --eval-every). Ctrl-C saves a checkpoint; --resume continues (--from picks another).",
+        description=_train_description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLES,
+        epilog=_examples(),
     )
     p.add_argument("--preset", help="start from a preset (see `ganforge presets`)")
     p.add_argument("--config", metavar="FILE",
@@ -114,8 +174,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument(
         "--steps",
         type=int,
-        help="length in optimisation steps (the quick start: 2000; other runs: the preset's, else 5000; "
-        "replaces a preset's epochs)",
+        help=f"length in optimisation steps (the quick start: {load_preset(QUICK_START)['train']['steps']}; other "
+        f"runs: the preset's, else {TrainConfig().steps}; replaces a preset's epochs)",
     )
     p.add_argument("--batch-size", type=int, help="images per step")
     p.add_argument("--seed", type=int, help="random seed (same seed, same run on CPU)")
@@ -139,8 +199,9 @@ def _train_parser(sub: Any) -> None:
         metavar="N",
         help="every N steps log the domain FID (train.eval_n samples) and keep checkpoints/best.pt",
     )
-    p.add_argument("--name", help="run name (default: <dataset>-<model>-<time>)")
-    p.add_argument("--runs-dir", help="folder for runs (default: runs)")
+    p.add_argument("--name", help="run name (default: DATA-MODEL-YYYYMMDD-HHMMSS, e.g. "
+                   f"{_example_run().split('/')[-1]})")
+    p.add_argument("--runs-dir", help=f"folder for runs (default: {RunConfig().runs_dir})")
     p.add_argument(
         "--set",
         dest="sets",
@@ -378,13 +439,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_presets(args: argparse.Namespace) -> int:
-    from ganforge.config import list_presets
+def _yaml_value(value: Any) -> str:
+    """A config value as `--set` takes it (and config.yaml shows it): true, null, 0.0002."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
-    presets = list_presets()
-    width = max(map(len, presets))
-    for name, about in presets.items():
-        print(f"{name:<{width}}  {about}")
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    import shutil
+    import textwrap
+
+    from ganforge.config import list_presets, preset_changes, preset_description
+
+    if args.name is None:
+        presets = list_presets()
+        width = max(map(len, presets))
+        for name, about in presets.items():
+            print(f"{name:<{width}}  {about}")
+        print("\n`ganforge presets NAME` prints a preset's whole description and the values it sets.")
+        return 0
+    about, changes = preset_description(args.name), preset_changes(args.name)  # an unknown name: ConfigError
+    columns = min(shutil.get_terminal_size().columns, 100)
+    for i, paragraph in enumerate(about.split("\n\n")):
+        print(textwrap.fill(f"{args.name}: {paragraph}" if i == 0 else paragraph, columns,
+                            break_on_hyphens=False, break_long_words=False) + "\n")  # fmt: skip
+    print("It sets, over the defaults (`--set KEY=VALUE` changes any value):")
+    width = max(len(key) for key, _, _ in changes)
+    shown = [_yaml_value(value) for _, value, _ in changes]
+    value_width = max(map(len, shown))
+    for (key, value, default), text in zip(changes, shown):
+        note = "(the default too)" if value == default else f"default {_yaml_value(default)}"
+        print(f"  {key:<{width}}  {text:<{value_width}}  {note}")
+    print(f"\nTrain with it: ganforge train --preset {args.name}   (--dry-run prints the whole resolved config)")
     return 0
 
 
@@ -503,9 +590,13 @@ def _add_direction(p: argparse.ArgumentParser) -> None:
 
 
 def _presets_parser(sub: Any) -> None:
-    sub.add_parser(
-        "presets", help="list the training presets", description="List the training presets."
+    p = sub.add_parser(
+        "presets",
+        help="list the training presets; `presets NAME` describes one",
+        description="List the training presets, one sentence each; with NAME, print that preset's whole "
+        "description and every config value it sets, beside the default it replaces.",
     )
+    p.add_argument("name", nargs="?", metavar="NAME", help="a preset to describe (e.g. mnist-fast)")
 
 
 def _data_parser(sub: Any) -> None:
@@ -534,7 +625,7 @@ def _eval_parser(sub: Any) -> None:
         "sample count, reference dataset/split/size, extractor and its weights hash, library versions. "
         "Works offline with the shipped domain extractors; see docs/metrics.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  ganforge eval runs/mnist-dcgan28-classic-20261126-214606\n"
+        epilog=f"examples:\n  ganforge eval {_example_run()}\n"
         "  ganforge eval RUN --metrics fid,kid,memorization --n 5000\n"
         "  ganforge eval RUN --metrics fid,cas   (a class-conditional run)\n"
         "  ganforge eval RUN --extractor inception --inception-weights weights-inception-2015-12-05-6726825d.pth",
@@ -557,7 +648,7 @@ def _translate_parser(sub: Any) -> None:
         "converted to the model's input channels and, when its size differs, resized (shorter side) and "
         "centre-cropped to the model's resolution, which is printed; the output is written as OUT/<name>.png.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  ganforge translate runs/edges2fashion-pix2pix28-20261207-0900 sketch.png --out out/\n"
+        epilog=f"examples:\n  ganforge translate {_example_run('edges2fashion', 'pix2pix28')} sketch.png --out out/\n"
         "  ganforge translate runs/colorize RUN_PHOTOS_FOLDER/ --out colour/",
     )
     p.add_argument("path", help="a translation run folder (its newest checkpoint) or a checkpoint file")
@@ -580,7 +671,8 @@ def _train_classifier_parser(sub: Any) -> None:
         "--epochs", type=int, help="epochs (default: 4 mnist, 12 fashion-mnist, 30 cifar10)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="where to write the weights (default: inside the package)")
+    p.add_argument("--out", help="where to write the weights (default: ~/.cache/ganforge/extractors/DATASET.pt, or "
+                   "under $XDG_CACHE_HOME, used from then on in place of the shipped weights; delete it to go back)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -629,7 +721,7 @@ def _serve_parser(sub: Any) -> None:
         "results page gives each run's human error rate with a 95% bootstrap CI. Votes go to a SQLite "
         "file (--db). Everything is served by the app itself: it works offline.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  ganforge serve runs/mnist-fast-20261127-101500\n"
+        epilog=f"examples:\n  ganforge serve {_example_run()}\n"
         "  ganforge serve runs/a runs/b --port 8080 --db studies.db\n"
         "  ganforge serve runs/a --host 0.0.0.0   (other machines can reach it: raters on your network)",
     )
@@ -671,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ganforge",
         description="Train GANs on image data, keep training stable, measure quality and diversity.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLES,
+        epilog=_examples(),
     )
     parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

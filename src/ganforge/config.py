@@ -9,6 +9,7 @@ dataset (resolution, channels, the model chosen by `auto`).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
 import types
@@ -55,7 +56,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # Architecture: auto picks the model for the data's size (28 -> dcgan28-classic, 32 -> dcgan32,
-    # otherwise dcgan64 with images resized to 64). dcgan28 is the seed's section 4.1 net.
+    # otherwise dcgan64 with images resized to 64). dcgan28 is the TensorFlow DCGAN tutorial's network
+    # (docs/seed.md).
     name: str = "auto"
     # Latent size: z ~ N(0, I) of this many dimensions.
     z_dim: int = 100
@@ -178,9 +180,9 @@ class TrainConfig:
     # graph; D judges it again after its update), as pytorch/examples' DCGAN does: one G forward per
     # step instead of two. false: the G step draws fresh latents (one more G forward).
     reuse_fakes: bool = True
-    # alternating (seed section 3.2): update D, then G against the updated D. simultaneous (the
-    # TensorFlow/Keras DCGAN tutorial's train_step): one D forward on the fakes gives both nets their
-    # gradients, both step at once; one D forward less per step. Needs n_critic=1, not fp16.
+    # alternating (the project's original description, §3.2): update D, then G against the updated D.
+    # simultaneous (the TensorFlow/Keras DCGAN tutorial's train_step): one D forward on the fakes gives
+    # both nets their gradients, both step at once; one D forward less per step. Needs n_critic=1, not fp16.
     update: Literal["alternating", "simultaneous"] = "alternating"
     # Keep an exponential moving average of G's weights with this decay (e.g. 0.999); sampling and
     # evaluation then use G_ema. None: no G_ema.
@@ -214,6 +216,9 @@ class TrainConfig:
     # modules). Costs compile time at start (and when a mode changes); see docs/benchmarks.md for when
     # it pays.
     compile: bool = False
+    # Also write TensorBoard event files (RUN/tensorboard/): the scalars of metrics.jsonl, the sample grids
+    # and the in-training eval; needs `pip install 'ganforge[tensorboard]'`. metrics.jsonl stays the record.
+    tensorboard: bool = False
     # Several processes (torchrun, or `ganforge train --nproc N`): batch_size is the global batch, split
     # evenly over the processes. sync_bn: BatchNorm statistics over the global batch (SyncBatchNorm;
     # CUDA only), instead of each process's own shard.
@@ -266,11 +271,20 @@ class MonitorConfig:
     max_rollbacks: int = 3
 
 
+RUN_TIME_FORMAT = "%Y%m%d-%H%M%S"  # the timestamp of a default run name
+
+
+def run_name(dataset: str, model: str, when: datetime.datetime) -> str:
+    """The default run name, DATA-MODEL-YYYYMMDD-HHMMSS: `mnist-dcgan28-classic-20261207-101500`
+    (a folder dataset counts as `folder`)."""
+    return f"{dataset.split(':')[0]}-{model}-{when:{RUN_TIME_FORMAT}}"
+
+
 @dataclass
 class RunConfig:
     # Folder that holds all runs; each run gets runs_dir/<name>/.
     runs_dir: str = "runs"
-    # Run name (None: <dataset>-<model>-<timestamp>).
+    # Run name (None: run_name() of the dataset, the model and the start time: DATA-MODEL-YYYYMMDD-HHMMSS).
     name: Optional[str] = None
 
 
@@ -435,13 +449,46 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return nested
 
 
+def _preset_comments(path: Path) -> list[str]:
+    """The comment lines a preset file opens with, without their `#`: its description."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return lines
+
+
 def list_presets() -> dict[str, str]:
-    """Preset name -> its first comment line (what it is for)."""
-    out = {}
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        out[path.stem] = first.lstrip("# ").strip()
-    return out
+    """Preset name -> its first comment line: one sentence on what it is for."""
+    return {path.stem: (_preset_comments(path) or [""])[0] for path in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def preset_description(name: str) -> str:
+    """A preset's whole description (its opening comment lines): the sentence `list_presets` shows, then
+    the details, as one paragraph each."""
+    load_preset(name)  # an unknown name fails here, listing the presets
+    first, *rest = _preset_comments(PRESET_DIR / f"{name}.yaml") or [""]
+    return first + ("\n\n" + " ".join(rest) if rest else "")
+
+
+def preset_changes(name: str) -> list[tuple[str, Any, Any]]:
+    """(dotted key, the preset's value, the default) for every value a preset sets, in the file's order;
+    both values as a resolved config holds them (2e-4 as 0.0002, 1 as 1.0 for a float field)."""
+    values, defaults = load_preset(name), Config()
+    changes: list[tuple[str, Any, Any]] = []
+
+    def walk(obj: Any, section: dict[str, Any], prefix: str) -> None:
+        for key, value in section.items():
+            current = getattr(obj, key)
+            if dataclasses.is_dataclass(current):
+                walk(current, value, f"{prefix}{key}.")
+            else:
+                changes.append((f"{prefix}{key}", _coerce(value, _field_types(type(obj))[key], prefix + key), current))
+
+    _apply(Config(), values)  # wrong keys and types fail as they do in a run
+    walk(defaults, values, "")
+    return changes
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

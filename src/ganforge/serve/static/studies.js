@@ -56,10 +56,11 @@ async function init() {
       "(translation models: they translate images and have no samples to judge).";
     $("translation-runs").classList.remove("hidden");
   }
-  $("runs").replaceChildren(...runs.map((r, i) => {
+  // every run `ganforge serve` was started with is pre-selected: a study usually compares them all
+  $("runs").replaceChildren(...runs.map(r => {
     const label = el("label", { class: "check" });
     const box = el("input", { type: "checkbox", value: r.id, id: `run-${r.id}` });
-    box.checked = i === 0;
+    box.checked = true;
     label.append(box, ` ${r.id}: ${r.name} (${r.family}, ${r.dataset}, step ${r.step})`);
     return label;
   }));
