@@ -28,8 +28,11 @@ def test_compare_writes_one_table_json_and_png(two_runs, tmp_path, capsys):
     code = main(["compare", str(gan), str(vae), "--n", "40", "--cas-per-class", "4", "--out", str(out)])
     assert code == 0
     table = (out / "compare.md").read_text()
-    printed = capsys.readouterr().out
-    assert table.strip() in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    # the terminal gets aligned columns, not raw Markdown (compare.md keeps that); stderr names the sample count
+    assert "|" not in printed.split("written:")[0] and "FID ↓" in printed and "compare.md (this table in Markdown)" in printed
+    assert "ganforge compare: 2 runs, 40 generated samples each" in captured.err
     assert "| model | dcgan28-classic (gan) | vae28 (vae, cond.) |" in table
     for row in ("FID ↓", "KID ↓", "precision (k=3) ↑", "recall (k=3) ↑", "classes covered ↑", "CAS ↑",
                 "images seen", "training wall time"):  # fmt: skip
@@ -67,3 +70,39 @@ def test_compare_refuses_one_run_and_mixed_datasets(two_runs, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["compare", str(gan), str(gan), "--out", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_the_terminal_table_aligns_the_markdown_columns():
+    from ganforge.metrics.compare import format_terminal
+
+    md = "Protocol: x.\n\n| | a | bb |\n|---|---|---|\n| FID ↓ | **1.5** | 22.25 |\n| steps | 6 | 600 |\n\n- a: note"
+    lines = format_terminal(md).splitlines()
+    assert lines[0] == "Protocol: x." and lines[-1] == "- a: note"
+    rows = [line for line in lines if line.startswith(("FID", "steps", " "))]
+    assert [line.index("22.25" if "FID" in line else "600") for line in rows[1:]] == [rows[1].index("22.25"), rows[2].index("600")]
+    assert "*1.5*" in lines[3] and "|" not in "".join(lines) and "---" not in "".join(lines)
+    assert rows[1].index("*1.5*") == rows[2].index("6")  # one column, one start
+
+
+def test_sampling_shows_a_progress_bar_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    import torch
+
+    from ganforge.metrics import evaluate as ev
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    class G(torch.nn.Module):
+        def forward(self, z, c=None):
+            return torch.tanh(z[:, :1, None, None].expand(-1, 1, 28, 28))
+
+    ev.generated_features(G(), torch.randn(2500, 4), lambda img: (img.float().flatten(1)[:, :3],
+                          img.float().flatten(1)[:, :2]), torch.device("cpu"))  # fmt: skip
+    assert "sampling + features" in term.getvalue() and "img" in term.getvalue()
+    assert ev._progress(100, "x") is None  # small work: no bar

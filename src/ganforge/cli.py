@@ -814,8 +814,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         device=args.device,
         cas_per_class=args.cas_per_class,
     )
-    print(report["table"])
-    print(f"\nwritten: {args.out}/compare.md, compare.json, compare.png  ({report['seconds']:.1f} s)")
+    from ganforge.metrics.compare import format_terminal
+
+    print(format_terminal(report["table"]))
+    print(f"\nwritten: {args.out}/compare.md (this table in Markdown), compare.json, compare.png  "
+          f"({report['seconds']:.1f} s)")  # fmt: skip
     return 0
 
 

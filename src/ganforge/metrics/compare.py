@@ -98,8 +98,10 @@ def compare(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    for label, path, gen in gens:
-        print(f"ganforge compare: evaluating {label} ...", file=sys.stderr)
+    print(f"ganforge compare: {len(gens)} runs, {n:,} generated samples each, metrics {','.join(metrics)}",
+          file=sys.stderr)  # fmt: skip
+    for i, (label, path, gen) in enumerate(gens, 1):
+        print(f"ganforge compare: [{i}/{len(gens)}] evaluating {label} ...", file=sys.stderr)
         cas_ok = gen.num_classes is not None and gen.config["data"]["name"] in DATASETS
         run_metrics = [m for m in metrics if m != "cas" or cas_ok]
         report = evaluate(path, metrics=run_metrics, n=n, ref=ref, extractor=extractor, seed=seed,
@@ -195,26 +197,52 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_terminal(table: str) -> str:
+    """compare.md's Markdown table as aligned plain-text columns for the terminal (bold as the cell
+    between asterisks: `*x*`), the protocol line and notes as they are."""
+    lines, rows = [], []
+
+    def flush() -> None:
+        if rows:
+            widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
+            lines.extend("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+            rows.clear()
+
+    for line in table.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip().replace("**", "*") for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):  # (the Markdown header rule)
+                rows.append(cells)
+            continue
+        flush()
+        lines.append(line)
+    flush()
+    return "\n".join(lines)
+
+
 def _grids_png(gens: list, report: dict[str, Any], path: Path, seed: int) -> None:
-    """One sample grid per run (same latent seed), side by side, titled with the run and its FID."""
+    """One sample grid per run (same latent seed), side by side, titled with the run and its FID: every
+    grid has the same rows and columns, so all are drawn at one scale, and every title has two lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    classes = {g.num_classes for _, _, g in gens}
+    one = classes.pop() if len(classes) == 1 else None
+    nrow = one if one and one <= 16 else 8  # one class per column where all runs share the classes
     fig, axes = plt.subplots(1, len(gens), figsize=(4 * len(gens), 4.4), squeeze=False)
     for ax, (label, _, gen), run in zip(axes[0], gens, report["runs"]):
         if gen.points:
             pts = gen.sample(1000, seed=seed).numpy()
             ax.scatter(pts[:, 0], pts[:, 1], s=2)
         else:
-            nrow = gen.num_classes if gen.num_classes and gen.num_classes <= 16 else 8
             grid = make_grid(gen.sample(nrow * 8, seed=seed), nrow=nrow)  # uint8 [H, W, C]
             ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
         fid = _value(run, "fid")
-        ax.set_title(f"{label}\n{run['model']}" + (f", FID {fid['value']:.3g}" if fid else ""), fontsize=9)
+        ax.set_title(f"{label}\n{run['model']}" + (f", FID {fid['value']:.3g}" if fid else ""), fontsize=9, loc="center")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

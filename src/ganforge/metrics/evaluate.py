@@ -181,6 +181,17 @@ def _stats_key(dataset: str, split: str, ext_name: str, weights_sha256: str, n: 
     return f"{name}-{split}-{ext_name}-{weights_sha256[:12]}-n{n}"
 
 
+def _progress(total: int, what: str) -> Any:
+    """A progress bar (images/s and time left) on a terminal for work over `total` images; None elsewhere
+    (logs and tests stay clean) or for work too small to watch."""
+    if total < 2000 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"ganforge: {what}", unit="img", unit_scale=True, file=sys.stderr,
+                dynamic_ncols=True, mininterval=1.0, leave=False)  # fmt: skip
+
+
 @torch.no_grad()
 def generated_features(
     G: torch.nn.Module, z: torch.Tensor, extractor, device: torch.device, batch: int = 500,
@@ -191,6 +202,7 @@ def generated_features(
     was_training = G.training
     G.eval()
     feats, logits, images = [], [], []
+    bar = _progress(len(z), "sampling + features")
     for start in range(0, len(z), batch):
         c_b = None if c is None else c[start : start + batch].to(device)
         img = to_uint8(G(z[start : start + batch].to(device), c_b).float().cpu())
@@ -199,6 +211,10 @@ def generated_features(
         logits.append(lg.double())
         if keep_images:
             images.append(img)
+        if bar is not None:
+            bar.update(len(img))
+    if bar is not None:
+        bar.close()
     G.train(was_training)
     return torch.cat(feats), torch.cat(logits), (torch.cat(images) if keep_images else None)
 
