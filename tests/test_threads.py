@@ -62,6 +62,20 @@ def test_one_thread_beside_a_busy_process_and_back_when_it_stops(keep_threads):
     assert g.tick() == (1, 2) and torch.get_num_threads() == 2
 
 
+def test_a_first_measurement_that_agrees_still_makes_later_changes_wait_for_a_second(keep_threads):
+    m = FakeMachine()
+    g = m.governor()
+    g.start()
+    m.advance(1.0, others=0.0)
+    assert g.tick() is None and g.measured  # two threads, and two are wanted
+    m.advance(0.6, others=1.0)
+    assert g.tick() is None  # the first window was the short one; from here every INTERVAL
+    m.advance(1.5, others=1.0)
+    assert g.tick() is None and g.threads == 2  # one busy measurement is not enough
+    m.advance(2.1, others=1.0)
+    assert g.tick() == (2, 1)
+
+
 @pytest.mark.parametrize("others, cores, cap, want", [
     (0.0, 2, 2, 2), (0.5, 2, 2, 2), (0.7, 2, 2, 1), (2.0, 2, 2, 1), (3.0, 2, 2, 1),
     (1.0, 8, 8, 7), (2.5, 8, 8, 6), (2.7, 8, 8, 5), (0.0, 8, 4, 4), (0.0, 2, 1, 1),

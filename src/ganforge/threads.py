@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from ganforge.config import ConfigError
+from ganforge.distributed import job_cores
 
 ENV = "GANFORGE_THREADS"
 INTERVAL = 2.0  # seconds between two measurements of the other processes' load
@@ -35,9 +36,7 @@ FIRST_WINDOW = 0.5  # seconds: the shortest window the first decision is made on
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity set, which containers and `taskset` restrict)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return len(job_cores())
 
 
 def _busy_seconds_of(cores: set[int]) -> Optional[float]:
@@ -80,8 +79,7 @@ class ThreadGovernor:
                  busy: Callable[[], Optional[float]] | None = None, own: Callable[[], float] = _own_seconds,
                  clock: Callable[[], float] = time.monotonic, cores: Optional[set[int]] = None,
                  since: Optional[tuple[float, Optional[float], float]] = None) -> None:  # fmt: skip
-        self.cores = cores if cores is not None else (set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                      else set(range(os.cpu_count() or 1)))  # fmt: skip
+        self.cores = cores if cores is not None else set(job_cores())
         self.max_threads = max(1, min(max_threads, len(self.cores)))
         self.interval = INTERVAL if interval is None else interval
         self._busy = busy or (lambda: _busy_seconds_of(self.cores))
@@ -98,7 +96,7 @@ class ThreadGovernor:
         return self._clock(), self._busy(), self._own()
 
     def start(self) -> int:
-        """The thread count before the first measurement: the cap (all usable cores, or the model's)."""
+        """The thread count before the first measurement: the cap (all usable cores)."""
         self.set(self.max_threads)
         return self.threads
 
@@ -123,10 +121,10 @@ class ThreadGovernor:
             return None
         self.others = max(0.0, ((then[1] - busy0) - (then[2] - own0)) / max(then[0] - t0, 1e-9))
         want = self.wanted(self.others)
+        first, self.measured = not self.measured, True
         if want == self.threads:
             self._pending = None
             return None
-        first, self.measured = not self.measured, True
         if self._pending != want and not first:  # a measurement that disagrees: wait for a second one
             self._pending = want
             return None
@@ -137,8 +135,7 @@ class ThreadGovernor:
 
 def snapshot() -> tuple[float, Optional[float], float]:
     """The clock, the cores' busy seconds and this process's CPU seconds now: a measurement window's start."""
-    cores = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    return time.monotonic(), _busy_seconds_of(cores), _own_seconds()
+    return time.monotonic(), _busy_seconds_of(set(job_cores())), _own_seconds()
 
 
 def governor_for_run(device: torch.device, world: int,

@@ -758,9 +758,7 @@ def loop(s: Setup, run: Run, progress: bool, load_since: Optional[tuple] = None)
     threads_before = torch.get_num_threads()
     governor, how = threads.governor_for_run(run.device, s.dist.world, since=load_since)
     s.files.log({"event": "threads", "step": run.step, "threads": torch.get_num_threads(), "policy": how})
-    if governor is not None and (change := governor.tick()) is not None:  # the load since the run's start
-        s.files.log({"event": "threads", "step": run.step, "threads": change[1], "was": change[0],
-                     "others_cores": round(governor.others, 2)})  # fmt: skip
+    retune_threads(s, run, governor)  # on the load since the run's start
     run.G.train()
     run.D.train()
     try:
@@ -803,9 +801,7 @@ def loop(s: Setup, run: Run, progress: bool, load_since: Optional[tuple] = None)
                 write_log(s, run, window, norms, bar)
             maintenance(s, run)
             collector.step(run.step)
-            if governor is not None and (change := governor.tick()) is not None:  # other processes came or went
-                s.files.log({"event": "threads", "step": run.step, "threads": change[1], "was": change[0],
-                             "others_cores": round(governor.others, 2)})  # fmt: skip
+            retune_threads(s, run, governor)  # other processes came or went
     finally:
         stop.uninstall()  # first: a later interrupt gets the caller's own handler
         if torch.get_num_threads() != threads_before:  # the caller's own setting back (the Python API)
@@ -815,6 +811,13 @@ def loop(s: Setup, run: Run, progress: bool, load_since: Optional[tuple] = None)
             bar.close()
     halt.signal_name = stop.signal_name
     return halt
+
+
+def retune_threads(s: Setup, run: Run, governor: Optional[threads.ThreadGovernor]) -> None:
+    """The governor's measurement when one is due (see ganforge.threads), and a log event per change."""
+    if governor is not None and (change := governor.tick()) is not None:
+        s.files.log({"event": "threads", "step": run.step, "threads": change[1], "was": change[0],
+                     "others_cores": round(governor.others, 2)})  # fmt: skip
 
 
 def progress_bar(s: Setup, run: Run) -> Any:
