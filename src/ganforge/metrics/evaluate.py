@@ -326,7 +326,7 @@ def evaluate(
     )  # fmt: skip
     results = [row for metric in metrics for row in METRICS[metric].compute(inputs)]
     if needs_features:
-        _add_real_vs_real(inputs, results, metrics, ref_dataset, ref_split, key)
+        _add_real_vs_real(inputs, results, metrics, ref_dataset, ref_split)
     report = {"protocol": protocol, "results": results, "seconds": time.perf_counter() - start_time}
     out_path = Path(out) if out else _default_out(path)
     atomic_write_bytes(out_path, json.dumps(report, indent=2, default=float).encode())
@@ -510,7 +510,7 @@ def arrow(metric: str) -> str:
 
 
 def _add_real_vs_real(x: MetricInputs, results: list[dict[str, Any]], metrics: list[str], dataset: str,
-                      split: str, key: str) -> None:  # fmt: skip
+                      split: str) -> None:  # fmt: skip
     """What a good value is with this extractor: each feature metric's value for real images of the other
     split (as many as generated, where it holds them) against the same reference, set as `real_vs_real`
     on the rows; the images' source goes into the protocol. Skipped for a dataset without another split."""
@@ -520,7 +520,7 @@ def _add_real_vs_real(x: MetricInputs, results: list[dict[str, Any]], metrics: l
     except DatasetError:
         return
     n_real = min(x.n, len(real_set))
-    real = _cached_features(key.replace(f"-{split}-", f"-{other}-", 1).rsplit("-n", 1)[0] + f"-n{n_real}",
+    real = _cached_features(_stats_key(dataset, other, x.ext_name, x.protocol["weights_sha256"], n_real),
                             lambda: dict(zip(("features", "logits"), extract(x.ext, real_set.images[:n_real]))))  # fmt: skip
     as_real = dataclasses.replace(x, gen_f=real["features"], gen_logits=real["logits"], n=n_real, gen_images=None)
     values = {}
