@@ -219,4 +219,4 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-from ganforge.models import dcgan, mlp, resnet, translation, vae  # noqa: E402,F401  (fill the registry)
+from ganforge.models import dcgan, mlp, r3gan, resnet, translation, vae  # noqa: E402,F401  (fill the registry)
