@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="PRESET or NAME=PRESET:key=value,...")
     parser.add_argument("--seconds", type=float, default=600, help="training budget per run")
-    parser.add_argument("--n", type=int, default=10000, help="samples per evaluation")
+    parser.add_argument("--n", type=int, help="samples per evaluation (default: ganforge eval's, PacGAN's count for its benchmarks)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", help="override every run's data.name (e.g. mnist instead of auto)")
     parser.add_argument("--out-dir", default="bench/results")

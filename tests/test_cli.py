@@ -1,5 +1,6 @@
 """The command line end to end, as a user runs it (subprocesses)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,10 @@ def test_conditional_and_point_runs_from_the_cli(tmp_path, offline_env):
     assert r.returncode == 0, r.stderr
     r = run("eval", str(tmp_path / "pts"), "--n", "500")
     assert r.returncode == 0 and "modes_covered" in r.stdout and "PacGAN grid25" in r.stdout, r.stderr
+    assert "not PacGAN's 2,500" in r.stderr and "not comparable" in r.stdout  # another n is said, both places
+    r = run("eval", str(tmp_path / "pts"))  # PacGAN's own count by default
+    assert r.returncode == 0 and "2,500 samples (the paper's: 2,500)" in r.stdout and "warning" not in r.stderr
+    assert json.loads((tmp_path / "pts" / "eval.json").read_text())["protocol"]["n_generated"] == 2500
     r = run("sample", str(tmp_path / "pts"), "--n", "300", "--out", str(tmp_path / "pts.png"),
             "--individual", str(tmp_path / "pts.npy"))  # fmt: skip
     assert r.returncode == 0, r.stderr

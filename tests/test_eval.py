@@ -84,6 +84,10 @@ def test_eval_offline_with_the_domain_extractor(tiny_run):
     saved = json.loads((tiny_run / "eval.json").read_text())
     assert saved["results"][0]["metric"] == "fid"
     assert (tiny_run / "memorization_pairs.png").is_file()
+    # memorisation compares with what the run trained on: the first data.limit = 64 images, not all 5,000
+    for key in ("memorization_ratio", "near_copy_fraction", "memorization_ratio_features"):
+        assert by_name[key]["train_reference"] == {"dataset": "mnist-5k", "split": "train", "n": 64, "limit": 64}
+    assert by_name["memorization_ratio"]["space"].startswith("pixels")
 
 
 def test_our_fid_equals_torch_fidelity(isolated_env):
@@ -272,6 +276,30 @@ def test_modes_and_memorization_on_real_images(isolated_env):
     assert 0.8 < honest["ratio"] < 1.25 and honest["near_copy_fraction"] < 0.1
 
 
+def test_pixel_memorization_finds_shifted_and_noisy_copies_of_what_the_run_saw(isolated_env):
+    """Instance-level copies: 1- and 2-pixel shifts and sigma-10 noise of the 300 training images are found
+    as copies, each matched to the image it copies; honest held-out digits score about 1, against the
+    300 and against all 5,000."""
+    from ganforge.metrics import memorization
+
+    train_set = load_dataset("mnist-5k", split="train", download=False)
+    test_set = load_dataset("mnist-5k", split="test", download=False)
+    seen, held, honest = train_set.images[:300], test_set.images[:300], test_set.images[300:600]
+    noise = 10 * torch.randn(seen.shape, generator=torch.Generator().manual_seed(0))
+    copies = {
+        "shift 1 px": torch.roll(seen, 1, dims=2),
+        "shift (2, -1) px": torch.roll(seen, (2, -1), dims=(2, 3)),
+        "noise 10": (seen.float() + noise).round().clamp(0, 255).to(torch.uint8),
+    }
+    for name, fake in copies.items():
+        m = memorization.pixel_memorization(fake, held, seen)
+        assert m["ratio"] < 0.3 and m["near_copy_fraction"] > 0.9, name
+        assert (m["gen_nearest"] == torch.arange(300)).float().mean() > 0.95, name  # the very image it copies
+    for reference in (seen, train_set.images):
+        m = memorization.pixel_memorization(honest, held, reference)
+        assert 0.8 < m["ratio"] < 1.25 and m["near_copy_fraction"] < 0.05
+
+
 def test_eval_warns_when_the_extractor_knows_another_domain(tiny_run, capsys):
     from ganforge.metrics.evaluate import format_table
 
@@ -320,3 +348,10 @@ def test_a_kid_within_its_error_bar_says_it_is_indistinguishable_from_zero():
               "results": [{"metric": "kid", "value": 0.001, "std": 0.004}, {"metric": "kid", "value": 0.01, "std": 0.004}]}  # fmt: skip
     lines = [line for line in format_table(report).splitlines() if "kid" in line]
     assert "indistinguishable from 0" in lines[0] and "indistinguishable" not in lines[1]
+
+
+def test_pacgan_benchmarks_default_to_the_papers_sample_counts():
+    from ganforge.metrics.evaluate import DEFAULT_N, PAPER_N
+
+    # Lin et al. 2018, sec. 5: 2,500 samples for the 2D mixtures, 26,000 for Stacked MNIST
+    assert PAPER_N == {"ring8": 2500, "grid25": 2500, "stacked-mnist": 26000} and DEFAULT_N == 10000

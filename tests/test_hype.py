@@ -28,6 +28,8 @@ def test_error_rates_on_hand_made_answers():
     assert (gan["answers"], gan["fake_answers"], gan["real_answers"], gan["raters"]) == (8, 4, 4, 2)
     assert gan["ci95"][0] <= gan["error_rate"] <= gan["ci95"][1]
     assert "raters" in gan["ci_method"]
+    # pooled over answers (ann 3 of 6 wrong weighs more than ben's 0 of 2); the raters' mean is 1/4
+    assert "pooled" in gan["error_rate_pooling"] and gan["mean_rater_error_rate"] == pytest.approx((3 / 6 + 0) / 2)
     assert s["vae"]["error_rate"] == 0.0 and "answers" in s["vae"]["ci_method"]  # one rater: resample answers
     assert s["vae"]["ci95"] == [0.0, 0.0]
 

@@ -291,3 +291,23 @@ def test_the_notice_comes_again_after_a_healthy_check(isolated_env):
     assert "at step 20" in monitor.notice({**failed, "step": 20})
     monitor.reset()  # a rollback starts a new run of checks
     assert "at step 25" in monitor.notice({**failed, "step": 25})
+
+
+def test_d_accuracy_uses_each_losss_decision_boundary(tmp_path, isolated_env):
+    """LSGAN's targets are 1 and 0 (boundary 0.5), a WGAN critic's and the relativistic loss's scores mean
+    something only against each other: thresholding every loss at logit 0 called a perfect LSGAN D wrong
+    on every fake and a perfect critic anything at all."""
+    from ganforge.losses import LOSSES
+    from ganforge.monitor import d_accuracy
+
+    real, fake = torch.full((8,), 0.6), torch.full((8,), 0.4)  # an LSGAN D right on every image
+    assert d_accuracy(real, fake, LOSSES["least-squares"].boundary) == {"d_acc_real": 1.0, "d_acc_fake": 1.0}
+    assert d_accuracy(real, fake, LOSSES["non-saturating"].boundary) == {"d_acc_real": 1.0, "d_acc_fake": 0.0}
+    critic_real, critic_fake = torch.tensor([5.0, 3.0, 7.0, 2.0]), torch.tensor([3.0, 4.0, 1.0, 0.0])
+    for name in ("wgan", "relativistic"):
+        assert d_accuracy(critic_real, critic_fake, LOSSES[name].boundary) == {"d_acc_pairs": 0.75}
+    o = tiny(tmp_path, steps=4, log_every=1)
+    o["loss"], o["monitor"] = {"name": "least-squares"}, {"every": 2, "n": 16}
+    run = train(build_config(overrides=o), progress=False)
+    health = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"health"' in x]
+    assert health and all("d_acc_real" in h and "d_acc_fake" in h for h in health)

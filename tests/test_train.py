@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 import ganforge
 from ganforge.checkpoint import load_checkpoint, save_checkpoint
@@ -212,6 +213,8 @@ def test_critic_losses_log_raw_scores(tmp_path, isolated_env):
 
 
 def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
+    import copy
+
     from ganforge.losses import LOSSES
     from ganforge.models import build_models
     from ganforge.steps import d_step, g_step
@@ -224,16 +227,39 @@ def test_one_g_forward_per_step_and_no_d_gradients_in_the_g_step():
     z, real = torch.randn(4, 8), torch.rand(4, 1, 28, 28) * 2 - 1
     loss = LOSSES["non-saturating"]
     fakes = G(z)  # made once, as train.py does with train.reuse_fakes
+    G_ref, D_before = copy.deepcopy(G), copy.deepcopy(D)
     before = [p.detach().clone() for p in D.parameters()]
     d_step(G, D, opt_D, loss, real, z, fake_img=fakes)
     assert any(not torch.equal(a, p) for a, p in zip(before, D.parameters()))  # D was updated
+    D_after = copy.deepcopy(D)
     opt_D.zero_grad(set_to_none=True)
     g_step(G, D, opt_G, loss, z, fake_img=fakes)
     assert len(calls) == 1  # the G step reused the D step's fakes
     assert all(p.grad is None for p in D.parameters())  # D frozen: no gradients computed for it
-    assert all(p.grad is not None for p in G.parameters())
+    # G's gradient is the one through the *updated* D (alternating updates), not through the D that
+    # made the fakes' first scores
+    through = lambda D_: torch.autograd.grad(loss.g_loss(D_(G_ref(z))), list(G_ref.parameters()))  # noqa: E731
+    want, stale = through(D_after), through(D_before)
+    assert all(torch.allclose(p.grad, w, rtol=1e-4, atol=1e-7) for p, w in zip(G.parameters(), want))
+    assert not all(torch.allclose(w, s, rtol=1e-4, atol=1e-7) for w, s in zip(want, stale))
+    n_calls = len(calls)  # G_ref is a copy of G, hook included
     g_step(G, D, opt_G, loss, z)  # without fakes it makes its own
-    assert len(calls) == 2
+    assert len(calls) == n_calls + 1
+
+
+def test_several_critic_updates_give_the_g_step_fresh_latents_by_default(tmp_path, isolated_env):
+    """WGAN-GP's Algorithm 1: after n_critic > 1 D updates the G step draws new latents (D has just fitted
+    the last fake batch); with one D update the fakes are reused (pytorch/examples' DCGAN). Either can be set."""
+    from ganforge.train import prepare
+
+    def resolved(**train_overrides):
+        return prepare(build_config(overrides=tiny(tmp_path, **train_overrides)))[0].train.reuse_fakes
+
+    assert resolved(n_critic=1) is True and resolved(n_critic=2) is False
+    assert resolved(n_critic=2, reuse_fakes=True) is True and resolved(n_critic=1, reuse_fakes=False) is False
+    assert build_config("wgan-gp").train.n_critic == 5
+    run = train(build_config(overrides=tiny(tmp_path, n_critic=2, steps=2)), progress=False)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["reuse_fakes"] is False
 
 
 def test_simultaneous_update_gives_each_net_the_gradient_of_its_own_loss(tmp_path, isolated_env):

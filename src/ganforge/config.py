@@ -130,7 +130,8 @@ class LossConfig:
 
 @dataclass
 class RegConfig:
-    # WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 turns it off.
+    # WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 turns it off. A conditional D is
+    # judged at the interpolates with the real images' labels (the fakes' labels are not interpolated).
     gp_weight: float = 0.0
     # R1 penalty weight gamma on real images (Mescheder et al. 2018); 0 turns it off.
     r1_gamma: float = 0.0
@@ -178,8 +179,10 @@ class TrainConfig:
     n_critic: int = 1
     # The G step reuses the last D update's fake batch (its latents and G's forward, kept with its
     # graph; D judges it again after its update), as pytorch/examples' DCGAN does: one G forward per
-    # step instead of two. false: the G step draws fresh latents (one more G forward).
-    reuse_fakes: bool = True
+    # step instead of two. false: the G step draws fresh latents (one more G forward). None (auto): true
+    # with n_critic = 1, false with n_critic > 1, where D has just fitted that batch over several
+    # updates and WGAN-GP's Algorithm 1 draws fresh latents for the G step.
+    reuse_fakes: Optional[bool] = None
     # alternating (the project's original description, §3.2): update D, then G against the updated D.
     # simultaneous (the TensorFlow/Keras DCGAN tutorial's train_step): one D forward on the fakes gives
     # both nets their gradients, both step at once; one D forward less per step. Needs n_critic=1, not fp16.
@@ -927,6 +930,8 @@ def resolve(
         if family == "cyclegan" and in_channels != channels:
             cfg.loss.identity_weight = 0.0  # G_ab(b) cannot be compared with b: say so in the config written
     # validate() already refused point data with an image model (and the reverse) and DiffAugment
+    if cfg.train.reuse_fakes is None:
+        cfg.train.reuse_fakes = cfg.train.n_critic == 1
     cfg.data.resolution = resolution or None
     cfg.data.channels = None if points else channels
     cfg.model.channels = channels

@@ -29,6 +29,9 @@ class LossPair:
     d_grad_nonzero: bool = False
     # G's loss compares each fake with a real one (relativistic pairing): the G step scores a real batch too
     paired: bool = False
+    # D's decision boundary on its output (the monitor's D accuracy): 0 for logits and hinge scores, 0.5 for
+    # LSGAN's targets 1/0; None where only differences mean something (a WGAN critic, relativistic pairs)
+    boundary: Optional[float] = 0.0
 
     def g(self, fake_logits: torch.Tensor, real_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """G's loss; a paired loss also reads the real scores (the others ignore them)."""
@@ -95,15 +98,15 @@ LOSSES["minimax"] = LossPair(
     d_loss_bce, g_loss_minimax, "Goodfellow et al. 2014, log(1 - D(G(z)))", d_grad_nonzero=True
 )
 LOSSES["wgan"] = LossPair(
-    d_loss_wgan, g_loss_wgan, "Arjovsky et al. 2017 (use with gp_weight or SN)", False, True
+    d_loss_wgan, g_loss_wgan, "Arjovsky et al. 2017 (use with gp_weight or SN)", False, True, boundary=None
 )
 LOSSES["hinge"] = LossPair(d_loss_hinge, g_loss_wgan, "Lim & Ye 2017; Miyato et al. 2018", False)
 LOSSES["least-squares"] = LossPair(
-    d_loss_least_squares, g_loss_least_squares, "Mao et al. 2017", False
+    d_loss_least_squares, g_loss_least_squares, "Mao et al. 2017", False, boundary=0.5
 )
 LOSSES["relativistic"] = LossPair(
     d_loss_relativistic, g_loss_relativistic, "RpGAN, Jolicoeur-Martineau 2019; with R1 + R2: R3GAN, Huang et al. 2024",
-    False, d_grad_nonzero=True, paired=True,
+    False, d_grad_nonzero=True, paired=True, boundary=None,
 )
 
 

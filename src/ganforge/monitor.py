@@ -7,7 +7,9 @@ mode, no effect on training) and a fixed real batch:
   the points themselves for 2D data); a collapsed G scores near 0;
 - class entropy: entropy of the samples' predicted-class histogram over the real batch's (domain
   classifier, or nearest mixture centre for ring8/grid25); dropping classes lowers it;
-- D's accuracy on the last real and fake batches, and the gradient norms (logged, not thresholded).
+- D's accuracy on the last real and fake batches at the loss's decision boundary (0 for logits and hinge,
+  0.5 for LSGAN), or, for a loss with no absolute boundary (WGAN critic, relativistic), the fraction of
+  (real, fake) pairs that D orders right; and the gradient norms (logged, not thresholded).
 Each check is healthy or not; `patience` unhealthy checks in a row after `warmup` steps make a
 collapse event. NaN/Inf in the losses or weights is a divergence event at the step it happens. The
 first unhealthy check of a run of them is also said on the terminal (`notice`), warm-up or not: the
@@ -87,13 +89,24 @@ class Featurizer:
         return F.adaptive_avg_pool2d(x, side).flatten(1), None
 
 
+def d_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor, boundary: Optional[float]) -> dict[str, float]:
+    """D's accuracy on a real and a fake batch: each side of `boundary` (d_acc_real, d_acc_fake), or with
+    no boundary the fraction of (real_i, fake_i) pairs scored real > fake (d_acc_pairs)."""
+    real, fake = real_logits.detach().float().flatten(), fake_logits.detach().float().flatten()
+    if boundary is None:
+        k = min(len(real), len(fake))
+        return {"d_acc_pairs": float((real[:k] > fake[:k]).float().mean())}
+    return {"d_acc_real": float((real > boundary).float().mean()), "d_acc_fake": float((fake < boundary).float().mean())}
+
+
 class HealthMonitor:
     def __init__(self, cfg: MonitorConfig, dataset: ImageDataset, z: torch.Tensor,
-                 c: Optional[torch.Tensor] = None):  # fmt: skip
-        """z [n, z_dim] (and c [n] for conditional G): the fixed latents every check samples."""
+                 c: Optional[torch.Tensor] = None, d_boundary: Optional[float] = 0.0):  # fmt: skip
+        """z [n, z_dim] (and c [n] for conditional G): the fixed latents every check samples. `d_boundary`:
+        the loss's decision boundary on D's output (losses.LossPair.boundary)."""
         from ganforge.data import to_float
 
-        self.cfg = cfg
+        self.cfg, self.d_boundary = cfg, d_boundary
         self.z, self.c = z, c
         self.featurize = Featurizer(dataset)
         gen = torch.Generator().manual_seed(12345)
@@ -141,8 +154,7 @@ class HealthMonitor:
                     f"{record['classes_present']} of {self.featurize.num_classes} classes present"
                 )
         if real_logits is not None:  # a GAN's D on its last batches (a VAE has none)
-            record["d_acc_real"] = float((real_logits > 0).float().mean())
-            record["d_acc_fake"] = float((fake_logits < 0).float().mean())
+            record.update(d_accuracy(real_logits, fake_logits, self.d_boundary))
         record["healthy"] = not reasons
         record["reasons"] = reasons
         return record

@@ -569,7 +569,8 @@ def build_run(cfg: Config, ds: ImageDataset, dist: Dist, files: RunFiles,
     monitor = None
     if mon.every:
         mon_z = torch.randn(mon.n, m.z_dim, generator=torch.Generator().manual_seed(t.seed + 4))
-        monitor = HealthMonitor(mon, ds, mon_z, torch.arange(mon.n) % g_nc if g_nc else None)
+        boundary = LOSSES[cfg.loss.name].boundary if cfg.loss.name in LOSSES else 0.0
+        monitor = HealthMonitor(mon, ds, mon_z, torch.arange(mon.n) % g_nc if g_nc else None, boundary)
         monitor.unhealthy_streak = ckpt.get("monitor_streak", 0) if ckpt is not None else 0
     # how many latents G_ema's BN statistics are averaged over. 2D points need them precise (grid25's clusters
     # have std 0.05 on a span of 8: from 2,048 latents one seed's G_ema gave 73.7 % high-quality samples with

@@ -39,8 +39,10 @@ LABELS = {
     "confident_fraction": "confident (p >= 0.9)",
     "cas": "CAS",
     "sharpness_ratio": "sharpness (gen/real)",
-    "memorization_ratio": "memorization ratio",
-    "near_copy_fraction": "near copies",
+    "memorization_ratio": "memorization ratio (pixels)",
+    "near_copy_fraction": "near copies (pixels)",
+    "memorization_ratio_features": "memorization ratio (features)",
+    "near_copy_fraction_features": "near copies (features)",
 }
 ROWS = {metric: (label, HIGHER_IS_BETTER[metric]) for metric, label in LABELS.items()}
 # eval's defaults and CAS: reported for the class-conditional runs, n/a for the others

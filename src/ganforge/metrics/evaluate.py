@@ -22,7 +22,15 @@ import torch
 
 from ganforge.checkpoint import atomic_write_bytes
 from ganforge.config import MAX_SEED
-from ganforge.data import DATASETS, DatasetError, ImageDataset, cache_dir, load_dataset, to_uint8
+from ganforge.data import (
+    DATASETS,
+    DatasetError,
+    ImageDataset,
+    cache_dir,
+    first,
+    load_dataset,
+    to_uint8,
+)
 from ganforge.metrics import fidelity, memorization, modes
 from ganforge.metrics.features import (
     DOMAIN_EXTRACTORS,
@@ -222,7 +230,7 @@ def generated_features(
 def evaluate(
     path: str | Path,
     metrics: Optional[list[str]] = None,
-    n: int = 10000,
+    n: Optional[int] = None,
     ref: Optional[str] = None,
     extractor: str = "auto",
     seed: int = 0,
@@ -233,13 +241,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a run folder or checkpoint; writes eval.json (next to the run, or `out`) and returns it.
 
+    `n`: generated samples; None: DEFAULT_N, or the paper's count for PacGAN's benchmarks (PAPER_N).
     `cas_per_class`: generated (and real) training images per class for the CAS classifiers."""
     import torch_fidelity
 
     from ganforge import __version__
 
     start_time = time.perf_counter()
-    if n < 2:
+    if n is not None and n < 2:
         raise EvalError(f"--n must be at least 2, got {n}.")
     if not 0 <= seed <= MAX_SEED:
         raise EvalError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}.")
@@ -247,6 +256,8 @@ def evaluate(
     check_metrics(metrics)
     gen = load(path, device=device)
     run_data = gen.config["data"]
+    if n is None and run_data["name"] not in MODE_BENCHMARKS:
+        n = DEFAULT_N
     if gen.translation:  # its own metrics, on its test split (metrics.translation_eval)
         from ganforge.metrics.translation_eval import evaluate_translation, write_report
 
@@ -396,6 +407,11 @@ def _cas_metric(x: MetricInputs) -> list[dict[str, Any]]:
 
 
 MODE_BENCHMARKS = ("ring8", "grid25", "stacked-mnist")
+# PacGAN's sample counts (Lin et al. 2018, sec. 5): its numbers move with n (real Stacked MNIST scores KL
+# 0.228 at 2,500 samples, 0.058 at 10,000, 0.024 at 26,000), so another count is not comparable with them
+PAPER_N = {"ring8": 2500, "grid25": 2500, "stacked-mnist": 26000}
+DEFAULT_N = 10000
+PIXEL_SHIFT = 2  # memorization: a copy moved by up to this many pixels is still found
 
 
 def mode_benchmark(gen, dataset: str, n: int, seed: int) -> dict[str, Any]:
@@ -405,10 +421,16 @@ def mode_benchmark(gen, dataset: str, n: int, seed: int) -> dict[str, Any]:
     and KL to uniform; 26,000 samples in the paper)."""
     from ganforge import __version__
 
+    paper_n = PAPER_N[dataset]
+    n = paper_n if n is None else n
     samples = gen.sample(n, seed=seed)
-    protocol: dict[str, Any] = {"n_generated": n, "sample_seed": seed, "checkpoint": str(gen.path),
-                                "benchmark": f"PacGAN {dataset}",
+    protocol: dict[str, Any] = {"n_generated": n, "paper_n": paper_n, "sample_seed": seed,
+                                "checkpoint": str(gen.path), "benchmark": f"PacGAN {dataset}",
                                 "versions": {"ganforge": __version__, "torch": torch.__version__}}  # fmt: skip
+    if n != paper_n:
+        protocol["n_warning"] = (f"{n:,} samples, not PacGAN's {paper_n:,}: mode counts and KL depend on the "
+                                 f"sample count, so these numbers are not comparable with the paper's (--n {paper_n})")  # fmt: skip
+        print(f"ganforge: warning: {protocol['n_warning']}", file=sys.stderr)
     if dataset in ("ring8", "grid25"):
         m = modes.mixture_metrics(samples.numpy(), dataset)
         protocol["high_quality"] = "within 3 std of a mixture centre"
@@ -460,33 +482,35 @@ def _default_out(path: str | Path) -> Path:
 def _memorization(
     gen_f, gen_images, ext, ext_name, run_data, protocol, path
 ) -> list[dict[str, Any]]:
-    """Generated->train vs held-out->train nearest-neighbour distances, and a PNG of the closest pairs."""
-    train_set = load_reference(run_data["name"], "train", run_data)
-    held_split = "test" if run_data["name"] in DATASETS else None
-    if held_split is None:
+    """Generated->train vs held-out->train nearest-neighbour distances, in pixels (instance level: the
+    copy detector) and in the extractor's features (class level), against the images the run trained
+    on (its split, cut to its data.limit); and a PNG of the closest pairs in pixels."""
+    name, split, limit = run_data["name"], run_data.get("split", "train"), run_data.get("limit")
+    if name not in DATASETS:
         raise EvalError("memorization needs a held-out split; folder datasets have none.")
-    held = load_reference(run_data["name"], held_split, run_data)
+    train_set = first(load_reference(name, split, run_data), limit)
+    held = load_reference(name, "test" if split == "train" else "train", run_data)
+    held_images = held.images[: len(gen_images)]
+    pixels = memorization.pixel_memorization(gen_images, held_images, train_set.images, PIXEL_SHIFT)
     train_f = _cached_features(
-        _stats_key(run_data["name"], "train", ext_name, protocol["weights_sha256"], "all"),
+        _stats_key(name, split, ext_name, protocol["weights_sha256"], "all" if limit is None else limit),
         lambda: {"features": extract(ext, train_set.images)[0]},
     )["features"]
-    held_f = extract(ext, held.images[: len(gen_f)])[0]
-    m = memorization.memorization(gen_f, held_f, train_f)
-    order = m["gen_distances"].argsort()[:16]
-    pairs = torch.stack(
-        [
-            torch.stack([gen_images[i], train_set.images[m["gen_nearest"][i]]])
-            for i in order.tolist()
-        ]
-    )
+    feats = memorization.memorization(gen_f, extract(ext, held_images)[0], train_f)
+    order = pixels["gen_distances"].argsort()[:16]
+    nearest = pixels["gen_nearest"]
+    pairs = torch.stack([torch.stack([gen_images[i], train_set.images[nearest[i]]]) for i in order.tolist()])
     png = _default_out(path).with_name("memorization_pairs.png")
-    save_grid(
-        pairs.flatten(0, 1), png, nrow=8
-    )  # each generated image followed by its nearest training image
-    extra = {"train_n": len(train_f), "heldout_n": len(held_f), "pairs_png": str(png)}
+    save_grid(pairs.flatten(0, 1), png, nrow=8)  # each generated image followed by its nearest training image
+    extra = {"train_reference": {"dataset": name, "split": split, "n": len(train_set), "limit": limit},
+             "heldout_n": len(held_images), "pairs_png": str(png)}  # fmt: skip
+    pixel_space = {"space": f"pixels (RMS, 0..1), best of shifts up to {PIXEL_SHIFT} px"}
+    feature_space = {"space": f"{ext_name} features (class level: a copy and another drawing of its class are alike)"}
     return [
-        {"metric": "memorization_ratio", "value": m["ratio"], **extra, **protocol},
-        {"metric": "near_copy_fraction", "value": m["near_copy_fraction"], "copy_threshold": m["copy_threshold"], **extra, **protocol},
+        {"metric": "memorization_ratio", "value": pixels["ratio"], **pixel_space, **extra, **protocol},
+        {"metric": "near_copy_fraction", "value": pixels["near_copy_fraction"], "copy_threshold": pixels["copy_threshold"], **pixel_space, **extra, **protocol},
+        {"metric": "memorization_ratio_features", "value": feats["ratio"], **feature_space, **extra, **protocol},
+        {"metric": "near_copy_fraction_features", "value": feats["near_copy_fraction"], "copy_threshold": feats["copy_threshold"], **feature_space, **extra, **protocol},
     ]  # fmt: skip
 
 
@@ -500,7 +524,8 @@ def _skimage_version() -> str:
 HIGHER_IS_BETTER = {
     "fid": False, "kid": False, "is": True, "precision": True, "recall": True, "classes_covered": True,
     "class_kl_to_real": False, "confident_fraction": True, "cas": True, "sharpness_ratio": None,
-    "memorization_ratio": True, "near_copy_fraction": False,
+    "memorization_ratio": True, "near_copy_fraction": False, "memorization_ratio_features": True,
+    "near_copy_fraction_features": False,
 }  # fmt: skip
 
 
@@ -547,10 +572,12 @@ def format_table(report: dict[str, Any]) -> str:
         lines += ["", f"  written: {report['path']}  ({report['seconds']:.1f} s)"]
         return "\n".join(lines)
     if "benchmark" in p:
-        lines = [f"ganforge eval: {p['checkpoint']}", f"  {p['benchmark']} protocol, {p['n_generated']} samples", ""]
+        lines = [f"ganforge eval: {p['checkpoint']}",
+                 f"  {p['benchmark']} protocol, {p['n_generated']:,} samples (the paper's: {p['paper_n']:,})", ""]
         lines += [f"  {r['metric']:<22}{r['value']:>12.5g}" + (f"  of {r['n_modes']}" if "n_modes" in r else "")
                   for r in report["results"]]  # fmt: skip
-        lines += ["", f"  written: {report['path']}  ({report['seconds']:.1f} s)"]
+        lines += [""] + ([f"  warning: {p['n_warning']}"] if "n_warning" in p else [])
+        lines += [f"  written: {report['path']}  ({report['seconds']:.1f} s)"]
         return "\n".join(lines)
     rr = p.get("real_vs_real")
     lines = [

@@ -47,7 +47,10 @@ def bootstrap_ci(
 def run_scores(votes: Iterable[Vote], seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per run: HYPE-infinity error rate with its 95 % bootstrap CI, false-real and false-fake rates.
 
-    - error rate: wrong answers / answers, over the run's real and fake images together
+    - error rate: wrong answers / answers, over the run's real and fake images together, pooled over
+      answers: a rater who answered more weighs more. HYPE's protocol gives every rater the same number
+      of images, where the pooled rate equals the mean of the raters' rates (mean_rater_error_rate,
+      reported too, for studies where raters stopped early)
     - false-real rate: fakes judged real / fakes judged (how often the generator fooled people)
     - false-fake rate: reals judged fake / reals judged
     The CI resamples raters (or, with a single rater, that rater's individual answers).
@@ -60,18 +63,21 @@ def run_scores(votes: Iterable[Vote], seed: int = 0) -> dict[str, dict[str, Any]
         wrong = np.array([v.answer != v.truth for v in vs])
         fake = np.array([v.truth == "fake" for v in vs])
         raters = sorted({v.rater for v in vs})
+        index = {r: i for i, r in enumerate(raters)}
+        who = np.array([index[v.rater] for v in vs])
         if len(raters) >= 2:
             unit = "raters"
-            index = {r: i for i, r in enumerate(raters)}
-            who = np.array([index[v.rater] for v in vs])
             errors = np.bincount(who, weights=wrong, minlength=len(raters))
             counts = np.bincount(who, minlength=len(raters))
         else:
             unit = "answers"
             errors, counts = wrong.astype(np.float64), np.ones(len(vs))
         low, high = bootstrap_ci(errors, counts, seed=seed)
+        per_rater = np.bincount(who, weights=wrong, minlength=len(raters)) / np.bincount(who, minlength=len(raters))
         out[run] = {
             "error_rate": float(wrong.mean()),
+            "error_rate_pooling": "wrong answers / answers, pooled over raters",
+            "mean_rater_error_rate": float(per_rater.mean()),
             "ci95": [low, high],
             "ci_method": f"percentile bootstrap over {unit}, {BOOTSTRAP_SAMPLES} resamples",
             # None (JSON null) until the run has answers on images of that kind
