@@ -355,3 +355,16 @@ def test_pacgan_benchmarks_default_to_the_papers_sample_counts():
 
     # Lin et al. 2018, sec. 5: 2,500 samples for the 2D mixtures, 26,000 for Stacked MNIST
     assert PAPER_N == {"ring8": 2500, "grid25": 2500, "stacked-mnist": 26000} and DEFAULT_N == 10000
+
+
+def test_the_reference_may_be_larger_than_the_sample(tiny_run):
+    """--n-ref: the literature's CIFAR-10 protocol scores 10k generated against all 50k training images."""
+    report = evaluate(tiny_run, metrics=["fid"], n=20, ref="mnist-5k:train", n_ref="all")
+    assert report["results"][0]["reference"] == {"dataset": "mnist-5k", "split": "train", "n": 4500}
+    report = evaluate(tiny_run, metrics=["fid"], n=20, ref="mnist-5k:train", n_ref=300)
+    assert report["results"][0]["reference"]["n"] == 300
+    assert evaluate(tiny_run, metrics=["fid"], n=20)["results"][0]["reference"]["n"] == 20  # as many as generated
+    with pytest.raises(EvalError, match="--n-ref 100000: mnist-5k:train holds 4500 images; use at most 4500"):
+        evaluate(tiny_run, metrics=["fid"], n=20, ref="mnist-5k:train", n_ref=100000)
+    with pytest.raises(EvalError, match="--n-ref must be a whole number or 'all'"):
+        evaluate(tiny_run, metrics=["fid"], n=20, n_ref="most")

@@ -388,6 +388,52 @@ def test_linear_lr_decay_schedule_reaches_the_optimizers_and_resumes_exactly(tmp
         build_config(overrides={"optim": {"decay_start": 0.5}})
 
 
+def test_cosine_ramps_of_lr_gamma_beta2_and_ema_reach_the_run_and_resume_exactly(tmp_path, isolated_env):
+    """ramp.* (R3GAN's cosine ramps): start, middle and end values; what the optimizers, the penalty and
+    the EMA get at each step; a resume from a checkpoint mid-ramp is the same run."""
+    from ganforge.train import cosine_ramp, ramped_ema_beta
+
+    assert cosine_ramp(0, 40, 1.0, 0.25) == 1.0 and cosine_ramp(20, 40, 1.0, 0.25) == pytest.approx(0.625)
+    assert cosine_ramp(40, 40, 1.0, 0.25) == 0.25 and cosine_ramp(400, 40, 1.0, 0.25) == 0.25
+    assert cosine_ramp(10, 40, 0.0, 1.0) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
+    ramp = {"images": 40, "lr_final": 0.25, "gamma_final": 0.1, "beta2_final": 0.99, "ema_start": 0.5}
+    overrides = tiny(tmp_path, steps=8, checkpoint_every=3, keep_checkpoints=8, ema_beta=0.9)
+    overrides.update(ramp=ramp, reg={"r1_gamma": 1.0, "r2_gamma": 0.5, "r1_interval": 1},
+                     optim={"beta2": 0.9}, loss={"name": "relativistic"})  # fmt: skip
+    cfg = build_config(overrides=overrides)
+    run = train(cfg, progress=False)
+    straight = load_checkpoint(run / "checkpoints" / "final.pt")
+    for opt in ("opt_G", "opt_D"):  # the last step (7) began at 56 images, past the ramp's 40
+        group = straight[opt]["param_groups"][0]
+        assert group["lr"] == pytest.approx(0.25 * 2e-4) and group["betas"][1] == pytest.approx(0.99)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["g_lr"] for r in rows if "g_lr" in r}  # step k+1 logs the rate step k ran at
+    assert logged == pytest.approx({k + 1: 2e-4 * cosine_ramp(8 * k, 40, 1.0, 0.25) for k in (1, 3, 5, 7)})
+    assert ramped_ema_beta(cfg.train, cfg.ramp, 1000, 0) == 0.5  # the EMA ramp's start ...
+    assert ramped_ema_beta(cfg.train, cfg.ramp, 1000, 40) == pytest.approx(0.9)  # ... and its end
+    # gamma: the penalty of the objective at 20 images is halfway between 1 and 0.1 (cosine)
+    from ganforge.train import ramped_gammas
+
+    class _Obj:
+        reg = type("R", (), {"r1_gamma": 1.0, "r2_gamma": 0.5})()
+
+    obj = _Obj()
+    ramped_gammas(obj, cfg.reg, cfg.ramp, 20)
+    assert obj.reg.r1_gamma == pytest.approx(0.55) and obj.reg.r2_gamma == pytest.approx(0.275)
+    # mid-ramp resume (step 3 = 24 of 40 images): the same run
+    train(resume=run, resume_from="step_0000003.pt", progress=False)
+    resumed = load_checkpoint(run / "checkpoints" / "final.pt")
+    _assert_same_state(straight, resumed)
+    for name, tensor in straight["G_ema"].items():
+        assert torch.equal(tensor, resumed["G_ema"][name]), name
+    with pytest.raises(ConfigError, match="ramp.lr_final: is set but ramp.images is not"):
+        build_config(overrides={"ramp": {"lr_final": 0.25}})
+    with pytest.raises(ConfigError, match="ramp.ema_start: the run keeps no G EMA"):
+        build_config(overrides={"ramp": {"images": 100, "ema_start": 0.5}})
+    with pytest.raises(ConfigError, match=r"ramp.beta2_final: must be in \[0, 1\)"):
+        build_config(overrides={"ramp": {"images": 100, "beta2_final": 1.0}})
+
+
 def test_resume_of_a_checkpoint_with_an_older_adam_uses_this_runs_fused_kernel(tmp_path, isolated_env):
     run = train(build_config(overrides=tiny(tmp_path, steps=3)), progress=False)
     path = run / "checkpoints" / "last.pt"

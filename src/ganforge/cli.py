@@ -523,6 +523,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics=parse_metrics(args.metrics),
         n=args.n,
         ref=args.ref,
+        n_ref=args.n_ref,
         extractor=args.extractor,
         seed=args.seed,
         inception_weights=args.inception_weights,
@@ -792,6 +793,8 @@ def _protocol_args(p: argparse.ArgumentParser, command: str) -> None:
     else:
         p.add_argument("--n", type=int, default=10000, help="generated samples per run (default 10,000)")
     p.add_argument("--ref", metavar="DATASET:SPLIT", help="real reference (default: the run's dataset, test split)")
+    p.add_argument("--n-ref", metavar="N|all", help="reference images, the split's first (default: as many as "
+                   "generated; 'all': the whole split, e.g. --ref cifar10:train --n-ref all for CIFAR-10's 50k)")  # fmt: skip
     p.add_argument(
         "--extractor",
         default="auto",
@@ -812,6 +815,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         metrics=parse_metrics(args.metrics) if args.metrics else None,
         n=args.n,
         ref=args.ref,
+        n_ref=args.n_ref,
         extractor=args.extractor,
         seed=args.seed,
         out_dir=args.out,

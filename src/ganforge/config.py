@@ -172,6 +172,23 @@ class OptimConfig:
 
 
 @dataclass
+class RampConfig:
+    # R3GAN-style cosine ramps (Huang et al. 2024, sec. 4: the learning rate, R1/R2's gamma, Adam's beta2
+    # and G's EMA move over the start of training): over the first `images` images each value goes from
+    # its start to its end along half a cosine, then stays at its end. None: no ramps. A ramp is a function
+    # of the images seen, so a resume continues it exactly.
+    images: Optional[int] = None
+    # Both learning rates end at this fraction of their base rates (R3GAN CIFAR-10: 2e-4 -> 5e-5, 0.25).
+    lr_final: Optional[float] = None
+    # reg.r1_gamma and reg.r2_gamma end at this fraction of their values (R3GAN: 0.05 -> 0.005, 0.1).
+    gamma_final: Optional[float] = None
+    # Adam's beta2 ends here, from optim.beta2 (R3GAN: 0.9 -> 0.99).
+    beta2_final: Optional[float] = None
+    # G's EMA decay starts here and ends at train.ema_beta (R3GAN ramps the EMA's half-life up from 0).
+    ema_start: Optional[float] = None
+
+
+@dataclass
 class TrainConfig:
     # Images per step, for both the real and the fake batch.
     batch_size: int = 64
@@ -299,6 +316,7 @@ class Config:
     reg: RegConfig = field(default_factory=RegConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ramp: RampConfig = field(default_factory=RampConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # Preset this config started from (informational).
@@ -570,6 +588,30 @@ def validate(cfg: Config) -> None:
     _check_monitor(cfg)
     _check_regularizers(cfg)
     _check_train(cfg)
+    _check_ramp(cfg)
+
+
+def _check_ramp(cfg: Config) -> None:
+    r = cfg.ramp
+    finals = {"ramp.lr_final": r.lr_final, "ramp.gamma_final": r.gamma_final, "ramp.beta2_final": r.beta2_final,
+              "ramp.ema_start": r.ema_start}  # fmt: skip
+    if r.images is None:
+        given = [k for k, v in finals.items() if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]}: is set but ramp.images is not; say over how many images the ramps run "
+                              "(e.g. ramp.images=2000000).")  # fmt: skip
+        return
+    if r.images <= 0:
+        raise ConfigError(f"ramp.images: must be greater than zero, got {r.images}.")
+    if r.lr_final is not None and r.lr_final <= 0:
+        raise ConfigError(f"ramp.lr_final: a fraction of the base rates, greater than zero; got {r.lr_final}.")
+    _positive("ramp.gamma_final", r.gamma_final, allow_zero=True)
+    for key in ("ramp.beta2_final", "ramp.ema_start"):
+        v = finals[key]
+        if v is not None and not 0 <= v < 1:
+            raise ConfigError(f"{key}: must be in [0, 1), got {v}.")
+    if r.ema_start is not None and cfg.train.ema_beta is None:
+        raise ConfigError("ramp.ema_start: the run keeps no G EMA; set train.ema_beta (the ramp's end) too.")
 
 
 def _positive(key: str, value: Any, allow_zero: bool = False) -> None:

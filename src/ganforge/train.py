@@ -31,6 +31,9 @@ from ganforge.config import (
     Config,
     ConfigError,
     OptimConfig,
+    RampConfig,
+    RegConfig,
+    TrainConfig,
     from_dict,
     model_family,
     planned_resolution,
@@ -145,12 +148,42 @@ def init_base_rates(opt: torch.optim.Optimizer) -> None:
         group.setdefault("base_lr", group["lr"])  # (checkpoints from before the schedule have none)
 
 
-def set_rates(run: Run, total_steps: int, optim: OptimConfig) -> None:
-    """Every learning rate of the run at `run.step`."""
+def cosine_ramp(nimg: int, images: int, start: float, end: float) -> float:
+    """`start` at 0 images, `end` from `images` on, half a cosine between (ramp.*)."""
+    t = min(nimg / images, 1.0)
+    return start + (end - start) * (1 - math.cos(math.pi * t)) / 2
+
+
+def set_rates(run: Run, total_steps: int, optim: OptimConfig, ramp: Optional[RampConfig] = None) -> None:
+    """Every learning rate of the run at `run.step` (and Adam's beta2 under ramp.beta2_final)."""
     scale = lr_scale(run.step, total_steps, optim.lr_decay, optim.decay_start)
+    if ramp is not None and ramp.images and ramp.lr_final is not None:
+        scale *= cosine_ramp(run.nimg, ramp.images, 1.0, ramp.lr_final)
+    beta2 = None
+    if ramp is not None and ramp.images and ramp.beta2_final is not None:
+        beta2 = cosine_ramp(run.nimg, ramp.images, optim.beta2, ramp.beta2_final)
     for opt in run.optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * scale
+            if beta2 is not None:
+                group["betas"] = (group["betas"][0], beta2)
+
+
+def ramped_gammas(objective: Any, reg: RegConfig, ramp: RampConfig, nimg: int) -> None:
+    """R1's and R2's gamma at `nimg` images under ramp.gamma_final (the objective's Regularizers)."""
+    if not ramp.images or ramp.gamma_final is None or getattr(objective, "reg", None) is None:
+        return
+    factor = cosine_ramp(nimg, ramp.images, 1.0, ramp.gamma_final)
+    objective.reg.r1_gamma, objective.reg.r2_gamma = reg.r1_gamma * factor, reg.r2_gamma * factor
+
+
+def ramped_ema_beta(t: TrainConfig, ramp: RampConfig, step: int, nimg: int) -> float:
+    """G EMA's decay after G step `step`: train.ema_beta, or its ramp from ramp.ema_start; with ema.ema_beta's
+    warm-up either way."""
+    beta = t.ema_beta
+    if ramp.images and ramp.ema_start is not None:
+        beta = cosine_ramp(nimg, ramp.images, ramp.ema_start, t.ema_beta)
+    return ema_beta(beta, step)
 
 
 def lower_base_rates(run: Run, bases: list[list[float]], factor: float, which: str) -> None:
@@ -767,7 +800,8 @@ def loop(s: Setup, run: Run, progress: bool, load_since: Optional[tuple] = None)
             if halt.interrupted or halt.out_of_time:  # decided at the end of the last step
                 halt.out_of_time = halt.out_of_time and not halt.interrupted
                 break
-            set_rates(run, s.total_steps, s.cfg.optim)
+            set_rates(run, s.total_steps, s.cfg.optim, s.cfg.ramp)
+            ramped_gammas(objective, s.cfg.reg, s.cfg.ramp, run.nimg)
             log_now = (run.step + 1) % t.log_every == 0 or run.step + 1 == s.total_steps
             check_now = s.monitor is not None and (run.step + 1) % s.cfg.monitor.every == 0
 
@@ -779,7 +813,7 @@ def loop(s: Setup, run: Run, progress: bool, load_since: Optional[tuple] = None)
 
             # EMA of G
             if run.G_ema is not None:
-                update_ema(run.G_ema, run.G, ema_beta(t.ema_beta, run.step))
+                update_ema(run.G_ema, run.G, ramped_ema_beta(t, s.cfg.ramp, run.step, run.nimg))
                 run.ema_stale = True
             g_norm = grad_norm(run.G) if log_now or check_now else None
             run.step += 1
@@ -970,7 +1004,7 @@ def rollback(s: Setup, run: Run) -> None:
     s.objective.load_state(healthy)
     run.rollbacks = count  # the restored state's own count is older
     lower_base_rates(run, bases, mon.lr_factor, mon.rollback_lr)
-    set_rates(run, s.total_steps, s.cfg.optim)  # the restored step's rates, logged below
+    set_rates(run, s.total_steps, s.cfg.optim, s.cfg.ramp)  # the restored step's rates, logged below
     record = {"event": "rollback", "from_step": from_step, "to_step": run.step, "rollbacks": run.rollbacks,
               "g_lr": run.opt_G.param_groups[0]["lr"], "d_lr": run.opt_D.param_groups[0]["lr"]}  # fmt: skip
     files.log(record)

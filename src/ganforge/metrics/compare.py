@@ -64,6 +64,7 @@ def compare(
     n: int = 10000,
     ref: Optional[str] = None,
     extractor: str = "auto",
+    n_ref: Optional[int | str] = None,
     seed: int = 0,
     out_dir: str | Path = "compare",
     device: str = "cpu",
@@ -106,7 +107,7 @@ def compare(
         print(f"ganforge compare: [{i}/{len(gens)}] evaluating {label} ...", file=sys.stderr)
         cas_ok = gen.num_classes is not None and gen.config["data"]["name"] in DATASETS
         run_metrics = [m for m in metrics if m != "cas" or cas_ok]
-        report = evaluate(path, metrics=run_metrics, n=n, ref=ref, extractor=extractor, seed=seed,
+        report = evaluate(path, metrics=run_metrics, n=n, ref=ref, n_ref=n_ref, extractor=extractor, seed=seed,
                           out=out_dir / f"{label}.eval.json", device=device, cas_per_class=cas_per_class)  # fmt: skip
         model = gen.config["model"]
         runs.append({

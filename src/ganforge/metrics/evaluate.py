@@ -169,6 +169,23 @@ def load_reference(dataset: str, split: str, run_data: dict[str, Any]) -> ImageD
     )  # fmt: skip
 
 
+def reference_count(n_ref: Optional[int | str], n: int, available: int, name: str) -> int:
+    """How many reference images `n_ref` asks for (see `evaluate`), checked against what `name` holds."""
+    if n_ref is None:
+        return min(n, available)
+    if n_ref == "all":
+        return available
+    if isinstance(n_ref, str):
+        if not n_ref.isdigit():
+            raise EvalError(f"--n-ref must be a whole number or 'all', got '{n_ref}'.")
+        n_ref = int(n_ref)
+    if n_ref < 2:
+        raise EvalError(f"--n-ref must be at least 2, got {n_ref}.")
+    if n_ref > available:
+        raise EvalError(f"--n-ref {n_ref}: {name} holds {available} images; use at most {available}, or 'all'.")
+    return n_ref
+
+
 def _cached_features(key: str, compute) -> dict[str, torch.Tensor]:
     path = cache_dir() / "stats" / f"{key}.pt"
     if path.is_file():
@@ -232,6 +249,7 @@ def evaluate(
     metrics: Optional[list[str]] = None,
     n: Optional[int] = None,
     ref: Optional[str] = None,
+    n_ref: Optional[int | str] = None,
     extractor: str = "auto",
     seed: int = 0,
     inception_weights: Optional[str] = None,
@@ -242,6 +260,9 @@ def evaluate(
     """Evaluate a run folder or checkpoint; writes eval.json (next to the run, or `out`) and returns it.
 
     `n`: generated samples; None: DEFAULT_N, or the paper's count for PacGAN's benchmarks (PAPER_N).
+    `n_ref`: real reference images, the reference split's first; None: as many as generated (or all
+    the split holds, if fewer); "all": the whole split (the literature's CIFAR-10 protocol: 10k or 50k
+    generated against the 50k training images).
     `cas_per_class`: generated (and real) training images per class for the CAS classifiers."""
     import torch_fidelity
 
@@ -296,7 +317,7 @@ def evaluate(
         print(f"ganforge: warning: {note}", file=sys.stderr)
 
     ref_set = load_reference(ref_dataset, ref_split, run_data)
-    n_ref = min(n, len(ref_set))
+    n_ref = reference_count(n_ref, n, len(ref_set), f"{ref_dataset}:{ref_split}")
     key = _stats_key(ref_dataset, ref_split, ext_name, ext_info["weights_sha256"], n_ref)
     needs_features = any(METRICS[metric].features for metric in metrics)  # CAS makes its own samples
     ref_feats = gen_f = gen_logits = gen_images = None
