@@ -7,6 +7,12 @@
 #     conditional sampling, evaluation;
 #  4. only with SWEEP=1: Stacked MNIST arms at the step count that 30 minutes of the 2-core CPU reaches
 #     (~21,000 steps), several at once on the one GPU, capped by what is left of BUDGET seconds (default 545).
+#  5. with CIFAR=1 *instead of* phases 1-4 (the device budget holds one or the other): the CPU's CIFAR-10
+#     recipe (--preset cifar10-fast, issue #27) trained for CIFAR_MINUTES (default 10) on the GPU by
+#     bench/cifar_budget.py, scored by the same yardstick as on the CPU (10k generated vs the 50k training
+#     images, cifar10 domain extractor); with INCEPTION_WEIGHTS=FILE (pt_inception-2015-12-05) also
+#     Inception FID/KID of the final checkpoint against the 50k (`ganforge eval --extractor inception`).
+#     About CIFAR_MINUTES + 3 minutes.
 # Phases 1-3 take about 9 minutes on an H200 (2026-11-28: phases 1-2 took 6.5 min; the smoke about 50 s a
 # precision); the sweep of 2026-11-28 got 61 s and finished nothing, so it is off by default.
 # Everything lands in $OUT: log.txt, and all.tgz with the logs and JSON. Usage on the machine, from the repository root:
@@ -20,6 +26,22 @@ O="$W/o"  # everything comes back as $OUT/all.tgz (refreshed after each phase) a
 mkdir -p "$O"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; tar czf "$OUT/all.tgz" -C "$O" . 2>/dev/null; }
 log start
+if [ "${CIFAR:-0}" = 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/log.txt"
+  log "5. CIFAR-10 recipe for ${CIFAR_MINUTES:-10} minutes"
+  timeout $(( ${CIFAR_MINUTES:-10} * 60 + 240 )) python3 bench/cifar_budget.py --device cuda \
+    --minutes "${CIFAR_MINUTES:-10}" --arms "cifar10-fast-gpu=cifar10-fast" --keep "$W/cifar" --out "$O/cifar_budget" \
+    > "$O/cifar.log" 2>&1
+  tail -8 "$O/cifar.log" | tee -a "$OUT/log.txt"
+  if [ -n "${INCEPTION_WEIGHTS:-}" ]; then
+    timeout 180 python3 -m ganforge eval "$W/cifar/cifar10-fast-gpu" --device cuda --extractor inception \
+      --inception-weights "$INCEPTION_WEIGHTS" --ref cifar10:train --n-ref all --n 10000 --metrics fid,kid \
+      --out "$O/cifar_inception_eval.json" > "$O/cifar_inception.log" 2>&1
+    tail -8 "$O/cifar_inception.log" | tee -a "$OUT/log.txt"
+  fi
+  log end
+  exit 0
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
 python3 -c "import torch, torch_fidelity; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/log.txt"
 
