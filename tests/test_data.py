@@ -128,6 +128,16 @@ def test_real_cifar(data_root):
     assert ds.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
 
 
+def test_real_cifar_train_split_holds_all_50000_images(data_root):
+    """The 50k yardstick (issue #27) needs every training batch: 5,000 images a class."""
+    folder = data_root / "cifar10"
+    if len(list(folder.glob("data_batch_*"))) < 5:
+        pytest.skip(f"{folder} holds fewer than the five CIFAR-10 training batches (data_batch_1..5)")
+    ds = load_dataset("cifar10", root=str(folder), split="train", download=False)
+    assert ds.images.shape == (50000, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert torch.bincount(ds.labels, minlength=10).tolist() == [5000] * 10
+
+
 @pytest.fixture
 def mixed_folder(tmp_path):
     root = tmp_path / "imgs"
