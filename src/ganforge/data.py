@@ -854,7 +854,14 @@ def _read_cifar_folder(folder: Path, split: str) -> Optional[ImageDataset]:
 # A folder of the user's own images.
 
 
-def _pil_to_array(img, channels: int) -> np.ndarray:
+def fit_note(h: int, w: int, resolution: int) -> str:
+    """What fitting an h x w image to a model's square input does (resize_square): "" when it fits."""
+    if (h, w) == (resolution, resolution):
+        return ""
+    return f"resized from {w}x{h} to {resolution}x{resolution} (shorter side, centre crop)"
+
+
+def pil_to_array(img, channels: int) -> np.ndarray:
     """A PIL image in any common mode -> uint8 [H, W, channels]; alpha is composited over white."""
     from PIL import Image
 
@@ -893,7 +900,7 @@ def _resize_pil(img, resolution: int):
 MIN_IMAGE_SIDE = 8  # smaller images hold too little to upscale into training data
 
 
-def _open_image(p: Path):
+def open_image(p: Path):
     """Open and decode one image file fully (so damage shows here, not later), turned upright as its EXIF
     orientation says (as photo viewers show it); an animated GIF or WebP gives its first frame."""
     from PIL import Image, ImageOps
@@ -911,7 +918,7 @@ def _open_image(p: Path):
     return img
 
 
-def _why_unreadable(p: Path, e: Exception) -> str:
+def why_unreadable(p: Path, e: Exception) -> str:
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -943,15 +950,15 @@ def load_folder(
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for p in files:
             try:
-                img = _open_image(p)
+                img = open_image(p)
             except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, EOFError, ...) on bad files
                 name = str(p.relative_to(root))
                 if strict:
                     raise DatasetError(
-                        f"unreadable image {p}: {_why_unreadable(p, e)}. Remove it, or drop --strict to skip it."
+                        f"unreadable image {p}: {why_unreadable(p, e)}. Remove it, or drop --strict to skip it."
                     ) from None
                 skipped.append(name)
-                reasons.append(f"{name} ({_why_unreadable(p, e)})")
+                reasons.append(f"{name} ({why_unreadable(p, e)})")
                 continue
             parts = p.relative_to(root).parts
             # resized at once: a folder of large photos never sits in memory at full size
@@ -963,7 +970,7 @@ def load_folder(
         )
     if channels is None:
         channels = 1 if all(img.mode in GRAY_MODES for img, _ in opened) else 3
-    arrays = [_pil_to_array(img, channels) for img, _ in opened]
+    arrays = [pil_to_array(img, channels) for img, _ in opened]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([c for _, c in opened], dtype=torch.int64)
     if skipped:
@@ -1114,19 +1121,19 @@ def _read_pairs(folder: Path, pairs: list[tuple[str, tuple[Path, ...]]], resolut
                 break  # `limit` pairs are read: the rest are never decoded
             try:
                 current = paths[0]
-                img = _open_image(current)
+                img = open_image(current)
                 if len(paths) == 2:
                     current = paths[1]
-                    a_img, b_img = img, _open_image(current)
+                    a_img, b_img = img, open_image(current)
                 else:
                     a_img, b_img = _split_halves(img, current)
             except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, EOFError, ...) on bad files
                 shown = str(current.relative_to(folder))
                 if strict:
-                    raise DatasetError(f"unreadable image {current}: {_why_unreadable(current, e)}. Remove it "
+                    raise DatasetError(f"unreadable image {current}: {why_unreadable(current, e)}. Remove it "
                                        "(and its pair), or drop --strict to skip the pair.") from None  # fmt: skip
                 skipped.append(shown)
-                reasons.append(f"{shown} ({_why_unreadable(current, e)})")
+                reasons.append(f"{shown} ({why_unreadable(current, e)})")
                 continue
             # resized at once: a folder of large photos never sits in memory at full size
             opened.append((_resize_pil(a_img, resolution), _resize_pil(b_img, resolution)))
@@ -1138,7 +1145,7 @@ def _read_pairs(folder: Path, pairs: list[tuple[str, tuple[Path, ...]]], resolut
               "(use --strict to stop instead)", file=sys.stderr)  # fmt: skip
 
     def stacked(side: int, c: int) -> torch.Tensor:  # [N, c, H, W]
-        arrays = [_pil_to_array(pair[side], c) for pair in opened]
+        arrays = [pil_to_array(pair[side], c) for pair in opened]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     return stacked(1, b_channels), stacked(0, a_channels), skipped

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ganforge.checkpoint import WriteError, atomic_write_bytes, find_checkpoint, load_checkpoint
 from ganforge.config import TRANSLATION_FAMILIES, from_dict
-from ganforge.data import convert_channels, resize_square, to_float, to_uint8
+from ganforge.data import convert_channels, fit_note, resize_square, to_float, to_uint8
 from ganforge.models import MODELS, build_models
 
 
@@ -166,7 +166,7 @@ def _write_translations(gen: TrainedGenerator, n: int, out: Optional[str | Path]
 def read_images(paths: list[str | Path], channels: int) -> list[tuple[Path, torch.Tensor]]:
     """Image files, and the image files of folders (sorted), as uint8 [channels, H, W] at their own size.
     An unreadable file raises ValueError naming it and why."""
-    from ganforge.data import IMAGE_EXTENSIONS, _open_image, _pil_to_array, _why_unreadable
+    from ganforge.data import IMAGE_EXTENSIONS, open_image, pil_to_array, why_unreadable
 
     files: list[Path] = []
     for given in map(Path, paths):
@@ -182,9 +182,9 @@ def read_images(paths: list[str | Path], channels: int) -> list[tuple[Path, torc
     images = []
     for path in files:
         try:
-            arr = _pil_to_array(_open_image(path), channels)
+            arr = pil_to_array(open_image(path), channels)
         except Exception as e:
-            raise ValueError(f"cannot read '{path}': {_why_unreadable(path, e)}.") from None
+            raise ValueError(f"cannot read '{path}': {why_unreadable(path, e)}.") from None
         images.append((path, torch.from_numpy(arr.copy()).permute(2, 0, 1)))
     return images
 
@@ -196,9 +196,7 @@ def translate_files(gen: TrainedGenerator, paths: list[str | Path], out_dir: str
     out_dir = Path(out_dir)
     done = []
     for path, image in read_images(paths, gen.channels_of(direction)[0]):
-        h, w = image.shape[1:]
-        fitted = "" if (h, w) == (gen.resolution, gen.resolution) else (
-            f"resized from {w}x{h} to {gen.resolution}x{gen.resolution} (shorter side, centre crop)")  # fmt: skip
+        fitted = fit_note(*image.shape[1:], gen.resolution)
         y = gen.translate(image[None], direction=direction)[0]
         target = out_dir / f"{path.stem}.png"
         atomic_write_bytes(target, encode_png(y.permute(1, 2, 0).numpy()))

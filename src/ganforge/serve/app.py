@@ -26,6 +26,7 @@ from starlette.responses import RedirectResponse
 
 from ganforge.checkpoint import CheckpointError, find_checkpoint
 from ganforge.config import TRANSLATION_FAMILIES
+from ganforge.data import fit_note
 from ganforge.models import MODELS, is_vae
 from ganforge.sample import TrainedGenerator, encode_png, load, make_grid
 from ganforge.serve.store import StudyError, StudyRun, StudyStore, check_token
@@ -555,9 +556,7 @@ def _add_translation(app: FastAPI, runs: list[ServedRun], get_run: Callable[[str
             inputs = r.test_inputs(direction, device)
             if test >= len(inputs):
                 raise StudyError(f"test input {test}: run {r.key} offers the test inputs 0..{len(inputs) - 1}", 404)
-            h, w = inputs.shape[2:]
-            res = gen.resolution
-            fitted = "used as stored" if (h, w) == (res, res) else f"resized from {w}x{h} to {res}x{res}"
+            fitted = fit_note(*inputs.shape[2:], gen.resolution) or "used as stored"
             source = f"test input {test} of {r.config['data']['name']}:test"
             return _translated(r, gen, inputs[test], direction, checkpoint, source, fitted, f"test{test}")
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ganforge.data import IMAGE_FORMATS
+from ganforge.data import IMAGE_FORMATS, fit_note
 from ganforge.serve.store import StudyError
 
 # what an upload may declare (browsers send the type of the file's extension) -> a file suffix for the reader
@@ -32,9 +32,7 @@ class Upload:
 
     def fitted(self, resolution: int, channels: int) -> str:
         """What the model's input adaptation does to it (translate() resizes and converts)."""
-        h, w = self.image.shape[1:]
-        size = ("used at its own size" if (h, w) == (resolution, resolution) else
-                f"resized from {w}x{h} to {resolution}x{resolution} (shorter side, centre crop)")  # fmt: skip
+        size = fit_note(*self.image.shape[1:], resolution) or "used at its own size"
         if self.colour and channels == 1:
             return size + "; colour converted to gray (luma)"
         if not self.colour and channels == 3:
@@ -53,7 +51,7 @@ def read_upload(body: bytes, content_type: Optional[str], channels: int) -> Uplo
     16-bit scaled, the decompression-bomb guard an error)."""
     from PIL import Image, UnidentifiedImageError
 
-    from ganforge.data import _open_image, _pil_to_array, _why_unreadable
+    from ganforge.data import open_image, pil_to_array, why_unreadable
 
     declared = media_type(content_type)
     if declared not in UPLOAD_TYPES:
@@ -72,15 +70,15 @@ def read_upload(body: bytes, content_type: Optional[str], channels: int) -> Uplo
                 if w * h > MAX_UPLOAD_PIXELS:
                     raise StudyError(f"image too large: {w}x{h} pixels, the limit is {MAX_UPLOAD_PIXELS:,} "
                                      "pixels (4096x4096); downscale it first", 413)  # fmt: skip
-                img = _open_image(path)
+                img = open_image(path)
                 if img.format not in FORMATS:
                     raise StudyError(f"unsupported image format {img.format}: upload a {KINDS} image", 415)
                 colour = len(img.getbands()) >= 3 or img.mode == "P"
-                arr = _pil_to_array(img, channels)
+                arr = pil_to_array(img, channels)
         except StudyError:
             raise
         except UnidentifiedImageError:
             raise StudyError(f"not an image: the upload is no {KINDS} file (declared {declared})", 422) from None
-        except Exception as e:  # noqa: BLE001 - every decoder failure is the file's, told by _why_unreadable
-            raise StudyError(f"cannot read the uploaded image: {_why_unreadable(path, e)}", 422) from None
+        except Exception as e:  # noqa: BLE001 - every decoder failure is the file's, told by why_unreadable
+            raise StudyError(f"cannot read the uploaded image: {why_unreadable(path, e)}", 422) from None
     return Upload(torch.from_numpy(arr.copy()).permute(2, 0, 1), FORMATS[img.format], colour)
