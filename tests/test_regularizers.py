@@ -257,3 +257,58 @@ def test_spectral_norm_normalises_the_projection_embedding():
         D(x, c)
     sigma = torch.linalg.matrix_norm(D.embed.weight.detach(), ord=2)
     assert abs(sigma.item() - 1.0) < 0.05
+
+
+def test_gp_on_a_nonlinear_critic_interpolates_with_its_own_draws():
+    """GP by hand on a conv critic (the linear D has the same gradient everywhere, so it never tested
+    where the gradient is taken): x_hat = eps * real + (1 - eps) * fake with eps ~ U[0, 1] from the
+    given generator, one per image, and (||grad D(x_hat)|| - 1)^2."""
+    torch.manual_seed(0)
+    _, D = build_models("dcgan32", 8, 3, 4, 4, 0.0)
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    ours = gradient_penalty(D, real, fake, torch.Generator().manual_seed(5))
+    eps = torch.rand(4, 1, 1, 1, generator=torch.Generator().manual_seed(5))
+    assert 0 < eps.min() and eps.max() < 1 and eps.std() > 0.05  # distinct draws per image
+    for i in range(4):
+        x_hat = (eps[i] * real[i : i + 1] + (1 - eps[i]) * fake[i : i + 1]).requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x_hat).sum(), x_hat)
+        assert torch.allclose(ours[i], (g.flatten().norm() - 1) ** 2, rtol=1e-4, atol=1e-7)
+    at_real = gradient_penalty(D, real, real, torch.Generator().manual_seed(5))
+    assert not torch.allclose(ours, at_real)  # the fakes count: the penalty is not taken at the reals
+
+
+def test_r1_in_train_mode_is_the_gradient_of_what_d_scores_in_training():
+    """Training runs D in train mode (dropout on): R1 is the input gradient of that D, dropout mask included."""
+    _, D = build_models("dcgan32", 8, 3, 4, 4, 0.5)
+    D.train()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    torch.manual_seed(7)
+    ours = r1_penalty(D, x)
+    torch.manual_seed(7)  # the same dropout masks
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(D(xg).sum(), xg)
+    assert torch.allclose(ours, g.pow(2).flatten(1).sum(1), rtol=1e-4)
+    D.eval()
+    assert not torch.allclose(ours, r1_penalty(D, x))  # eval mode (no dropout) is another penalty
+
+
+def test_projection_d_adds_the_class_embedding_dot_the_pooled_features():
+    """Miyato & Koyama 2018, eq. 3: D(x, c) = head(phi(x)) + <embed(c), sum-pooled phi(x)>, by hand."""
+    torch.manual_seed(0)
+    _, D = build_models("dcgan32", 8, 3, 4, 4, 0.0, num_classes=10)
+    x, c = torch.rand(5, 3, 32, 32) * 2 - 1, torch.tensor([0, 3, 3, 9, 1])
+    h = D.features(x)  # [N, F, 4, 4]
+    want = D.head(h).reshape(5) + (D.embed(c) * h.sum(dim=(2, 3))).sum(1)
+    assert torch.allclose(D(x, c), want, atol=1e-6)
+
+
+def test_diffaugment_draws_anew_for_every_call():
+    """Reals and fakes are augmented by separate calls: each gets its own shifts and cutouts (the same
+    draws would let D compare them augmentation for augmentation)."""
+    from ganforge.augment import make_augment
+
+    x = torch.rand(8, 3, 32, 32)
+    augment = make_augment("color,translation,cutout", torch.Generator().manual_seed(0))
+    a, b = augment(x), augment(x)
+    assert not torch.allclose(a, b)
+    assert all(not torch.allclose(a[i], b[i]) for i in range(8))  # every image, not some
