@@ -669,7 +669,7 @@ def _train_classifier_parser(sub: Any) -> None:
     p.add_argument("dataset", help="mnist, fashion-mnist or cifar10")
     p.add_argument("--data-root", metavar="DIR", help="folder searched first for the dataset files")
     p.add_argument(
-        "--epochs", type=int, help="epochs (default: 4 mnist, 12 fashion-mnist, 30 cifar10)"
+        "--epochs", type=int, help="epochs (default: 4 mnist, 12 fashion-mnist, 10 cifar10)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="where to write the weights (default: ~/.cache/ganforge/extractors/DATASET.pt, or "
