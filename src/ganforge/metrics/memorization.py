@@ -106,17 +106,21 @@ def ratio_and_copies(gen_d: torch.Tensor, held_d: torch.Tensor, copy_quantile: f
     }
 
 
+def _scored(nearest, generated: torch.Tensor, heldout: torch.Tensor, train: torch.Tensor,
+            copy_quantile: float) -> dict:  # fmt: skip
+    """Ratio and near copies by the distance `nearest(queries, train) -> (distances, indices)`."""
+    gen_d, gen_idx = nearest(generated, train)
+    held_d, _ = nearest(heldout, train)
+    return {**ratio_and_copies(gen_d, held_d, copy_quantile), "gen_distances": gen_d, "gen_nearest": gen_idx}
+
+
 def memorization(generated: torch.Tensor, heldout: torch.Tensor, train: torch.Tensor,
                  copy_quantile: float = 0.01) -> dict:  # fmt: skip
     """Ratio and near copies of feature vectors [N, F] (class level: see the module's docstring)."""
-    gen_d, gen_idx = nearest_distances(generated, train)
-    held_d, _ = nearest_distances(heldout, train)
-    return {**ratio_and_copies(gen_d, held_d, copy_quantile), "gen_distances": gen_d, "gen_nearest": gen_idx}
+    return _scored(nearest_distances, generated, heldout, train, copy_quantile)
 
 
 def pixel_memorization(generated: torch.Tensor, heldout: torch.Tensor, train: torch.Tensor, shift: int = 2,
                        copy_quantile: float = 0.01) -> dict:  # fmt: skip
     """Ratio and near copies of images [N, C, H, W] by `aligned_pixel_nearest` (instance level)."""
-    gen_d, gen_idx = aligned_pixel_nearest(generated, train, shift)
-    held_d, _ = aligned_pixel_nearest(heldout, train, shift)
-    return {**ratio_and_copies(gen_d, held_d, copy_quantile), "gen_distances": gen_d, "gen_nearest": gen_idx}
+    return _scored(lambda q, r: aligned_pixel_nearest(q, r, shift), generated, heldout, train, copy_quantile)
